@@ -1,0 +1,10 @@
+//! `imgforge build`.
+
+use anyhow::Result;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> Result<()> {
+    anyhow::bail!("imgforge build is not built yet")
+}

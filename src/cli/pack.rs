@@ -1,0 +1,10 @@
+//! `imgforge pack`.
+
+use anyhow::Result;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> Result<()> {
+    anyhow::bail!("imgforge pack is not built yet")
+}

@@ -1,0 +1,45 @@
+//! Exit codes, and how an error reaches the terminal.
+//!
+//! 0 ok, 1 failed, 2 bad usage or bad input. Errors a user can fix by changing
+//! their input carry a [`UsageError`] somewhere in their chain.
+
+use std::fmt;
+
+/// Exit code for success.
+pub const OK: u8 = 0;
+/// Exit code for a failure that is not the user's input.
+pub const FAILED: u8 = 1;
+/// Exit code for bad usage or bad input (the same code clap uses).
+pub const USAGE: u8 = 2;
+
+/// Marks an error as caused by the user's input: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Builds an `anyhow::Error` that exits with code 2.
+pub fn usage(msg: impl fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg.to_string()))
+}
+
+/// The exit code for an error: 2 when any cause is the user's input.
+pub fn code_for(err: &anyhow::Error) -> u8 {
+    let is_usage = err.chain().any(|cause| {
+        cause.is::<UsageError>() || cause.is::<crate::spec::Report>()
+    });
+    if is_usage {
+        USAGE
+    } else {
+        FAILED
+    }
+}
+
+/// Prints an error the way users read it: a validation report as is, anything
+/// else as `error: outer: inner: root`.
+pub fn report(err: &anyhow::Error) {
+    if let Some(report) = err.downcast_ref::<crate::spec::Report>() {
+        eprint!("{report}");
+    } else {
+        eprintln!("error: {err:#}");
+    }
+}

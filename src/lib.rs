@@ -1,0 +1,16 @@
+//! imgforge: one deployment description in; cloud-init user-data, an OCI bundle,
+//! a NoCloud seed disk or a baked disk image out, and a local QEMU boot that proves it.
+
+pub mod cli;
+pub mod cloud_config;
+pub mod exit;
+pub mod fsutil;
+pub mod keys;
+pub mod oci;
+pub mod qemu;
+pub mod render;
+pub mod seed;
+pub mod spec;
+pub mod templates;
+pub mod userdata;
+pub mod verify;

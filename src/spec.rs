@@ -1,0 +1,4 @@
+//! (being built)
+#[derive(Debug, thiserror::Error)]
+#[error("invalid input")]
+pub struct Report;
