@@ -1,10 +1,65 @@
-//! `imgforge keygen`.
+//! `imgforge keygen`: an ed25519 key pair for users without one.
+
+use std::path::PathBuf;
 
 use anyhow::Result;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(
+    after_help = "Example:\n  imgforge keygen -o ~/.ssh/id_ed25519   # writes id_ed25519 (0600) and id_ed25519.pub"
+)]
+pub struct Args {
+    /// Private key path; the public key goes to the same path plus .pub
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Comment stored in the key
+    #[arg(long, default_value = "imgforge")]
+    pub comment: String,
+    /// Replace existing files
+    #[arg(long)]
+    pub force: bool,
+}
 
-pub fn run(_args: Args) -> Result<()> {
-    anyhow::bail!("imgforge keygen is not built yet")
+pub fn run(args: Args) -> Result<()> {
+    let path = match args.output {
+        Some(p) => p,
+        None => match std::env::var_os("HOME") {
+            Some(home) => PathBuf::from(home).join(".ssh/id_ed25519"),
+            None => return Err(crate::exit::usage("HOME is not set: pass -o FILE")),
+        },
+    };
+    let mut pub_path = path.clone().into_os_string();
+    pub_path.push(".pub");
+    let pub_path = PathBuf::from(pub_path);
+    for p in [&path, &pub_path] {
+        if p.exists() && !args.force {
+            return Err(crate::exit::usage(format!(
+                "{} exists: pass --force to replace it, or -o another path",
+                p.display()
+            )));
+        }
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("creating directory {}: {e}", dir.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| anyhow::anyhow!("setting mode 0700 on {}: {e}", dir.display()))?;
+        }
+    }
+    let comment: String = args
+        .comment
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .collect();
+    let pair = crate::keys::KeyPair::generate(&comment)?;
+    pair.write(&path)?;
+    eprintln!(
+        "wrote {} (private, 0600) and {}",
+        path.display(),
+        pub_path.display()
+    );
+    println!("{}", pair.public_openssh()?);
+    Ok(())
 }

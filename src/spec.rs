@@ -1,4 +1,0 @@
-//! (being built)
-#[derive(Debug, thiserror::Error)]
-#[error("invalid input")]
-pub struct Report;

@@ -1,0 +1,124 @@
+//! A validation report: every problem in the input at once, each with a path,
+//! the bad value, what to do and, for the config file, line and column.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A command-line flag, e.g. `--domain`.
+    Flag(&'static str),
+    /// A key in the config file, with its position when known (1-based).
+    File {
+        file: PathBuf,
+        path: String,
+        line: Option<usize>,
+        column: Option<usize>,
+    },
+    /// A default imgforge filled in.
+    Default(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub severity: Severity,
+    pub origin: Origin,
+    /// The bad value as the user gave it, quoted and escaped; `None` when it must
+    /// not be shown (private keys).
+    pub value: Option<String>,
+    pub message: String,
+    pub help: String,
+}
+
+/// Problems with the user's input. Its presence in an error chain means exit code 2.
+#[derive(Debug, Default, thiserror::Error)]
+pub struct Report {
+    pub entries: Vec<Entry>,
+}
+
+impl Report {
+    pub fn push(&mut self, entry: Entry) {
+        self.entries.push(entry);
+    }
+
+    pub fn error(
+        &mut self,
+        origin: Origin,
+        value: Option<&str>,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.push(Entry {
+            severity: Severity::Error,
+            origin,
+            value: value.map(|v| format!("{v:?}")),
+            message: message.into(),
+            help: help.into(),
+        });
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.entries.iter().any(|e| e.severity == Severity::Error)
+    }
+
+    pub fn warnings(&self) -> impl Iterator<Item = &Entry> {
+        self.entries
+            .iter()
+            .filter(|e| e.severity == Severity::Warning)
+    }
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        let name = match &self.origin {
+            Origin::Flag(flag) => (*flag).to_string(),
+            Origin::File { path, .. } => path.clone(),
+            Origin::Default(what) => format!("default {what}"),
+        };
+        write!(f, "{severity}[{name}]: {}", self.message)?;
+        if let Some(value) = &self.value {
+            write!(f, "\n  value: {value}")?;
+        }
+        if let Origin::File {
+            file, line, column, ..
+        } = &self.origin
+        {
+            match (line, column) {
+                (Some(l), Some(c)) => write!(f, "\n  --> {}:{l}:{c}", file.display())?,
+                _ => write!(f, "\n  --> {}", file.display())?,
+            }
+        }
+        if !self.help.is_empty() {
+            write!(f, "\n  = help: {}", self.help)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for entry in &self.entries {
+            writeln!(f, "{entry}")?;
+        }
+        let errors = self
+            .entries
+            .iter()
+            .filter(|e| e.severity == Severity::Error)
+            .count();
+        if errors > 0 {
+            writeln!(f, "{errors} error(s) in the input; nothing was written")?;
+        }
+        Ok(())
+    }
+}

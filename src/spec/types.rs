@@ -1,0 +1,814 @@
+//! Newtypes for every value that lands on the VM. A value that has its type has
+//! been validated: it is safe to place in YAML, nginx, systemd and argv.
+//! Each `parse` returns a [`Problem`]: what is wrong and what to do.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// What is wrong with a value and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub message: String,
+    pub help: String,
+}
+
+impl Problem {
+    fn new(message: impl Into<String>, help: impl Into<String>) -> Self {
+        Problem {
+            message: message.into(),
+            help: help.into(),
+        }
+    }
+}
+
+type Parsed<T> = Result<T, Problem>;
+
+macro_rules! string_newtype {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+fn reject_option_like(s: &str, what: &str) -> Parsed<()> {
+    if s.starts_with('-') {
+        return Err(Problem::new(
+            format!("{what} must not start with '-'"),
+            "a leading '-' would be read as a command-line option; remove it",
+        ));
+    }
+    Ok(())
+}
+
+string_newtype!(
+    /// A fully qualified DNS name: lower-case LDH labels of 1–63 characters, at least
+    /// two labels, at most 253 characters, a top-level label that is not all digits.
+    Domain
+);
+
+impl Domain {
+    pub fn parse(s: &str) -> Parsed<Self> {
+        let help = "use a fully qualified name like api.example.com (letters, digits, '-' and '.')";
+        let lower = s.trim_end_matches('.').to_ascii_lowercase();
+        if lower.is_empty() {
+            return Err(Problem::new("the domain is empty", help));
+        }
+        if lower.len() > 253 {
+            return Err(Problem::new(
+                format!(
+                    "the domain is {} characters long; the limit is 253",
+                    lower.len()
+                ),
+                help,
+            ));
+        }
+        let labels: Vec<&str> = lower.split('.').collect();
+        if labels.len() < 2 {
+            return Err(Problem::new("the domain needs at least two labels", help));
+        }
+        for label in &labels {
+            if label.is_empty() {
+                return Err(Problem::new("the domain has an empty label", help));
+            }
+            if label.len() > 63 {
+                return Err(Problem::new(
+                    format!(
+                        "the label {label:?} is {} characters long; the limit is 63",
+                        label.len()
+                    ),
+                    help,
+                ));
+            }
+            if let Some(c) = label
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+            {
+                return Err(Problem::new(
+                    format!("the character {c:?} is not allowed in a domain name"),
+                    format!("{help}; write internationalized names in their xn-- form"),
+                ));
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return Err(Problem::new(
+                    format!("the label {label:?} starts or ends with '-'"),
+                    help,
+                ));
+            }
+        }
+        if labels
+            .last()
+            .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
+        {
+            return Err(Problem::new(
+                "the domain looks like an IP address; certificates need a DNS name",
+                "point a DNS name at the VM and use it, or render with --no-tls",
+            ));
+        }
+        Ok(Domain(lower))
+    }
+}
+
+string_newtype!(
+    /// An e-mail address for the ACME account, restricted to the characters
+    /// every mail system and every config format treat literally.
+    Email
+);
+
+impl Email {
+    pub fn parse(s: &str) -> Parsed<Self> {
+        let help = "use an address like ops@example.com";
+        let Some((local, domain)) = s.rsplit_once('@') else {
+            return Err(Problem::new("the address has no '@'", help));
+        };
+        if local.is_empty() || local.len() > 64 {
+            return Err(Problem::new(
+                "the part before '@' must be 1 to 64 characters",
+                help,
+            ));
+        }
+        if let Some(c) = local
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-')))
+        {
+            return Err(Problem::new(
+                format!("the character {c:?} is not allowed before '@'"),
+                "use letters, digits, '.', '_', '+' and '-'",
+            ));
+        }
+        if local.starts_with(['.', '-']) || local.ends_with('.') || local.contains("..") {
+            return Err(Problem::new(
+                "the part before '@' has a misplaced '.' or '-'",
+                help,
+            ));
+        }
+        let domain = Domain::parse(domain).map_err(|p| {
+            Problem::new(
+                format!("the part after '@' is not a domain: {}", p.message),
+                help,
+            )
+        })?;
+        Ok(Email(format!("{local}@{domain}")))
+    }
+}
+
+string_newtype!(
+    /// A Linux user name that useradd accepts everywhere: `[a-z_][a-z0-9_-]{0,31}`,
+    /// and not one of the system's own accounts.
+    Username
+);
+
+const RESERVED_USERS: &[&str] = &[
+    "root",
+    "daemon",
+    "bin",
+    "sys",
+    "sync",
+    "games",
+    "man",
+    "lp",
+    "mail",
+    "news",
+    "uucp",
+    "proxy",
+    "www-data",
+    "backup",
+    "list",
+    "irc",
+    "gnats",
+    "nobody",
+    "systemd-network",
+    "systemd-resolve",
+    "messagebus",
+    "sshd",
+    "syslog",
+    "docker",
+    "admin",
+    "sudo",
+    "adm",
+    "_apt",
+    "ubuntu",
+    "debian",
+];
+
+impl Username {
+    pub fn parse(s: &str) -> Parsed<Self> {
+        let help = "use 1 to 32 characters: lower-case letters, digits, '_' and '-', starting with a letter or '_'";
+        let mut chars = s.chars();
+        match chars.next() {
+            None => return Err(Problem::new("the user name is empty", help)),
+            Some(c) if !(c.is_ascii_lowercase() || c == '_') => {
+                return Err(Problem::new(
+                    format!("the user name starts with {c:?}"),
+                    help,
+                ))
+            }
+            _ => {}
+        }
+        if s.len() > 32 {
+            return Err(Problem::new(
+                "the user name is longer than 32 characters",
+                help,
+            ));
+        }
+        if let Some(c) = chars
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-')))
+        {
+            return Err(Problem::new(
+                format!("the character {c:?} is not allowed in a user name"),
+                help,
+            ));
+        }
+        if RESERVED_USERS.contains(&s) {
+            return Err(Problem::new(
+                format!("{s:?} is a system account or the image's default user"),
+                "choose another name, such as deploy",
+            ));
+        }
+        Ok(Username(s.to_owned()))
+    }
+}
+
+/// An OpenSSH public key, parsed and re-encoded: algorithm, base64 key data and a
+/// comment made of printable ASCII. Private keys are refused without being echoed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshPublicKey(ssh_key::PublicKey);
+
+impl SshPublicKey {
+    pub fn parse(s: &str) -> Parsed<Self> {
+        if looks_private(s) {
+            return Err(Problem::new(
+                "this is a PRIVATE key; it was not read further and is not shown",
+                "pass the public half (the .pub file), e.g. ~/.ssh/id_ed25519.pub",
+            ));
+        }
+        let line = s.trim();
+        if line.lines().count() > 1 {
+            return Err(Problem::new(
+                "expected one key on one line",
+                "give each key separately (repeat --ssh-key)",
+            ));
+        }
+        let mut key = ssh_key::PublicKey::from_openssh(line).map_err(|e| {
+            Problem::new(
+                format!("not an OpenSSH public key ({e})"),
+                "pass a line like 'ssh-ed25519 AAAA... you@host', e.g. ~/.ssh/id_ed25519.pub",
+            )
+        })?;
+        // The comment lands in authorized_keys; keep only what cannot change its meaning.
+        let comment: String = key
+            .comment()
+            .chars()
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+            .collect();
+        key.set_comment(comment.trim());
+        Ok(SshPublicKey(key))
+    }
+
+    pub fn to_openssh(&self) -> String {
+        // Encoding a key that parsed cannot fail; fall back to the algorithm alone.
+        self.0
+            .to_openssh()
+            .unwrap_or_else(|_| self.0.algorithm().to_string())
+    }
+
+    pub fn key(&self) -> &ssh_key::PublicKey {
+        &self.0
+    }
+}
+
+/// True for text that holds private key material in any common armour.
+pub fn looks_private(s: &str) -> bool {
+    s.contains("PRIVATE KEY") || s.contains("PuTTY-User-Key-File")
+}
+
+impl Serialize for SshPublicKey {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(&self.to_openssh())
+    }
+}
+
+string_newtype!(
+    /// A container image reference: `[registry/]path[:tag][@sha256:digest]`, the
+    /// grammar of the distribution reference, lower-case repository.
+    ImageRef
+);
+
+impl ImageRef {
+    pub fn parse(s: &str) -> Parsed<Self> {
+        let help =
+            "use a reference like ghcr.io/acme/classifier:1.0 or registry/name@sha256:<64 hex>";
+        reject_option_like(s, "the image reference")?;
+        if s.is_empty() || s.len() > 255 {
+            return Err(Problem::new(
+                "the image reference must be 1 to 255 characters",
+                help,
+            ));
+        }
+        let (name_tag, digest) = match s.split_once('@') {
+            Some((n, d)) => (n, Some(d)),
+            None => (s, None),
+        };
+        if let Some(d) = digest {
+            let hex = d.strip_prefix("sha256:").unwrap_or("");
+            if hex.len() != 64
+                || !hex
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            {
+                return Err(Problem::new(
+                    format!("the digest {d:?} is not sha256:<64 lower-case hex>"),
+                    help,
+                ));
+            }
+        }
+        // A ':' after the last '/' starts the tag; one before it is a registry port.
+        let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match name_tag[last_slash..].find(':') {
+            Some(i) => (
+                &name_tag[..last_slash + i],
+                Some(&name_tag[last_slash + i + 1..]),
+            ),
+            None => (name_tag, None),
+        };
+        if let Some(tag) = tag {
+            let ok = !tag.is_empty()
+                && tag.len() <= 128
+                && tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                && tag
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            if !ok {
+                return Err(Problem::new(
+                    format!("the tag {tag:?} is not valid"),
+                    "tags are 1-128 of letters, digits, '_', '.', '-'",
+                ));
+            }
+        }
+        let mut components = name.split('/').peekable();
+        let first = components.peek().copied().unwrap_or("");
+        let has_registry = name.contains('/')
+            && (first.contains('.') || first.contains(':') || first == "localhost");
+        if has_registry {
+            components.next();
+            let (host, port) = match first.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (first, None),
+            };
+            let host_ok = !host.is_empty()
+                && host.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                        && !l.starts_with('-')
+                });
+            let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+            if !host_ok || !port_ok {
+                return Err(Problem::new(
+                    format!("the registry {first:?} is not a host[:port]"),
+                    help,
+                ));
+            }
+        }
+        let mut any = false;
+        for comp in components {
+            any = true;
+            let ok = !comp.is_empty()
+                && comp.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && comp.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && comp.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+                });
+            if !ok {
+                return Err(Problem::new(
+                    format!("the path component {comp:?} is not valid"),
+                    "repository names use lower-case letters, digits and single '.', '_', '-' separators",
+                ));
+            }
+        }
+        if !any {
+            return Err(Problem::new(
+                "the image reference has no repository name",
+                help,
+            ));
+        }
+        Ok(ImageRef(s.to_owned()))
+    }
+}
+
+/// A TCP port, 1–65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Port(u16);
+
+impl Port {
+    pub const fn new(n: u16) -> Option<Self> {
+        if n == 0 {
+            None
+        } else {
+            Some(Port(n))
+        }
+    }
+
+    pub fn parse(s: &str) -> Parsed<Self> {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .and_then(Port::new)
+            .ok_or_else(|| Problem::new("not a port number", "use a whole number from 1 to 65535"))
+    }
+
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+string_newtype!(
+    /// An absolute, normalized Unix path made of characters that are literal in
+    /// nginx, systemd unit files, Docker's `-v` syntax and YAML: `[A-Za-z0-9._/@+-]`.
+    UnixPath
+);
+
+impl UnixPath {
+    pub fn parse(s: &str) -> Parsed<Self> {
+        let help = "use an absolute path like /srv/app/data (letters, digits, '.', '_', '-', '@', '+', '/')";
+        if !s.starts_with('/') {
+            return Err(Problem::new("the path is not absolute", help));
+        }
+        if s.len() > 1024 {
+            return Err(Problem::new(
+                "the path is longer than 1024 characters",
+                help,
+            ));
+        }
+        if let Some(c) = s.chars().find(|c| {
+            !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '@' | '+' | '-'))
+        }) {
+            return Err(Problem::new(
+                format!("the character {c:?} is not allowed in a path"),
+                help,
+            ));
+        }
+        if s == "/" {
+            return Err(Problem::new("the path is the root directory", help));
+        }
+        let comps: Vec<&str> = s[1..].split('/').collect();
+        if comps
+            .iter()
+            .any(|c| c.is_empty() || *c == "." || *c == "..")
+        {
+            return Err(Problem::new(
+                "the path has an empty, '.' or '..' component",
+                "write the path in its plain form, e.g. /srv/app/data",
+            ));
+        }
+        if comps.iter().any(|c| c.starts_with('-')) {
+            return Err(Problem::new("a path component starts with '-'", help));
+        }
+        Ok(UnixPath(s.to_owned()))
+    }
+}
+
+string_newtype!(
+    /// A URL path for the health check: starts with '/', no spaces, quotes or
+    /// characters that nginx or a shell would read specially.
+    UrlPath
+);
+
+impl UrlPath {
+    pub fn parse(s: &str) -> Parsed<Self> {
+        let ok = s.starts_with('/')
+            && s.len() <= 256
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '~'));
+        if ok {
+            Ok(UrlPath(s.to_owned()))
+        } else {
+            Err(Problem::new(
+                "not a plain URL path",
+                "use a path like /health (letters, digits, '/', '.', '_', '-', '~')",
+            ))
+        }
+    }
+}
+
+string_newtype!(
+    /// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+    EnvName
+);
+
+impl EnvName {
+    pub fn parse(s: &str) -> Parsed<Self> {
+        let help = "use letters, digits and '_', not starting with a digit, e.g. MODEL_DIR";
+        let ok = s.len() <= 256
+            && s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ok {
+            Ok(EnvName(s.to_owned()))
+        } else {
+            Err(Problem::new("not a valid environment variable name", help))
+        }
+    }
+}
+
+string_newtype!(
+    /// An environment variable value. Any text but NUL, newline and carriage return
+    /// (Docker's env-file holds one variable a line); quotes, `$`, `%` and spaces
+    /// arrive byte-exact in the container.
+    EnvValue
+);
+
+impl EnvValue {
+    pub fn parse(s: &str) -> Parsed<Self> {
+        if let Some(c) = s.chars().find(|c| matches!(c, '\0' | '\n' | '\r')) {
+            return Err(Problem::new(
+                format!("the value contains {c:?}, which an environment file cannot carry"),
+                "put multi-line content in a file under the data directory and pass its path",
+            ));
+        }
+        if s.len() > 32 * 1024 {
+            return Err(Problem::new(
+                "the value is longer than 32 KiB",
+                "pass large content as a file",
+            ));
+        }
+        Ok(EnvValue(s.to_owned()))
+    }
+}
+
+string_newtype!(
+    /// An https URL (an ACME directory or a bundle location): scheme https, a host,
+    /// an optional port and a path of URL-safe characters.
+    HttpsUrl
+);
+
+impl HttpsUrl {
+    pub fn parse(s: &str) -> Parsed<Self> {
+        let help = "use a URL like https://acme-staging-v02.api.letsencrypt.org/directory";
+        let Some(rest) = s.strip_prefix("https://") else {
+            return Err(Problem::new("the URL does not start with https://", help));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        };
+        let host_ok = !host.is_empty()
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && !l.starts_with('-')
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !host_ok {
+            return Err(Problem::new(
+                format!("the host {host:?} is not a DNS name or IPv4 address"),
+                help,
+            ));
+        }
+        if port.is_some_and(|p| Port::parse(p).is_err()) {
+            return Err(Problem::new(
+                "the port is not a number from 1 to 65535",
+                help,
+            ));
+        }
+        if let Some(c) = path
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "/._-~%=&?+".contains(*c)))
+        {
+            return Err(Problem::new(
+                format!("the character {c:?} is not allowed in the URL"),
+                "percent-encode it",
+            ));
+        }
+        Ok(HttpsUrl(s.to_owned()))
+    }
+}
+
+string_newtype!(
+    /// A sha256 digest as 64 lower-case hex digits.
+    Sha256Hex
+);
+
+impl Sha256Hex {
+    pub fn parse(s: &str) -> Parsed<Self> {
+        let hex = s.strip_prefix("sha256:").unwrap_or(s).to_ascii_lowercase();
+        if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            Ok(Sha256Hex(hex))
+        } else {
+            Err(Problem::new(
+                "not a sha256 digest",
+                "give 64 hex digits, as `sha256sum FILE` prints",
+            ))
+        }
+    }
+}
+
+string_newtype!(
+    /// An nginx size for client_max_body_size: digits with an optional k/m/g.
+    BodySize
+);
+
+impl BodySize {
+    pub fn parse(s: &str) -> Parsed<Self> {
+        let digits = s.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G']);
+        let ok = !digits.is_empty()
+            && digits.len() <= 6
+            && digits.chars().all(|c| c.is_ascii_digit())
+            && s.len() - digits.len() <= 1;
+        if ok {
+            Ok(BodySize(s.to_ascii_lowercase()))
+        } else {
+            Err(Problem::new(
+                "not a size",
+                "use a number with an optional k, m or g, e.g. 20m",
+            ))
+        }
+    }
+}
+
+/// PEM text holding one or more X.509 certificates and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct PemBundle(String);
+
+impl PemBundle {
+    pub fn parse(s: &str) -> Parsed<Self> {
+        let help = "pass a PEM file of CA certificates (-----BEGIN CERTIFICATE-----)";
+        if looks_private(s) {
+            return Err(Problem::new(
+                "the file holds a PRIVATE key; it is not shown",
+                help,
+            ));
+        }
+        let mut certs = 0;
+        let mut inside = false;
+        for line in s.lines().map(str::trim_end) {
+            match line {
+                "-----BEGIN CERTIFICATE-----" if !inside => inside = true,
+                "-----END CERTIFICATE-----" if inside => {
+                    inside = false;
+                    certs += 1;
+                }
+                "" if !inside => {}
+                l if inside
+                    && l.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c)) => {}
+                _ => {
+                    return Err(Problem::new(
+                        "the file has text outside certificate blocks",
+                        help,
+                    ))
+                }
+            }
+        }
+        if certs == 0 || inside {
+            return Err(Problem::new("no complete certificate found", help));
+        }
+        let mut text = s.replace("\r\n", "\n");
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        Ok(PemBundle(text))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains() {
+        assert_eq!(
+            Domain::parse("API.Example.com.").unwrap().as_str(),
+            "api.example.com"
+        );
+        for bad in [
+            "",
+            "localhost",
+            "a..b",
+            "-a.com",
+            "a-.com",
+            "a b.com",
+            "a.com;",
+            "1.2.3.4",
+            "é.com",
+            &format!("{}.com", "a".repeat(64)),
+        ] {
+            assert!(Domain::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn emails() {
+        assert!(Email::parse("ops+vm@example.com").is_ok());
+        for bad in [
+            "ops",
+            "@example.com",
+            "o p@example.com",
+            "ops@x",
+            "a\"b@example.com",
+            "-x@example.com",
+            "a;b@example.com",
+            "a..b@example.com",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn usernames() {
+        assert!(Username::parse("deploy").is_ok());
+        for bad in [
+            "",
+            "root",
+            "Deploy",
+            "9x",
+            "-x",
+            "a b",
+            "a$",
+            &"a".repeat(33),
+        ] {
+            assert!(Username::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn image_refs() {
+        for good in [
+            "classifier",
+            "ghcr.io/acme/classifier:1.0",
+            "localhost:5000/a/b",
+            "imgforge/classifier:0.1.0",
+            &format!("a/b@sha256:{}", "0".repeat(64)),
+        ] {
+            assert!(ImageRef::parse(good).is_ok(), "{good:?} should be accepted");
+        }
+        for bad in [
+            "",
+            "-x",
+            "UPPER/case",
+            "a b",
+            "a:b:c",
+            "a/b:",
+            "a//b",
+            "a/b@sha256:12",
+            "a;b",
+            "a/b:$(x)",
+        ] {
+            assert!(ImageRef::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn paths() {
+        assert!(UnixPath::parse("/srv/app/data").is_ok());
+        for bad in [
+            "srv", "/", "/a/../b", "/a//b", "/a b", "/a%b", "/a/-b", "/a\nb", "/a/",
+        ] {
+            assert!(UnixPath::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn env_values_keep_everything_but_line_breaks() {
+        let v = r#"it's "quoted" $HOME %h `x` ; {y}"#;
+        assert_eq!(EnvValue::parse(v).unwrap().as_str(), v);
+        for bad in ["a\nb", "a\rb", "a\0b"] {
+            assert!(EnvValue::parse(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn private_keys_are_refused_without_echo() {
+        let private = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n";
+        let p = SshPublicKey::parse(private).unwrap_err();
+        assert!(p.message.contains("PRIVATE"));
+        assert!(!p.message.contains("b3BlbnNz"));
+    }
+}
