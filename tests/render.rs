@@ -1,0 +1,669 @@
+//! `imgforge render`, `init`, `keygen` and `docs` through the real binary: golden
+//! user-data for every provider preset, checked by the real `cloud-init schema`, and
+//! hostile values for every string input.
+//!
+//! Regenerate the golden files after an intended change with
+//! `IMGFORGE_UPDATE_GOLDEN=1 cargo test --test render`, then review the diff.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use base64::Engine;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
+
+/// The binary, run with HOME in a fresh temporary directory.
+struct Run {
+    home: tempfile::TempDir,
+}
+
+impl Run {
+    fn new() -> Self {
+        Run {
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.home.path().join(name)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_imgforge"))
+            .args(args)
+            .env("HOME", self.home.path())
+            .current_dir(self.home.path())
+            .output()
+            .unwrap()
+    }
+}
+
+fn key() -> String {
+    format!("{FIXTURES}/admin_ed25519.pub")
+}
+
+fn base_args() -> Vec<String> {
+    [
+        "--domain",
+        "api.example.com",
+        "--email",
+        "ops@example.com",
+        "--ssh-key",
+        &key(),
+        "--image",
+        "ghcr.io/acme/classifier:1.0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn render_ok(run: &Run, extra: &[&str]) -> Vec<u8> {
+    let mut args: Vec<String> = vec!["render".into()];
+    args.extend(base_args());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run.cmd(&argv);
+    assert!(
+        out.status.success(),
+        "render {extra:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Compares with tests/golden/NAME, or rewrites it under IMGFORGE_UPDATE_GOLDEN=1.
+fn golden(name: &str, actual: &str) {
+    let path = Path::new(GOLDEN).join(name);
+    if std::env::var_os("IMGFORGE_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "reading {}: {e}; run with IMGFORGE_UPDATE_GOLDEN=1 to create it",
+            path.display()
+        )
+    });
+    similar_asserts::assert_eq!(expected, actual, "golden file {name}");
+}
+
+/// The real cloud-init schema validator (Debian's cloud-init package).
+fn cloud_init_schema(text: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("user-data");
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new("cloud-init")
+        .args(["schema", "--config-file"])
+        .arg(&file)
+        .output()
+        .expect("running cloud-init schema (install Debian's cloud-init package)");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && all.contains("Valid cloud-config"),
+        "cloud-init schema rejected it:\n{all}"
+    );
+}
+
+fn yaml(text: &[u8]) -> serde_yaml_ng::Value {
+    serde_yaml_ng::from_slice(text).unwrap()
+}
+
+/// The content of the write_files entry for `path`.
+fn written(doc: &serde_yaml_ng::Value, path: &str) -> String {
+    doc["write_files"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"].as_str() == Some(path))
+        .unwrap_or_else(|| panic!("no write_files entry for {path}"))["content"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn deploy_json(doc: &serde_yaml_ng::Value) -> serde_json::Value {
+    serde_json::from_str(&written(doc, "/etc/imgforge/deploy.json")).unwrap()
+}
+
+fn gunzip(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+#[test]
+fn four_flags_render_schema_valid_user_data() {
+    let run = Run::new();
+    let text = render_ok(&run, &[]);
+    golden("generic.yaml", std::str::from_utf8(&text).unwrap());
+    cloud_init_schema(&text);
+}
+
+#[test]
+fn no_tls_renders_an_http_only_deployment() {
+    let run = Run::new();
+    let out = run.cmd(&["render", "--no-tls", "--ssh-key", &key()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    golden("no-tls.yaml", std::str::from_utf8(&out.stdout).unwrap());
+    cloud_init_schema(&out.stdout);
+    let doc = yaml(&out.stdout);
+    assert_eq!(deploy_json(&doc)["tls"], false);
+    assert!(written(&doc, "/etc/nginx/sites-available/imgforge").contains("server_name _;"));
+}
+
+#[test]
+fn offline_private_acme_render_is_what_the_boot_tests_use() {
+    let run = Run::new();
+    let text = render_ok(
+        &run,
+        &[
+            "--offline",
+            "--docker-source",
+            "distro",
+            "--acme-server",
+            "https://localhost:14000/dir",
+            "--acme-ca-bundle",
+            &format!("{FIXTURES}/private-ca.pem"),
+        ],
+    );
+    golden(
+        "offline-private-acme.yaml",
+        std::str::from_utf8(&text).unwrap(),
+    );
+    cloud_init_schema(&text);
+    let doc = yaml(&text);
+    let ca = std::fs::read_to_string(format!("{FIXTURES}/private-ca.pem")).unwrap();
+    assert_eq!(written(&doc, "/etc/imgforge/acme-ca.pem"), ca);
+    assert_eq!(
+        deploy_json(&doc)["acme_server"],
+        "https://localhost:14000/dir"
+    );
+}
+
+#[test]
+fn every_provider_preset_gets_the_same_document_in_its_encoding() {
+    let run = Run::new();
+    let plain = render_ok(&run, &[]);
+    for provider in [
+        "generic",
+        "gcp",
+        "hetzner",
+        "digitalocean",
+        "azure",
+        "openstack",
+    ] {
+        let got = render_ok(&run, &["--provider", provider]);
+        assert_eq!(got, plain, "{provider} should take the plain document");
+    }
+    // AWS: 16 KB raw is too little for the plain document; the error says what to do.
+    let mut args = vec!["render".to_string(), "--provider".into(), "aws".into()];
+    args.extend(base_args());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run.cmd(&argv);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("over AWS EC2's limit of 16384 bytes")
+            && stderr(&out).contains("--gzip"),
+        "{}",
+        stderr(&out)
+    );
+    let gz = render_ok(&run, &["--provider", "aws", "--gzip", "-o", "ud.gz"]);
+    assert!(gz.is_empty());
+    let file = std::fs::read(run.path("ud.gz")).unwrap();
+    assert!(file.len() <= 16 * 1024);
+    assert_eq!(gunzip(&file), plain);
+    // Linode: base64 always, 16 KiB decoded.
+    let b64 = render_ok(&run, &["--provider", "linode", "--gzip"]);
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(String::from_utf8(b64).unwrap().trim())
+        .unwrap();
+    assert_eq!(gunzip(&decoded), plain);
+    // Text-only consoles refuse gzip.
+    let mut args = vec![
+        "render".to_string(),
+        "--provider".into(),
+        "hetzner".into(),
+        "--gzip".into(),
+    ];
+    args.extend(base_args());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(run.cmd(&argv).status.code(), Some(2));
+}
+
+#[test]
+fn output_file_is_written_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let run = Run::new();
+    render_ok(&run, &["-o", "user-data.yaml"]);
+    let meta = std::fs::metadata(run.path("user-data.yaml")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn host_key_is_pinned_with_a_known_hosts_line() {
+    let run = Run::new();
+    let mut args = vec!["render".to_string(), "--host-key".into()];
+    args.extend(base_args());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run.cmd(&argv);
+    assert!(out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("metadata service"), "no warning: {err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("api.example.com ssh-ed25519 "))
+        .expect("known_hosts line");
+    let doc = yaml(&out.stdout);
+    let public = doc["ssh_keys"]["ed25519_public"].as_str().unwrap();
+    assert_eq!(
+        line.split_whitespace().nth(2),
+        public.split_whitespace().nth(1)
+    );
+    let private =
+        ssh_key::PrivateKey::from_openssh(doc["ssh_keys"]["ed25519_private"].as_str().unwrap())
+            .unwrap();
+    assert_eq!(
+        private
+            .public_key()
+            .to_openssh()
+            .unwrap()
+            .split_whitespace()
+            .nth(1),
+        public.split_whitespace().nth(1)
+    );
+    cloud_init_schema(&out.stdout);
+}
+
+/// Runs render with one flag set to a hostile value and `-o out.yaml`. Returns the
+/// document when it rendered; when it was refused, checks exit 2, the flag named, and
+/// no output file.
+fn try_flag(flag: &str, value: &str) -> Option<serde_yaml_ng::Value> {
+    let run = Run::new();
+    let mut args: Vec<String> = vec!["render".into(), "-o".into(), "out.yaml".into()];
+    let base = base_args();
+    let mut i = 0;
+    while i < base.len() {
+        if base[i] != flag {
+            args.push(base[i].clone());
+            args.push(base[i + 1].clone());
+        }
+        i += 2;
+    }
+    args.push(format!("{flag}={value}"));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run.cmd(&argv);
+    if out.status.success() {
+        let text = std::fs::read(run.path("out.yaml")).unwrap();
+        return Some(yaml(&text));
+    }
+    let err = stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{flag}={value:?}: expected exit 2, got {:?}: {err}",
+        out.status.code()
+    );
+    assert!(
+        err.contains(&format!("[{flag}]")),
+        "{flag}={value:?}: error does not name the flag: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        !run.path("out.yaml").exists(),
+        "{flag}={value:?}: output written despite the error"
+    );
+    None
+}
+
+const HOSTILE: &[&str] = &[
+    "a\nb",
+    "a\rb",
+    "it's",
+    "say \"hi\"",
+    "$(reboot)",
+    "`reboot`",
+    "a;reboot",
+    "100%",
+    "%h",
+    "{{x}}",
+    "{a}",
+    "a #b",
+    "no",
+    "on",
+    "é",
+    "日本",
+    "-rf",
+    "--help",
+    " lead",
+    "trail ",
+    "a b",
+    "../../etc",
+    // Over-long: a 70-character DNS label, a 300-character value.
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example.com",
+    LONG,
+];
+const LONG: &str = concat!("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+
+#[test]
+fn hostile_values_for_typed_flags_are_refused_or_land_inert() {
+    let flags = [
+        "--domain",
+        "--email",
+        "--user",
+        "--image",
+        "--app-port",
+        "--data-dir",
+        "--data-path",
+        "--health-path",
+        "--acme-server",
+        "--backup-keep",
+    ];
+    for flag in flags {
+        for value in HOSTILE {
+            if let Some(doc) = try_flag(flag, value) {
+                // Accepted: the value must land exactly where it belongs, as a string.
+                let dj = deploy_json(&doc);
+                let landed = match flag {
+                    "--user" => doc["users"][0]["name"].as_str().map(str::to_owned),
+                    "--domain" => dj["domain"].as_str().map(str::to_owned),
+                    "--email" => dj["email"].as_str().map(str::to_owned),
+                    "--image" => dj["image"].as_str().map(str::to_owned),
+                    "--data-dir" => dj["data_dir"].as_str().map(str::to_owned),
+                    "--data-path" => dj["data_path"].as_str().map(str::to_owned),
+                    "--health-path" => dj["health_path"].as_str().map(str::to_owned),
+                    "--acme-server" => dj["acme_server"].as_str().map(str::to_owned),
+                    "--app-port" => Some(dj["container_port"].to_string()),
+                    "--backup-keep" => Some(dj["backup_keep"].to_string()),
+                    _ => unreachable!(),
+                };
+                assert_eq!(
+                    landed.as_deref(),
+                    Some(*value),
+                    "{flag}={value:?} was accepted but did not land byte-exact"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn env_values_arrive_byte_exact_or_are_refused() {
+    for value in HOSTILE {
+        let refused = value.contains(['\n', '\r']);
+        let doc = try_flag("--env", &format!("GREETING={value}"));
+        match doc {
+            None => assert!(
+                refused,
+                "--env GREETING={value:?} was refused but an env file can carry it"
+            ),
+            Some(doc) => {
+                assert!(!refused, "--env GREETING={value:?} was accepted");
+                let env = written(&doc, "/etc/imgforge/app.env");
+                let line = env.lines().find(|l| l.starts_with("GREETING=")).unwrap();
+                assert_eq!(&line["GREETING=".len()..], *value);
+            }
+        }
+    }
+    // Names are typed.
+    for name in ["1X", "A-B", "A B", "$X", ""] {
+        assert!(
+            try_flag("--env", &format!("{name}=v")).is_none(),
+            "env name {name:?} accepted"
+        );
+    }
+}
+
+#[test]
+fn nul_and_yaml_words_in_the_config_file() {
+    let run = Run::new();
+    std::fs::write(run.path("k.pub"), std::fs::read(key()).unwrap()).unwrap();
+    let cfg = "domain: api.example.com\nemail: ops@example.com\nadmin:\n  ssh-key-files: [k.pub]\napp:\n  env:\n    A: \"no\"\n    B: \"on\"\n    C: \"x\\0y\"\n";
+    std::fs::write(run.path("imgforge.yaml"), cfg).unwrap();
+    let out = run.cmd(&["render", "--config", "imgforge.yaml", "-o", "out.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("error[app.env.C]") && err.contains("imgforge.yaml:9:"),
+        "{err}"
+    );
+    assert!(!run.path("out.yaml").exists());
+    // Without the NUL, YAML words stay strings, byte-exact.
+    std::fs::write(
+        run.path("imgforge.yaml"),
+        cfg.replace("    C: \"x\\0y\"\n", ""),
+    )
+    .unwrap();
+    let out = run.cmd(&["render", "--config", "imgforge.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let env = written(&yaml(&out.stdout), "/etc/imgforge/app.env");
+    assert!(env.contains("\nA=no\nB=on\n"), "{env}");
+    // An unquoted boolean is refused with the fix.
+    std::fs::write(
+        run.path("imgforge.yaml"),
+        cfg.replace("\"no\"", "no")
+            .replace("\"on\"", "true")
+            .replace("    C: \"x\\0y\"\n", ""),
+    )
+    .unwrap();
+    let out = run.cmd(&["render", "--config", "imgforge.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("error[app.env.B]") && stderr(&out).contains("quote it"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn config_file_unknown_key_is_an_error_with_its_position() {
+    let run = Run::new();
+    std::fs::write(
+        run.path("imgforge.yaml"),
+        "domain: api.example.com\napp:\n  imagee: x\n",
+    )
+    .unwrap();
+    let out = run.cmd(&["render", "--config", "imgforge.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("unknown field `imagee`") && err.contains("imgforge.yaml:3:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_errors_are_all_reported_with_positions_and_flags_win() {
+    let run = Run::new();
+    std::fs::write(run.path("k.pub"), std::fs::read(key()).unwrap()).unwrap();
+    std::fs::write(
+        run.path("imgforge.yaml"),
+        "domain: bad..domain\nemail: not-an-email\nadmin:\n  user: Root\n  ssh-key-files: [k.pub]\n",
+    )
+    .unwrap();
+    let out = run.cmd(&["render", "--config", "imgforge.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    for expected in [
+        "error[domain]",
+        "imgforge.yaml:1:9",
+        "error[email]",
+        "imgforge.yaml:2:8",
+        "error[admin.user]",
+        "imgforge.yaml:4:9",
+        "3 error(s)",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    // Flags override the file's values.
+    let out = run.cmd(&[
+        "render",
+        "--config",
+        "imgforge.yaml",
+        "--domain",
+        "api.example.org",
+        "--email",
+        "a@example.org",
+        "--user",
+        "ops",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc = yaml(&out.stdout);
+    assert_eq!(deploy_json(&doc)["domain"], "api.example.org");
+    assert_eq!(doc["users"][0]["name"], "ops");
+}
+
+#[test]
+fn private_key_given_as_public_is_refused_and_not_echoed() {
+    let run = Run::new();
+    let kg = run.cmd(&["keygen", "-o", "id"]);
+    assert!(kg.status.success());
+    let private = std::fs::read_to_string(run.path("id")).unwrap();
+    let secret_line = private.lines().nth(1).unwrap();
+    let out = run.cmd(&[
+        "render",
+        "--domain",
+        "api.example.com",
+        "--email",
+        "a@example.com",
+        "--ssh-key",
+        "id",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("PRIVATE key") && err.contains("[--ssh-key]"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(secret_line) && !String::from_utf8_lossy(&out.stdout).contains(secret_line)
+    );
+}
+
+#[test]
+fn missing_default_key_points_at_keygen_and_keygen_fixes_it() {
+    let run = Run::new();
+    let out = run.cmd(&[
+        "render",
+        "--domain",
+        "api.example.com",
+        "--email",
+        "a@example.com",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("imgforge keygen"), "{}", stderr(&out));
+    let kg = run.cmd(&["keygen"]);
+    assert!(kg.status.success(), "{}", stderr(&kg));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(run.path(".ssh/id_ed25519"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let out = run.cmd(&[
+        "render",
+        "--domain",
+        "api.example.com",
+        "--email",
+        "a@example.com",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let public = std::fs::read_to_string(run.path(".ssh/id_ed25519.pub")).unwrap();
+    assert_eq!(
+        yaml(&out.stdout)["users"][0]["ssh_authorized_keys"][0]
+            .as_str()
+            .unwrap(),
+        public.trim()
+    );
+    // keygen does not overwrite.
+    assert_eq!(run.cmd(&["keygen"]).status.code(), Some(2));
+}
+
+#[test]
+fn init_writes_a_starter_that_renders() {
+    let run = Run::new();
+    assert!(run.cmd(&["keygen"]).status.success());
+    assert!(run.cmd(&["init"]).status.success());
+    let out = run.cmd(&["render", "--config", "imgforge.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    cloud_init_schema(&out.stdout);
+    assert_eq!(
+        run.cmd(&["init"]).status.code(),
+        Some(2),
+        "init must not overwrite"
+    );
+}
+
+#[test]
+fn template_overrides_replace_built_in_files_and_unknown_names_are_refused() {
+    let run = Run::new();
+    std::fs::create_dir(run.path("tpl")).unwrap();
+    std::fs::write(
+        run.path("tpl/20auto-upgrades.hbs"),
+        "// custom\nAPT::Periodic::Unattended-Upgrade \"0\";\n",
+    )
+    .unwrap();
+    let text = render_ok(&run, &["--templates", "tpl"]);
+    assert_eq!(
+        written(&yaml(&text), "/etc/apt/apt.conf.d/20auto-upgrades"),
+        "// custom\nAPT::Periodic::Unattended-Upgrade \"0\";\n"
+    );
+    // A missing variable is an error (strict mode), not an empty string.
+    std::fs::write(
+        run.path("tpl/20auto-upgrades.hbs"),
+        "{{no_such_variable}}\n",
+    )
+    .unwrap();
+    let mut args = vec!["render".to_string(), "--templates".into(), "tpl".into()];
+    args.extend(base_args());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run.cmd(&argv);
+    assert!(
+        !out.status.success() && stderr(&out).contains("no_such_variable"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(run.path("tpl/typo.hbs"), "x").unwrap();
+    let out = run.cmd(&argv);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn help_fits_80_columns_and_docs_generate() {
+    let run = Run::new();
+    for sub in [
+        vec!["--help"],
+        vec!["render", "--help"],
+        vec!["keygen", "--help"],
+        vec!["init", "--help"],
+        vec!["seed", "--help"],
+        vec!["boot", "--help"],
+        vec!["verify", "--help"],
+        vec!["pack", "--help"],
+        vec!["build", "--help"],
+    ] {
+        let out = run.cmd(&sub);
+        assert!(out.status.success(), "{sub:?}");
+        for line in String::from_utf8(out.stdout).unwrap().lines() {
+            assert!(
+                line.chars().count() <= 80,
+                "{sub:?}: line over 80 columns: {line:?}"
+            );
+        }
+    }
+    let man = run.cmd(&["docs", "man"]);
+    assert!(man.status.success() && String::from_utf8_lossy(&man.stdout).contains(".TH imgforge"));
+    let bash = run.cmd(&["docs", "completions", "bash"]);
+    assert!(bash.status.success() && String::from_utf8_lossy(&bash.stdout).contains("render"));
+}
