@@ -192,7 +192,10 @@ struct Layout {
 fn layout(sizes: &[u64]) -> Result<Layout> {
     // Size for the worst cluster rounding (32 KiB per file), directory entries
     // and FATs, plus slack so cloud-init never sees a full disk.
-    let content: u64 = sizes.iter().map(|s| s.div_ceil(32 * 1024) * 32 * 1024).sum();
+    let content: u64 = sizes
+        .iter()
+        .map(|s| s.div_ceil(32 * 1024) * 32 * 1024)
+        .sum();
     let wanted = content + content / 16 + 2 * MIB;
     let volume_bytes = wanted.div_ceil(MIB).max(MIN_VOLUME / MIB) * MIB;
     if volume_bytes > MAX_VOLUME {
@@ -228,7 +231,10 @@ fn layout(sizes: &[u64]) -> Result<Layout> {
 }
 
 fn write_vfat(file: &fs::File, files: &[SeedFile]) -> Result<()> {
-    let sizes = files.iter().map(SeedFile::len).collect::<Result<Vec<_>>>()?;
+    let sizes = files
+        .iter()
+        .map(SeedFile::len)
+        .collect::<Result<Vec<_>>>()?;
     let layout = layout(&sizes)?;
     let mut disk = file;
     disk.set_len(0).context("truncating the image")?;
@@ -247,7 +253,7 @@ fn write_vfat(file: &fs::File, files: &[SeedFile]) -> Result<()> {
             fatfs::FatType::Fat16
         })
         .bytes_per_cluster(layout.cluster);
-    fatfs::format_volume(&mut disk, options).context("formatting the FAT volume")?;
+    fatfs::format_volume(disk, options).context("formatting the FAT volume")?;
 
     let fs = fatfs::FileSystem::new(
         &mut disk,
@@ -324,8 +330,7 @@ fn write_iso(out: &Path, files: &[SeedFile]) -> Result<()> {
             }
             SeedSource::Path(p) => {
                 f.len()?;
-                fs::canonicalize(p)
-                    .with_context(|| format!("reading seed file {}", p.display()))?
+                fs::canonicalize(p).with_context(|| format!("reading seed file {}", p.display()))?
             }
         };
         cmd.arg("-map").arg(src).arg(format!("/{}", f.name));

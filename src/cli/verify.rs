@@ -1,10 +1,117 @@
-//! `imgforge verify`.
+//! `imgforge verify`: check a deployed server from outside and print a report.
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+use crate::verify::{self, Group, ProbePort, Target, VerifyOptions};
 
-pub fn run(_args: Args) -> Result<()> {
-    anyhow::bail!("imgforge verify is not built yet")
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Checks: SSH key login as the admin, password and root login refused, effective
+sshd settings; HTTPS certificate and app answer, /health, HTTP redirect; ports
+that must not answer; cloud-init, failed units and imgforge's status record.
+
+Exit codes: 0 all checks passed, 1 a check failed, 2 bad usage or bad input.")]
+pub struct Args {
+    /// The server's address or host name
+    #[arg(long, required_unless_present = "boot", conflicts_with = "boot")]
+    pub host: Option<String>,
+    /// SSH port (with --host)
+    #[arg(long, default_value_t = 22, conflicts_with = "boot")]
+    pub ssh_port: u16,
+    /// HTTP port (with --host)
+    #[arg(long, default_value_t = 80, conflicts_with = "boot")]
+    pub http_port: u16,
+    /// HTTPS port (with --host)
+    #[arg(long, default_value_t = 443, conflicts_with = "boot")]
+    pub https_port: u16,
+    /// Check the VM described by the boot.json that `imgforge boot` wrote
+    #[arg(long, value_name = "BOOT_JSON")]
+    pub boot: Option<PathBuf>,
+    /// The domain the site is served on
+    #[arg(long)]
+    pub domain: String,
+    /// The admin user
+    #[arg(long, default_value = "deploy")]
+    pub user: String,
+    /// The admin's SSH private key (default: ssh's own keys and agent)
+    #[arg(long, short = 'i', value_name = "PRIVATE_KEY")]
+    pub identity: Option<PathBuf>,
+    /// PEM roots for the certificate (default: the public web roots)
+    #[arg(long, value_name = "PEM")]
+    pub ca_bundle: Option<PathBuf>,
+    /// known_hosts file pinning the server's host key
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// The deployment serves plain HTTP only: no certificate, no redirect
+    #[arg(long, conflicts_with = "ca_bundle")]
+    pub no_tls: bool,
+    /// Ports that must not answer, instead of 8000,8080,2375,2376,5000 (with --host)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "PORT",
+        conflicts_with = "boot"
+    )]
+    pub probe_port: Vec<u16>,
+    /// Check groups to skip
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "GROUP")]
+    pub skip: Vec<Group>,
+    /// Timeout of one network operation, in seconds
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    pub timeout: u64,
+    /// Report format
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let target = match (&args.boot, &args.host) {
+        (Some(boot), _) => Target::from_boot_json(boot)?,
+        (None, Some(host)) => {
+            let mut t = Target::direct(host.clone());
+            t.ssh_port = args.ssh_port;
+            t.http_port = args.http_port;
+            t.https_port = args.https_port;
+            if !args.probe_port.is_empty() {
+                t.probe_ports = args
+                    .probe_port
+                    .iter()
+                    .map(|&p| ProbePort {
+                        port: p,
+                        connect: p,
+                    })
+                    .collect();
+            }
+            t
+        }
+        (None, None) => return Err(crate::exit::usage("give --host or --boot")),
+    };
+    let mut opts = VerifyOptions::new(args.domain, args.user);
+    opts.identity = args.identity;
+    opts.ca_bundle = args.ca_bundle;
+    opts.known_hosts = args.known_hosts;
+    opts.tls = !args.no_tls;
+    opts.skip = args.skip.into_iter().collect();
+    opts.timeout = Duration::from_secs(args.timeout.max(1));
+
+    let report = verify::verify(&target, &opts)?;
+    match args.format {
+        Format::Text => print!("{}", report.to_text()),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        let failed: Vec<_> = report.failed().map(|c| c.name.as_str()).collect();
+        anyhow::bail!("{} check(s) failed: {}", failed.len(), failed.join(", "))
+    }
 }

@@ -1,0 +1,355 @@
+//! Checking a deployed server from outside, as its owner would: SSH key login and
+//! hardening, HTTPS with a certificate for the domain, the HTTP redirect, ports that
+//! must stay closed, and the server's own record of its first boot (read over SSH).
+
+mod http;
+mod ports;
+mod ssh;
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::exit::usage;
+
+/// Ports that commonly leak from a Docker host (app ports, the Docker API, a
+/// registry); on a real server none of them may be reachable.
+pub const COMMON_PROBE_PORTS: [u16; 5] = [8000, 8080, 2375, 2376, 5000];
+
+/// The guest port the app listens on, bound to 127.0.0.1 on the VM.
+pub const APP_PORT: u16 = 8000;
+
+/// Where the server is and how to reach its ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Target {
+    /// Host name or address to connect to.
+    pub host: String,
+    pub ssh_port: u16,
+    pub http_port: u16,
+    pub https_port: u16,
+    /// Ports that must not answer, each with the port to connect to for it.
+    pub probe_ports: Vec<ProbePort>,
+    /// True when the ports are QEMU user-networking forwards: those accept a TCP
+    /// connection whether or not anything listens behind them, so only an answer
+    /// counts as "reachable".
+    pub forwarded: bool,
+}
+
+/// A port on the server that must not answer from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ProbePort {
+    /// The port on the server.
+    pub port: u16,
+    /// The port to connect to on [`Target::host`] (differs through forwards).
+    pub connect: u16,
+}
+
+impl Target {
+    /// A server reached directly: ports 22/80/443 and the common probe ports.
+    pub fn direct(host: impl Into<String>) -> Target {
+        Target {
+            host: host.into(),
+            ssh_port: 22,
+            http_port: 80,
+            https_port: 443,
+            probe_ports: COMMON_PROBE_PORTS
+                .iter()
+                .map(|&p| ProbePort {
+                    port: p,
+                    connect: p,
+                })
+                .collect(),
+            forwarded: false,
+        }
+    }
+
+    /// The VM started by `imgforge boot`, from its `boot.json`.
+    pub fn from_boot_json(path: &Path) -> Result<Target> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading boot file {}", path.display()))
+            .map_err(|e| usage(format!("{e:#}")))?;
+        let boot: BootJson = serde_json::from_str(&text)
+            .map_err(|e| usage(format!("parsing boot file {}: {e}", path.display())))?;
+        let forward = |guest: u16| boot.forwards.get(&guest.to_string()).copied();
+        let probe_ports = match forward(APP_PORT) {
+            Some(connect) => vec![ProbePort {
+                port: APP_PORT,
+                connect,
+            }],
+            None => {
+                return Err(usage(format!(
+                    "boot file {} has no forward for guest port {APP_PORT}",
+                    path.display()
+                )))
+            }
+        };
+        Ok(Target {
+            host: boot.host.unwrap_or_else(|| "127.0.0.1".to_string()),
+            ssh_port: boot.ssh_port,
+            http_port: boot.http_port,
+            https_port: boot.https_port,
+            probe_ports,
+            forwarded: true,
+        })
+    }
+}
+
+/// The part of `boot.json` (see the boot protocol) that verify reads.
+#[derive(Debug, Deserialize)]
+struct BootJson {
+    ssh_port: u16,
+    http_port: u16,
+    https_port: u16,
+    #[serde(default)]
+    forwards: std::collections::BTreeMap<String, u16>,
+    host: Option<String>,
+}
+
+/// Groups of checks that can be skipped together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Group {
+    /// SSH login, password and root refusal, sshd settings
+    Ssh,
+    /// HTTPS, certificate, HTTP redirect, health
+    Web,
+    /// Ports that must not answer
+    Ports,
+    /// cloud-init, systemd and imgforge status, read over SSH
+    Server,
+}
+
+/// What to check and with which credentials.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// The domain the site is served on (SNI, Host header, certificate name).
+    pub domain: String,
+    /// The admin user to log in as.
+    pub user: String,
+    /// The admin's private key; without it, ssh's default keys are tried.
+    pub identity: Option<PathBuf>,
+    /// PEM roots to verify the certificate against instead of the public roots.
+    pub ca_bundle: Option<PathBuf>,
+    /// A known_hosts file pinning the server's host key.
+    pub known_hosts: Option<PathBuf>,
+    /// False for HTTP-only deployments: the app is checked on HTTP, no certificate.
+    pub tls: bool,
+    /// Check groups not to run.
+    pub skip: BTreeSet<Group>,
+    /// Timeout of one network operation.
+    pub timeout: Duration,
+    /// Timeout for an SSH command as a whole (login included).
+    pub ssh_timeout: Duration,
+}
+
+impl VerifyOptions {
+    /// Options with defaults: TLS on, all groups, 5 s network timeout.
+    pub fn new(domain: impl Into<String>, user: impl Into<String>) -> Self {
+        VerifyOptions {
+            domain: domain.into(),
+            user: user.into(),
+            identity: None,
+            ca_bundle: None,
+            known_hosts: None,
+            tls: true,
+            skip: BTreeSet::new(),
+            timeout: Duration::from_secs(5),
+            ssh_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Failed,
+    Skipped,
+}
+
+/// One named check with its outcome and what was seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+}
+
+/// Everything `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub host: String,
+    pub domain: String,
+    /// True when no check failed.
+    pub ok: bool,
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// The check with this name, if it ran or was skipped.
+    pub fn check(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+
+    /// The checks that failed.
+    pub fn failed(&self) -> impl Iterator<Item = &Check> {
+        self.checks.iter().filter(|c| c.status == Status::Failed)
+    }
+
+    /// The report as aligned text, one check a line, then a summary line.
+    pub fn to_text(&self) -> String {
+        let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        let mut out = format!("verify {} at {}\n", self.domain, self.host);
+        let count = |s| self.checks.iter().filter(|c| c.status == s).count();
+        for c in &self.checks {
+            let status = match c.status {
+                Status::Ok => "ok",
+                Status::Failed => "FAILED",
+                Status::Skipped => "skipped",
+            };
+            let _ = writeln!(out, "  {status:<7}  {:<width$}  {}", c.name, c.detail);
+        }
+        let _ = writeln!(
+            out,
+            "{}: {} ok, {} failed, {} skipped",
+            if self.ok { "passed" } else { "FAILED" },
+            count(Status::Ok),
+            count(Status::Failed),
+            count(Status::Skipped)
+        );
+        out
+    }
+}
+
+/// Collects checks in order.
+#[derive(Default)]
+struct Checks(Vec<Check>);
+
+impl Checks {
+    fn push(&mut self, name: &str, status: Status, detail: impl Into<String>) {
+        self.0.push(Check {
+            name: name.to_string(),
+            status,
+            detail: detail.into(),
+        });
+    }
+    fn ok(&mut self, name: &str, detail: impl Into<String>) {
+        self.push(name, Status::Ok, detail);
+    }
+    fn failed(&mut self, name: &str, detail: impl Into<String>) {
+        self.push(name, Status::Failed, detail);
+    }
+    fn skipped(&mut self, name: &str, detail: impl Into<String>) {
+        self.push(name, Status::Skipped, detail);
+    }
+    fn result(&mut self, name: &str, r: Result<String, String>) {
+        match r {
+            Ok(d) => self.ok(name, d),
+            Err(d) => self.failed(name, d),
+        }
+    }
+}
+
+/// Checks the server at `target`. Bad input (a missing key file, an unreadable CA
+/// bundle, a malformed domain) is an error that exits 2; everything found on the
+/// server, good or bad, is in the report.
+pub fn verify(target: &Target, opts: &VerifyOptions) -> Result<Report> {
+    check_input(target, opts)?;
+    let tls = if opts.tls && !opts.skip.contains(&Group::Web) {
+        Some(http::client_config(opts.ca_bundle.as_deref())?)
+    } else {
+        None
+    };
+
+    let mut checks = Checks::default();
+    let ssh_needed = !opts.skip.contains(&Group::Ssh) || !opts.skip.contains(&Group::Server);
+    let session = if ssh_needed {
+        Some(ssh::Ssh::new(target, opts))
+    } else {
+        None
+    };
+
+    // Login first: the server checks ride on the same session.
+    let login = session.as_ref().map(|s| s.login());
+    if let (Some(s), Some(login)) = (&session, &login) {
+        if !opts.skip.contains(&Group::Ssh) {
+            ssh::login_checks(s, login, opts, &mut checks);
+        }
+    }
+    if !opts.skip.contains(&Group::Web) {
+        http::web_checks(target, opts, tls.as_ref(), &mut checks);
+    }
+    if !opts.skip.contains(&Group::Ports) {
+        ports::port_checks(target, opts, &mut checks);
+    }
+    if let Some(login) = &login {
+        if !opts.skip.contains(&Group::Server) {
+            ssh::server_checks(login, opts, &mut checks);
+        }
+    }
+
+    let checks = checks.0;
+    Ok(Report {
+        host: target.host.clone(),
+        domain: opts.domain.clone(),
+        ok: checks.iter().all(|c| c.status != Status::Failed),
+        checks,
+    })
+}
+
+fn check_input(target: &Target, opts: &VerifyOptions) -> Result<()> {
+    if target.host.is_empty()
+        || target.host.starts_with('-')
+        || target.host.contains(char::is_whitespace)
+    {
+        return Err(usage(format!("invalid host {:?}", target.host)));
+    }
+    if rustls_pki_types::ServerName::try_from(opts.domain.as_str()).is_err()
+        || opts.domain.parse::<std::net::IpAddr>().is_ok()
+        || !opts.domain.contains('.')
+    {
+        return Err(usage(format!(
+            "invalid domain {:?}: expected a DNS name such as api.example.com",
+            opts.domain
+        )));
+    }
+    let user_ok = opts
+        .user
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && opts
+            .user
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && opts.user.len() <= 32;
+    if !user_ok {
+        return Err(usage(format!("invalid user name {:?}", opts.user)));
+    }
+    for (what, path) in [
+        ("ssh key", &opts.identity),
+        ("known_hosts file", &opts.known_hosts),
+        ("CA bundle", &opts.ca_bundle),
+    ] {
+        if let Some(p) = path {
+            std::fs::File::open(p)
+                .map_err(|e| usage(format!("reading {what} {}: {e}", p.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// The first line of `s`, shortened for a report line.
+fn short(s: &str, max: usize) -> String {
+    let line = s.trim().lines().next().unwrap_or("").trim();
+    if line.chars().count() > max {
+        let cut: String = line.chars().take(max).collect();
+        format!("{cut}…")
+    } else {
+        line.to_string()
+    }
+}

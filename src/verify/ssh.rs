@@ -1,0 +1,605 @@
+//! The SSH checks, run with the system `ssh` as the owner would: key login as the
+//! admin, password and root refused, and the server's state read over one session
+//! (effective sshd settings, cloud-init, failed units, imgforge's status record).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{short, Checks, Target, VerifyOptions};
+
+/// Run on the server after login. Fixed text: nothing from the user is pasted in.
+/// Each section prints `@@name`, its output, then `@@rc <exit code>`.
+const SCRIPT: &str = r#"echo @@user; id -un; echo "@@rc $?"
+echo @@sshd; sudo -n sshd -T 2>&1; echo "@@rc $?"
+echo @@cloud-init; cloud-init status --format json 2>&1; echo "@@rc $?"
+echo @@units; systemctl --failed --plain --no-legend --no-pager 2>&1; echo "@@rc $?"
+echo @@status; cat /var/lib/imgforge/status.json 2>&1; echo "@@rc $?"
+"#;
+
+/// One section of the script's output.
+#[derive(Debug, Clone)]
+pub(super) struct Section {
+    pub output: String,
+    pub rc: Option<i32>,
+}
+
+/// The outcome of the admin's login.
+#[derive(Debug)]
+pub(super) struct Login {
+    /// The sections on success, ssh's error otherwise.
+    pub result: Result<BTreeMap<String, Section>, String>,
+}
+
+/// How to run `ssh` against the target.
+pub(super) struct Ssh {
+    host: String,
+    port: u16,
+    user: String,
+    common: Vec<OsString>,
+    identity: Option<OsString>,
+    pinned: bool,
+    timeout: Duration,
+}
+
+struct Output {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ssh {
+    pub fn new(target: &Target, opts: &VerifyOptions) -> Ssh {
+        let mut common: Vec<OsString> = vec!["-F".into(), "/dev/null".into()];
+        let mut opt = |o: String| {
+            common.push("-o".into());
+            common.push(o.into());
+        };
+        opt("BatchMode=yes".into());
+        opt(format!("ConnectTimeout={}", opts.timeout.as_secs().max(1)));
+        opt("ConnectionAttempts=1".into());
+        opt("ServerAliveInterval=5".into());
+        opt("ServerAliveCountMax=3".into());
+        opt("LogLevel=ERROR".into());
+        opt("GlobalKnownHostsFile=/dev/null".into());
+        let pinned = match &opts.known_hosts {
+            Some(path) => {
+                opt("StrictHostKeyChecking=yes".into());
+                opt(format!("UserKnownHostsFile={}", path.display()));
+                // A key pinned before the VM existed is filed under the domain,
+                // while ssh connects to an address (and a forwarded port).
+                if known_hosts_names(path).contains(&opts.domain) {
+                    opt(format!("HostKeyAlias={}", opts.domain));
+                }
+                true
+            }
+            None => {
+                opt("StrictHostKeyChecking=no".into());
+                opt("UserKnownHostsFile=/dev/null".into());
+                false
+            }
+        };
+        common.push("-p".into());
+        common.push(target.ssh_port.to_string().into());
+        Ssh {
+            host: target.host.clone(),
+            port: target.ssh_port,
+            user: opts.user.clone(),
+            common,
+            identity: opts.identity.as_ref().map(|p| p.as_os_str().to_owned()),
+            pinned,
+            timeout: opts.ssh_timeout,
+        }
+    }
+
+    fn destination(&self, user: &str) -> String {
+        format!("{user}@{}", self.host)
+    }
+
+    fn with_key(&self, cmd: &mut Command) {
+        if let Some(key) = &self.identity {
+            cmd.arg("-i").arg(key).args(["-o", "IdentitiesOnly=yes"]);
+        }
+    }
+
+    fn run(&self, cmd: &mut Command) -> Output {
+        run_with_timeout(cmd, self.timeout)
+    }
+
+    /// Logs in as the admin with the key and runs [`SCRIPT`].
+    pub fn login(&self) -> Login {
+        let mut cmd = Command::new("ssh");
+        cmd.args(&self.common);
+        self.with_key(&mut cmd);
+        cmd.arg("-T")
+            .arg(self.destination(&self.user))
+            .arg("--")
+            .arg(SCRIPT);
+        let out = self.run(&mut cmd);
+        let result = if out.success {
+            Ok(parse_sections(&out.stdout))
+        } else {
+            Err(ssh_error(&out))
+        };
+        Login { result }
+    }
+
+    /// Tries to log in with passwords only; the server's list of methods it still
+    /// accepts is in ssh's "Permission denied (...)" message.
+    fn password_attempt(&self) -> Output {
+        let mut cmd = Command::new("ssh");
+        cmd.args(&self.common)
+            .args(["-o", "PubkeyAuthentication=no"])
+            .args([
+                "-o",
+                "PreferredAuthentications=password,keyboard-interactive",
+            ])
+            .args(["-o", "NumberOfPasswordPrompts=0"])
+            .arg("-T")
+            .arg(self.destination(&self.user))
+            .args(["--", "true"]);
+        self.run(&mut cmd)
+    }
+
+    fn root_attempt(&self) -> Output {
+        let mut cmd = Command::new("ssh");
+        cmd.args(&self.common);
+        self.with_key(&mut cmd);
+        cmd.arg("-T")
+            .arg(self.destination("root"))
+            .args(["--", "true"]);
+        self.run(&mut cmd)
+    }
+}
+
+/// Host names in the first field of a plain (unhashed) known_hosts file.
+fn known_hosts_names(path: &std::path::Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_whitespace().next())
+        .flat_map(|f| f.split(','))
+        .map(str::to_string)
+        .collect()
+}
+
+fn ssh_error(out: &Output) -> String {
+    let err = out.stderr.trim();
+    if err.is_empty() {
+        "ssh failed without a message".to_string()
+    } else {
+        err.lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// The methods in "Permission denied (publickey,password).", if ssh said so.
+fn denied_methods(stderr: &str) -> Option<Vec<String>> {
+    let start = stderr.find("Permission denied (")? + "Permission denied (".len();
+    let end = stderr[start..].find(')')? + start;
+    Some(
+        stderr[start..end]
+            .split(',')
+            .map(|m| m.trim().to_string())
+            .collect(),
+    )
+}
+
+fn parse_sections(stdout: &str) -> BTreeMap<String, Section> {
+    let mut sections = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in stdout.lines() {
+        if let Some(rc) = line.strip_prefix("@@rc ") {
+            if let Some((name, output)) = current.take() {
+                let rc = rc.trim().parse().ok();
+                sections.insert(name, Section { output, rc });
+            }
+        } else if let Some(name) = line.strip_prefix("@@") {
+            current = Some((name.trim().to_string(), String::new()));
+        } else if let Some((_, output)) = current.as_mut() {
+            output.push_str(line);
+            output.push('\n');
+        }
+    }
+    sections
+}
+
+/// Runs `cmd` with no stdin, collecting its output, killed after `timeout`.
+fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let spawned = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            return Output {
+                success: false,
+                stdout: String::new(),
+                stderr: format!("running ssh: {e}"),
+            }
+        }
+    };
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = reader(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = reader(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                timed_out = true;
+                break child.wait().ok();
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(50)),
+            Err(_) => break None,
+        }
+    };
+    let stdout = out.join().unwrap_or_default();
+    let mut stderr = err.join().unwrap_or_default();
+    if timed_out {
+        stderr.push_str(&format!(
+            "\nssh did not finish within {} s",
+            timeout.as_secs()
+        ));
+    }
+    Output {
+        success: !timed_out && status.is_some_and(|s| s.success()),
+        stdout,
+        stderr,
+    }
+}
+
+/// `ssh.login`, `ssh.host_key`, `ssh.password_refused`, `ssh.root_refused`,
+/// `ssh.sshd_config`.
+pub(super) fn login_checks(ssh: &Ssh, login: &Login, opts: &VerifyOptions, checks: &mut Checks) {
+    let dest = format!("{}@{}:{}", ssh.user, ssh.host, ssh.port);
+    let key = match &opts.identity {
+        Some(k) => format!("key {}", k.display()),
+        None => "ssh's default keys".to_string(),
+    };
+    match &login.result {
+        Ok(sections) => {
+            let who = sections
+                .get("user")
+                .map(|s| s.output.trim().to_string())
+                .unwrap_or_default();
+            if who == ssh.user {
+                checks.ok("ssh.login", format!("{dest} logged in with {key}"));
+            } else {
+                checks.failed(
+                    "ssh.login",
+                    format!("{dest} logged in with {key} but the session runs as {who:?}"),
+                );
+            }
+        }
+        Err(e) => checks.failed("ssh.login", format!("{dest} with {key}: {e}")),
+    }
+
+    if !ssh.pinned {
+        checks.skipped(
+            "ssh.host_key",
+            "no --known-hosts given: the host key was not pinned",
+        );
+    } else {
+        match &login.result {
+            Ok(_) => checks.ok("ssh.host_key", "the host key matches the known_hosts file"),
+            Err(e)
+                if e.contains("Host key verification failed")
+                    || e.contains("IDENTIFICATION HAS CHANGED")
+                    || e.contains("No ED25519 host key is known")
+                    || e.contains("host key is known") =>
+            {
+                checks.failed("ssh.host_key", e.clone())
+            }
+            // Authentication happens after the host key check.
+            Err(e) if e.contains("Permission denied") => {
+                checks.ok("ssh.host_key", "the host key matches the known_hosts file")
+            }
+            Err(_) => checks.skipped("ssh.host_key", "not checked: no SSH connection"),
+        }
+    }
+
+    let out = ssh.password_attempt();
+    let r = if out.success {
+        Err(format!(
+            "{dest} let a session in with no key and no password"
+        ))
+    } else {
+        match denied_methods(&out.stderr) {
+            Some(methods) => {
+                let offered: Vec<_> = methods
+                    .iter()
+                    .filter(|m| *m == "password" || *m == "keyboard-interactive")
+                    .cloned()
+                    .collect();
+                if offered.is_empty() {
+                    Ok(format!("the server accepts only: {}", methods.join(",")))
+                } else {
+                    Err(format!(
+                        "the server offers {} (accepted methods: {})",
+                        offered.join(" and "),
+                        methods.join(",")
+                    ))
+                }
+            }
+            None => Err(format!("could not ask the server: {}", ssh_error(&out))),
+        }
+    };
+    checks.result("ssh.password_refused", r);
+
+    let out = ssh.root_attempt();
+    let r = if out.success {
+        Err(format!(
+            "root@{}:{} logged in with {key}",
+            ssh.host, ssh.port
+        ))
+    } else if out.stderr.contains("Permission denied") {
+        Ok(format!("root with {key}: {}", short(&ssh_error(&out), 80)))
+    } else {
+        Err(format!("could not try root: {}", ssh_error(&out)))
+    };
+    checks.result("ssh.root_refused", r);
+
+    let r = match &login.result {
+        Err(_) => None,
+        Ok(sections) => sections.get("sshd").map(sshd_config_result),
+    };
+    match r {
+        Some(r) => checks.result("ssh.sshd_config", r),
+        None => checks.skipped("ssh.sshd_config", "not checked: SSH login failed"),
+    }
+}
+
+/// The effective sshd settings that keep the server key-only.
+const SSHD_WANTED: [(&str, &str); 3] = [
+    ("permitrootlogin", "no"),
+    ("passwordauthentication", "no"),
+    ("kbdinteractiveauthentication", "no"),
+];
+
+fn sshd_config_result(section: &Section) -> Result<String, String> {
+    if section.rc != Some(0) {
+        return Err(format!(
+            "`sudo -n sshd -T` failed (exit {}): {}",
+            section.rc.map_or("?".to_string(), |c| c.to_string()),
+            short(&section.output, 100)
+        ));
+    }
+    let settings: BTreeMap<&str, &str> = section
+        .output
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k, v.trim()))
+        .collect();
+    let mut wrong = Vec::new();
+    for (key, want) in SSHD_WANTED {
+        // Older OpenSSH names keyboard-interactive after challenge-response.
+        let got = settings.get(key).copied().or_else(|| {
+            (key == "kbdinteractiveauthentication")
+                .then(|| settings.get("challengeresponseauthentication").copied())
+                .flatten()
+        });
+        match got {
+            Some(v) if v == want => {}
+            Some(v) => wrong.push(format!("{key} {v} (want {want})")),
+            None => wrong.push(format!("{key} missing (want {want})")),
+        }
+    }
+    if wrong.is_empty() {
+        Ok(SSHD_WANTED
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", "))
+    } else {
+        Err(wrong.join(", "))
+    }
+}
+
+/// `server.cloud_init`, `server.failed_units`, `server.imgforge_status`.
+pub(super) fn server_checks(login: &Login, opts: &VerifyOptions, checks: &mut Checks) {
+    const NAMES: [&str; 3] = [
+        "server.cloud_init",
+        "server.failed_units",
+        "server.imgforge_status",
+    ];
+    let sections = match &login.result {
+        Ok(s) => s,
+        Err(_) => {
+            for n in NAMES {
+                checks.skipped(n, "not checked: SSH login failed");
+            }
+            return;
+        }
+    };
+    let get = |name: &str| {
+        sections.get(name).cloned().unwrap_or(Section {
+            output: String::new(),
+            rc: None,
+        })
+    };
+    checks.result(NAMES[0], cloud_init_result(&get("cloud-init")));
+    checks.result(NAMES[1], failed_units_result(&get("units")));
+    checks.result(NAMES[2], imgforge_status_result(&get("status"), opts.tls));
+}
+
+fn cloud_init_result(section: &Section) -> Result<String, String> {
+    let v: serde_json::Value = serde_json::from_str(section.output.trim()).map_err(|_| {
+        format!(
+            "`cloud-init status --format json` did not give JSON: {}",
+            short(&section.output, 100)
+        )
+    })?;
+    let status = v.get("status").and_then(|s| s.as_str()).unwrap_or("");
+    let errors: Vec<String> = v
+        .get("errors")
+        .and_then(|e| e.as_array())
+        .map(|a| {
+            a.iter()
+                .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if status == "done" && errors.is_empty() {
+        Ok("cloud-init status: done, no errors".to_string())
+    } else if errors.is_empty() {
+        Err(format!("cloud-init status: {status}"))
+    } else {
+        Err(format!(
+            "cloud-init status: {status}, errors: {}",
+            short(&errors.join("; "), 200)
+        ))
+    }
+}
+
+fn failed_units_result(section: &Section) -> Result<String, String> {
+    if section.rc != Some(0) {
+        return Err(format!(
+            "`systemctl --failed` failed: {}",
+            short(&section.output, 100)
+        ));
+    }
+    let units: Vec<&str> = section
+        .output
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|u| *u != "●")
+        .collect();
+    if units.is_empty() {
+        Ok("no failed systemd units".to_string())
+    } else {
+        Err(format!("failed units: {}", units.join(", ")))
+    }
+}
+
+fn imgforge_status_result(section: &Section, tls: bool) -> Result<String, String> {
+    if section.rc != Some(0) {
+        return Err(format!(
+            "reading /var/lib/imgforge/status.json: {}",
+            short(&section.output, 100)
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_str(&section.output)
+        .map_err(|e| format!("/var/lib/imgforge/status.json is not JSON: {e}"))?;
+    let field = |k: &str| v.get(k).and_then(|s| s.as_str()).unwrap_or("").to_string();
+    let state = field("state");
+    let cert = field("certificate");
+    let bad_steps: Vec<String> = v
+        .get("steps")
+        .and_then(|s| s.as_object())
+        .map(|m| {
+            m.iter()
+                .filter(|(_, s)| s.as_str() == Some("failed") || s.as_str() == Some("pending"))
+                .map(|(k, s)| format!("{k} {}", s.as_str().unwrap_or("")))
+                .collect()
+        })
+        .unwrap_or_default();
+    let cert_ok = !tls || cert == "ok";
+    if state == "ready" && cert_ok {
+        Ok(format!("state ready, certificate {cert}"))
+    } else {
+        let mut msg = format!("state {state}, certificate {cert}");
+        if tls && cert != "ok" {
+            msg.push_str(" (want ok)");
+        }
+        if !bad_steps.is_empty() {
+            msg.push_str(&format!("; steps: {}", bad_steps.join(", ")));
+        }
+        Err(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_split_on_markers() {
+        let s = parse_sections(
+            "@@user\ndeploy\n@@rc 0\n@@sshd\nsudo: a password is required\n@@rc 1\n",
+        );
+        assert_eq!(s["user"].output, "deploy\n");
+        assert_eq!(s["sshd"].rc, Some(1));
+    }
+
+    #[test]
+    fn denied_methods_are_read_from_ssh() {
+        assert_eq!(
+            denied_methods("deploy@127.0.0.1: Permission denied (publickey,password).\r\n"),
+            Some(vec!["publickey".to_string(), "password".to_string()])
+        );
+        assert_eq!(denied_methods("Connection refused"), None);
+    }
+
+    #[test]
+    fn sshd_settings_must_all_be_off() {
+        let good = Section {
+            output: "port 22\npermitrootlogin no\npasswordauthentication no\nkbdinteractiveauthentication no\n".into(),
+            rc: Some(0),
+        };
+        assert!(sshd_config_result(&good).is_ok());
+        let bad = Section {
+            output: "permitrootlogin without-password\npasswordauthentication no\nkbdinteractiveauthentication no\n".into(),
+            rc: Some(0),
+        };
+        let e = sshd_config_result(&bad).unwrap_err();
+        assert!(e.contains("permitrootlogin without-password"), "{e}");
+    }
+
+    #[test]
+    fn status_json_needs_ready_and_a_certificate() {
+        let s = |json: &str| Section {
+            output: json.into(),
+            rc: Some(0),
+        };
+        let ready = r#"{"imgforge":1,"state":"ready","certificate":"ok","steps":{"nginx":"ok"}}"#;
+        assert!(imgforge_status_result(&s(ready), true).is_ok());
+        let pending = r#"{"imgforge":1,"state":"ready","certificate":"pending","steps":{}}"#;
+        assert!(imgforge_status_result(&s(pending), true).is_err());
+        assert!(imgforge_status_result(&s(pending), false).is_ok());
+        let failed =
+            r#"{"imgforge":1,"state":"failed","certificate":"ok","steps":{"docker":"failed"}}"#;
+        let e = imgforge_status_result(&s(failed), true).unwrap_err();
+        assert!(e.contains("docker failed"), "{e}");
+    }
+
+    #[test]
+    fn cloud_init_errors_fail() {
+        let s = |json: &str| Section {
+            output: json.into(),
+            rc: Some(0),
+        };
+        assert!(cloud_init_result(&s(r#"{"status":"done","errors":[]}"#)).is_ok());
+        assert!(cloud_init_result(&s(r#"{"status":"error","errors":["boom"]}"#)).is_err());
+        assert!(cloud_init_result(&s(r#"{"status":"running","errors":[]}"#)).is_err());
+    }
+}
