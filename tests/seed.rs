@@ -39,7 +39,10 @@ fn sample(dir: &Path) -> Vec<SeedFile> {
     fs::write(&bundle, payload(6 * 1024 * 1024 + 12345)).unwrap();
     vec![
         SeedFile::bytes("user-data", "#cloud-config\nhostname: api\n"),
-        SeedFile::bytes("meta-data", "instance-id: iid-imgforge\nlocal-hostname: api\n"),
+        SeedFile::bytes(
+            "meta-data",
+            "instance-id: iid-imgforge\nlocal-hostname: api\n",
+        ),
         SeedFile::bytes("network-config", "version: 2\nethernets: {}\n"),
         SeedFile::path("bundle.oci.tar", &bundle),
     ]
@@ -64,15 +67,9 @@ fn vfat_seed_passes_fsck_and_reads_back_byte_exact() {
     write_seed(&img, &files).unwrap();
 
     let (ok, err, out) = run(Command::new("fsck.vfat").arg("-n").arg(&img));
-    assert!(
-        ok,
-        "fsck.vfat -n: {err}{}",
-        String::from_utf8_lossy(&out)
-    );
+    assert!(ok, "fsck.vfat -n: {err}{}", String::from_utf8_lossy(&out));
 
-    let (ok, err, out) = run(Command::new("blkid")
-        .args(["-p", "-o", "export"])
-        .arg(&img));
+    let (ok, err, out) = run(Command::new("blkid").args(["-p", "-o", "export"]).arg(&img));
     let blkid = String::from_utf8_lossy(&out);
     assert!(ok, "blkid: {err}");
     assert!(blkid.contains("LABEL=CIDATA"), "{blkid}");
@@ -127,8 +124,18 @@ fn overwrites_atomically_with_mode_0644() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("seed.img");
     fs::write(&img, b"old").unwrap();
-    write_seed(&img, &[SeedFile::bytes("user-data", "x"), SeedFile::bytes("meta-data", "")]).unwrap();
-    assert_eq!(fs::metadata(&img).unwrap().permissions().mode() & 0o777, 0o644);
+    write_seed(
+        &img,
+        &[
+            SeedFile::bytes("user-data", "x"),
+            SeedFile::bytes("meta-data", ""),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        fs::metadata(&img).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
     assert_eq!(mcopy(&img, "user-data"), b"x");
     assert_eq!(mcopy(&img, "meta-data"), b"");
     // No temporary file is left next to the output.
@@ -145,7 +152,10 @@ fn missing_bundle_is_a_usage_error_and_leaves_no_output() {
     let img = dir.path().join("seed.img");
     let err = write_seed(
         &img,
-        &[SeedFile::path("bundle.oci.tar", dir.path().join("nope.tar"))],
+        &[SeedFile::path(
+            "bundle.oci.tar",
+            dir.path().join("nope.tar"),
+        )],
     )
     .unwrap_err();
     assert!(format!("{err:#}").contains("nope.tar"), "{err:#}");
@@ -163,7 +173,14 @@ fn a_large_bundle_moves_to_fat32_and_still_checks() {
     f.set_len(600 * 1024 * 1024).unwrap();
     drop(f);
     let img = dir.path().join("seed.img");
-    write_seed(&img, &[SeedFile::bytes("meta-data", ""), SeedFile::path("bundle.oci.tar", &big)]).unwrap();
+    write_seed(
+        &img,
+        &[
+            SeedFile::bytes("meta-data", ""),
+            SeedFile::path("bundle.oci.tar", &big),
+        ],
+    )
+    .unwrap();
     let (ok, err, out) = run(Command::new("fsck.vfat").arg("-n").arg(&img));
     assert!(ok, "fsck.vfat -n: {err}{}", String::from_utf8_lossy(&out));
     let (_, _, out) = run(Command::new("file").arg("-s").arg(&img));
@@ -175,7 +192,11 @@ fn a_large_bundle_moves_to_fat32_and_still_checks() {
         .arg(&img)
         .arg("::"));
     assert!(ok);
-    assert!(String::from_utf8_lossy(&out).contains("629 145 600"), "{}", String::from_utf8_lossy(&out));
+    assert!(
+        String::from_utf8_lossy(&out).contains("629 145 600"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
 }
 
 #[test]
@@ -194,7 +215,10 @@ fn iso9660_seed_is_labelled_cidata_and_reproducible() {
     assert_eq!(sha256(&a), sha256(&b));
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(fs::metadata(&a).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            fs::metadata(&a).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
     }
 
     let (ok, err, out) = run(Command::new("blkid").args(["-p", "-o", "export"]).arg(&a));

@@ -44,7 +44,18 @@ fn probe(host: &str, port: u16, domain: &str, timeout: Duration) -> Probe {
         let mut buf = [0u8; 512];
         return match sock.read(&mut buf) {
             Ok(0) => Probe::ClosedSilently,
-            Ok(n) => Probe::Answered(short(&String::from_utf8_lossy(&buf[..n]), 60)),
+            Ok(mut n) => {
+                // The status line may arrive in pieces; a little more makes the
+                // report readable.
+                let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
+                while n < buf.len() && !buf[..n].contains(&b'\n') {
+                    match sock.read(&mut buf[n..]) {
+                        Ok(k) if k > 0 => n += k,
+                        _ => break,
+                    }
+                }
+                Probe::Answered(short(&String::from_utf8_lossy(&buf[..n]), 60))
+            }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 Probe::Silent
             }
