@@ -54,6 +54,9 @@ build() {
     # Recommends are not installed by mmdebstrap, so everything a cloud image relies on
     # is listed. apparmor: Docker cannot start containers without it; e2fsprogs and
     # locales: cloud-init's resizefs and locale modules report errors without them.
+    # The locale module also needs en_US.UTF-8 already generated: Debian's locale-gen
+    # ignores the locale cloud-init passes it. The initramfs is rebuilt once the real
+    # fstab is in place, so that it carries fsck for the ext4 root.
     local pkgs=(
         systemd-sysv udev dbus kmod linux-image-amd64 initramfs-tools zstd
         cloud-init cloud-guest-utils "$net_pkgs" iproute2 netbase iputils-ping
@@ -70,12 +73,14 @@ build() {
     mmdebstrap --mode=root --variant=apt --format=directory \
         --aptopt='Acquire::Retries "3"' \
         --include="$include" \
+        --customize-hook="cp -a --no-preserve=ownership '$here/rootfs/.' \"\$1/\"" \
+        --customize-hook='sed -i "s/^# *\(en_US.UTF-8 UTF-8\)/\1/" "$1/etc/locale.gen"' \
+        --customize-hook='chroot "$1" locale-gen' \
+        --customize-hook='chroot "$1" update-initramfs -u -k all' \
         "$suite" "$root" \
         "deb http://deb.debian.org/debian $suite main" \
         "deb http://deb.debian.org/debian $suite-updates main" \
         "deb http://deb.debian.org/debian-security $suite-security main" >&2
-
-    cp -a --no-preserve=ownership "$here/rootfs/." "$root/"
 
     # `manage_etc_hosts: localhost` rewrites /etc/hosts from this template on every boot.
     echo "127.0.0.1 api.imgforge.test" >>"$root/etc/cloud/templates/hosts.debian.tmpl"

@@ -1,0 +1,139 @@
+//! The status lines a deployed VM prints on its serial console
+//! (`imgforge-status: <compact JSON>`), read leniently: the guest writes them.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+/// What starts a status line on the serial console.
+pub const STATUS_PREFIX: &str = "imgforge-status:";
+
+/// One `imgforge-status:` report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    #[serde(default)]
+    pub imgforge: u32,
+    pub state: State,
+    #[serde(default)]
+    pub boot_id: String,
+    #[serde(default)]
+    pub steps: IndexMap<String, String>,
+    #[serde(default)]
+    pub certificate: Option<String>,
+    pub cloud_init: CloudInit,
+}
+
+/// The deployment's overall state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Ready,
+    Failed,
+    Pending,
+    /// A state this version does not know; treated as not decided yet.
+    #[serde(other)]
+    Unknown,
+}
+
+/// cloud-init's own verdict for this boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudInit {
+    pub status: String,
+    #[serde(default)]
+    pub errors: Vec<serde_json::Value>,
+}
+
+impl Status {
+    /// cloud-init has finished this boot (`done` or `error`): the protocol's "finished".
+    pub fn is_finished(&self) -> bool {
+        matches!(self.cloud_init.status.as_str(), "done" | "error")
+    }
+
+    /// Finished, and the deployment has decided between ready and failed.
+    pub fn is_settled(&self) -> bool {
+        self.is_finished() && matches!(self.state, State::Ready | State::Failed)
+    }
+
+    /// Ready, with cloud-init reporting no error.
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready && self.cloud_init.status == "done"
+    }
+
+    /// Names of the steps reported as failed, in report order.
+    pub fn failed_steps(&self) -> Vec<&str> {
+        self.steps
+            .iter()
+            .filter(|(_, v)| v.as_str() == "failed")
+            .map(|(k, _)| k.as_str())
+            .collect()
+    }
+
+    /// cloud-init's errors as text (they are strings in practice, but any JSON is kept).
+    pub fn cloud_init_errors(&self) -> Vec<String> {
+        self.cloud_init
+            .errors
+            .iter()
+            .map(|e| match e {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect()
+    }
+}
+
+/// Parses a serial console line carrying a status report. The prefix may come after other
+/// console output on the same line (kernel messages interleave); anything that is not a
+/// well-formed report gives `None`.
+pub fn parse_status_line(line: &str) -> Option<Status> {
+    let start = line.find(STATUS_PREFIX)?;
+    let json = line[start + STATUS_PREFIX.len()..].trim();
+    serde_json::from_str(json).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const READY: &str = r#"imgforge-status: {"imgforge":1,"state":"ready","boot_id":"b1","steps":{"docker":"ok","certbot":"skipped"},"certificate":"disabled","cloud_init":{"status":"done","errors":[]}}"#;
+
+    #[test]
+    fn parses_a_ready_line() {
+        let s = parse_status_line(READY).expect("status");
+        assert_eq!(s.state, State::Ready);
+        assert_eq!(s.boot_id, "b1");
+        assert!(s.is_finished() && s.is_settled() && s.is_ready());
+        assert!(s.failed_steps().is_empty());
+        assert_eq!(s.certificate.as_deref(), Some("disabled"));
+    }
+
+    #[test]
+    fn finds_the_prefix_after_console_noise_and_a_carriage_return() {
+        let line = format!("[   12.3] random: crng init done{READY}\r");
+        assert_eq!(parse_status_line(&line).expect("status").boot_id, "b1");
+    }
+
+    #[test]
+    fn reports_failed_steps_and_errors() {
+        let line = r#"imgforge-status: {"imgforge":1,"state":"failed","boot_id":"b","steps":{"a":"ok","nginx":"failed","c":"failed"},"certificate":"pending","cloud_init":{"status":"error","errors":["('scripts_user', RuntimeError())"]}}"#;
+        let s = parse_status_line(line).expect("status");
+        assert_eq!(s.failed_steps(), ["nginx", "c"]);
+        assert_eq!(s.cloud_init_errors(), ["('scripts_user', RuntimeError())"]);
+        assert!(s.is_settled() && !s.is_ready());
+    }
+
+    #[test]
+    fn running_or_pending_is_not_settled() {
+        let running = r#"imgforge-status: {"imgforge":1,"state":"pending","steps":{},"cloud_init":{"status":"running","errors":[]}}"#;
+        let s = parse_status_line(running).expect("status");
+        assert!(!s.is_finished() && !s.is_settled());
+        let pending_done = running.replace("running", "done");
+        let s = parse_status_line(&pending_done).expect("status");
+        assert!(s.is_finished() && !s.is_settled());
+    }
+
+    #[test]
+    fn rejects_truncated_or_foreign_lines() {
+        assert!(parse_status_line(&READY[..READY.len() - 3]).is_none());
+        assert!(parse_status_line("Welcome to Debian").is_none());
+        assert!(parse_status_line("imgforge-status: not json").is_none());
+    }
+}
