@@ -155,7 +155,13 @@ fn print_started(vm: &Vm) {
         },
         vm.run_dir().display()
     );
-    for (guest, host) in &info.forwards {
+    let mut forwards: Vec<(u16, u16)> = info
+        .forwards
+        .iter()
+        .filter_map(|(guest, host)| guest.parse().ok().map(|g| (g, *host)))
+        .collect();
+    forwards.sort_unstable();
+    for (guest, host) in forwards {
         println!("  {}:{host} -> guest port {guest}", info.host);
     }
     println!("  serial log {}", info.serial_log.display());

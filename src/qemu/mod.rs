@@ -625,24 +625,24 @@ mod tests {
         assert_eq!(info.host_port(8000), Some(8001));
         assert_eq!(info.host_port(15000), None);
         let back: serde_json::Value = serde_json::to_value(&info).expect("json");
-        let keys: Vec<&str> = back
+        let mut keys: Vec<&str> = back
             .as_object()
             .expect("object")
             .keys()
             .map(|k| k.as_str())
             .collect();
-        assert_eq!(
-            keys,
-            [
-                "pid",
-                "ssh_port",
-                "http_port",
-                "https_port",
-                "forwards",
-                "serial_log",
-                "overlay",
-                "host"
-            ]
-        );
+        keys.sort_unstable();
+        let mut expected = [
+            "pid",
+            "ssh_port",
+            "http_port",
+            "https_port",
+            "forwards",
+            "serial_log",
+            "overlay",
+            "host",
+        ];
+        expected.sort_unstable();
+        assert_eq!(keys, expected);
     }
 }
