@@ -1,6 +1,7 @@
 //! imgforge: one deployment description in; cloud-init user-data, an OCI bundle,
 //! a NoCloud seed disk or a baked disk image out, and a local QEMU boot that proves it.
 
+pub mod bundle;
 pub mod cli;
 pub mod cloud_config;
 pub mod exit;

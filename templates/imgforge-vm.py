@@ -73,9 +73,9 @@ def update_status(steps=None, **fields):
     try:
         with open("/dev/console", "w") as console:
             console.write(line + "\n")
+        log(f"status: {st['state']}, certificate {st['certificate']}")
     except OSError:
-        pass
-    print(line, flush=True)
+        print(line, flush=True)
     return st
 
 
@@ -292,12 +292,16 @@ def backup(c):
 
 
 def report(c):
-    r = subprocess.run(["cloud-init", "status", "--wait", "--format", "json"], env=ENV, capture_output=True, text=True)
+    # cloud-init writes result.json (on tmpfs, so per boot) when its last stage ends;
+    # `cloud-init status --wait` can return early once an earlier stage had an error.
+    result = "/run/cloud-init/result.json"
+    while not os.path.exists(result):
+        time.sleep(2)
     try:
-        ci = json.loads(r.stdout)
-        ci = {"status": "error" if ci.get("errors") else "done", "errors": ci.get("errors", [])}
-    except ValueError:
-        ci = {"status": "error", "errors": [r.stderr.strip() or "cloud-init status gave no JSON"]}
+        errors = json.load(open(result))["v1"]["errors"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        errors = [f"reading {result}: {e}"]
+    ci = {"status": "error" if errors else "done", "errors": [str(e) for e in errors]}
     ok = healthy(c, 180)
     update_status(cloud_init=ci, health="ok" if ok else "failed")
 

@@ -124,6 +124,30 @@ impl Domain {
 }
 
 string_newtype!(
+    /// A host name: one lower-case DNS label of 1–63 letters, digits and '-'.
+    Hostname
+);
+
+impl Hostname {
+    pub fn parse(s: &str) -> Parsed<Self> {
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok {
+            Ok(Hostname(s.to_owned()))
+        } else {
+            Err(Problem::new(
+                "not a host name",
+                "use 1 to 63 lower-case letters, digits and '-', e.g. api",
+            ))
+        }
+    }
+}
+
+string_newtype!(
     /// An e-mail address for the ACME account, restricted to the characters
     /// every mail system and every config format treat literally.
     Email

@@ -1,0 +1,81 @@
+//! Reading an OCI bundle someone packed (`imgforge pack`, `docker save`): the image
+//! name it loads as, and the sha256 the VM checks before loading it.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::spec::{ImageRef, Sha256Hex};
+
+pub struct BundleInfo {
+    /// The first RepoTag of Docker's manifest.json: what `docker load` tags.
+    pub image: ImageRef,
+    /// sha256 of the whole archive file.
+    pub sha256: Sha256Hex,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerManifest {
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+}
+
+/// Reads the image name from `path`'s manifest.json and hashes the file.
+pub fn inspect(path: &Path) -> Result<BundleInfo> {
+    let shown = path.display();
+    let file = File::open(path).with_context(|| format!("opening bundle {shown}"))?;
+    let mut archive = tar::Archive::new(file);
+    let mut manifest = None;
+    for entry in archive
+        .entries()
+        .with_context(|| format!("reading bundle {shown}"))?
+    {
+        let mut entry = entry.with_context(|| format!("reading bundle {shown}"))?;
+        let name = entry
+            .path()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name == "manifest.json" || name == "./manifest.json" {
+            let mut text = String::new();
+            entry
+                .read_to_string(&mut text)
+                .with_context(|| format!("reading manifest.json in {shown}"))?;
+            manifest = Some(text);
+            break;
+        }
+    }
+    let Some(text) = manifest else {
+        return Err(crate::exit::usage(format!(
+            "bundle {shown} has no manifest.json: pass an archive from `imgforge pack` or `docker save`"
+        )));
+    };
+    let parsed: Vec<DockerManifest> =
+        serde_json::from_str(&text).with_context(|| format!("parsing manifest.json in {shown}"))?;
+    let tag = parsed
+        .first()
+        .and_then(|m| m.repo_tags.as_ref())
+        .and_then(|t| t.first())
+        .ok_or_else(|| {
+            crate::exit::usage(format!(
+                "bundle {shown} names no image (RepoTags is empty): re-pack it with a name"
+            ))
+        })?;
+    let image = ImageRef::parse(tag).map_err(|p| {
+        crate::exit::usage(format!(
+            "bundle {shown} names the image {tag:?}: {}",
+            p.message
+        ))
+    })?;
+
+    let mut hasher = Sha256::new();
+    let mut file = File::open(path).with_context(|| format!("opening bundle {shown}"))?;
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("hashing bundle {shown}"))?;
+    let sha256 = Sha256Hex::parse(&hex::encode(hasher.finalize()))
+        .map_err(|p| anyhow::anyhow!(p.message))?;
+    Ok(BundleInfo { image, sha256 })
+}
