@@ -586,8 +586,11 @@ fn missing_default_key_points_at_keygen_and_keygen_fixes_it() {
             .unwrap(),
         public.trim()
     );
-    // keygen does not overwrite.
+    // keygen does not overwrite; --if-missing keeps the pair.
     assert_eq!(run.cmd(&["keygen"]).status.code(), Some(2));
+    let kept = run.cmd(&["keygen", "--if-missing"]);
+    assert!(kept.status.success());
+    assert_eq!(String::from_utf8_lossy(&kept.stdout), public);
 }
 
 #[test]

@@ -16,8 +16,11 @@ pub struct Args {
     #[arg(long, default_value = "imgforge")]
     pub comment: String,
     /// Replace existing files
-    #[arg(long)]
+    #[arg(long, conflicts_with = "if_missing")]
     pub force: bool,
+    /// Keep an existing key pair (print its public key) instead of failing
+    #[arg(long)]
+    pub if_missing: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -31,6 +34,13 @@ pub fn run(args: Args) -> Result<()> {
     let mut pub_path = path.clone().into_os_string();
     pub_path.push(".pub");
     let pub_path = PathBuf::from(pub_path);
+    if args.if_missing && path.exists() && pub_path.exists() {
+        let public = std::fs::read_to_string(&pub_path)
+            .map_err(|e| anyhow::anyhow!("reading ssh key {}: {e}", pub_path.display()))?;
+        eprintln!("keeping the existing key pair {}", path.display());
+        print!("{public}");
+        return Ok(());
+    }
     for p in [&path, &pub_path] {
         if p.exists() && !args.force {
             return Err(crate::exit::usage(format!(

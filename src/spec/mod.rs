@@ -15,8 +15,9 @@ use serde::Deserialize;
 pub use report::{Entry, Origin, Report, Severity};
 pub use types::*;
 
-/// The image deployed when none is given: the project's own classifier.
-pub const DEFAULT_IMAGE: &str = "ghcr.io/imgforge/classifier:0.1.0";
+/// The image deployed when none is given: the project's own classifier, as
+/// `imgforge pack images/classifier` names it.
+pub const DEFAULT_IMAGE: &str = "imgforge/classifier:0.1.0";
 pub const DEFAULT_USER: &str = "deploy";
 pub const DEFAULT_DATA_DIR: &str = "/srv/app/data";
 pub const DEFAULT_DATA_PATH: &str = "/app/data";
@@ -471,6 +472,17 @@ impl<'a> Validator<'a> {
             self.check_or(body_raw, DEFAULT_BODY_SIZE, "body size", BodySize::parse);
         let env = self.env(o, app);
         let bundle = self.bundle(o, app);
+        if bundle == Some(Bundle::Registry)
+            && image.as_ref().is_some_and(|i| i.as_str() == DEFAULT_IMAGE)
+        {
+            self.report.push(Entry {
+                severity: Severity::Warning,
+                origin: Origin::Default("image"),
+                value: Some(format!("{DEFAULT_IMAGE:?}")),
+                message: "the classifier image is not on a public registry, so the VM cannot pull it".into(),
+                help: "deliver it as a bundle (`imgforge seed --bundle`, --bundle-url, `imgforge build`), or push it and pass --image".into(),
+            });
+        }
 
         let file_keep = file
             .backup

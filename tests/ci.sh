@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The test command: on a fresh Debian 12 machine (root), installs what the tests need,
+# then runs every tier: lint, unit and CLI tests, real-tool checks, QEMU boot tests.
+#
+#   bash tests/ci.sh            everything
+#   IMGFORGE_BOOT_TESTS=0 bash tests/ci.sh    skip the QEMU boot tier
+#
+# Caches live outside the clone, so a second run is fast and a cold one still passes:
+# CARGO_TARGET_DIR (default /var/cache/imgforge/target) and IMGFORGE_CACHE (default
+# /var/cache/imgforge: downloads, the model venv, guest images).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export IMGFORGE_CACHE=${IMGFORGE_CACHE:-/var/cache/imgforge}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$IMGFORGE_CACHE/target}
+export CARGO_TERM_COLOR=never
+mkdir -p "$IMGFORGE_CACHE"
+step() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+
+step "installing packages"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# cloud-init: `cloud-init schema` checks every rendered user-data.
+# skopeo, podman: read and load the OCI bundles. dosfstools, mtools, xorriso: check seed disks.
+# openssh-client/-server: verify's SSH checks against a real sshd. busybox-static: a tiny test app.
+# qemu-system-x86, qemu-utils, mmdebstrap, e2fsprogs, fdisk, openssl: the guest image and boot tests.
+# python3-venv, npm: the classifier's model build (pinned packages from PyPI and npm).
+apt-get install -y -qq --no-install-recommends \
+    cloud-init skopeo podman dosfstools mtools xorriso openssh-client openssh-server \
+    busybox-static qemu-system-x86 qemu-utils mmdebstrap e2fsprogs fdisk openssl \
+    ca-certificates curl python3-venv npm uidmap fuse-overlayfs >/dev/null
+rustup component add clippy rustfmt >/dev/null 2>&1 || true
+
+step "building the classifier's model and binary"
+images/classifier/build.sh
+
+step "lint"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "unit, CLI and real-tool tests"
+cargo test --workspace
+
+if [ "${IMGFORGE_BOOT_TESTS:-1}" != 0 ]; then
+    step "QEMU boot tests"
+    IMGFORGE_BOOT_TESTS=1 cargo test --test boot -- --ignored --test-threads=1 --nocapture
+fi
+step "done"
