@@ -1,6 +1,6 @@
 //! `imgforge pack`, run as a user would: the real binary on fixture directories,
 //! its archive checked by real readers (skopeo, podman) and by unpacking it here.
-//! Needs skopeo and podman installed.
+//! Needs skopeo, podman and containerd (for ctr) installed.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -46,7 +46,11 @@ fn fixture() -> tempfile::TempDir {
     fs::create_dir_all(root.join("dist/model")).unwrap();
     fs::write(root.join("image.yaml"), SPEC).unwrap();
     fs::write(root.join("dist/server"), pseudo_random(300_000, 1)).unwrap();
-    fs::write(root.join("dist/model/weights.onnx"), pseudo_random(2_500_000, 2)).unwrap();
+    fs::write(
+        root.join("dist/model/weights.onnx"),
+        pseudo_random(2_500_000, 2),
+    )
+    .unwrap();
     let labels: String = (0..1000).map(|i| format!("class number {i}\n")).collect();
     fs::write(root.join("dist/model/labels.txt"), labels).unwrap();
     dir
@@ -65,7 +69,10 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn sha256_file(path: &Path) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(fs::read(path).unwrap())))
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(fs::read(path).unwrap()))
+    )
 }
 
 /// Runs a successful pack and returns the digest it printed.
@@ -78,7 +85,11 @@ fn pack_ok(spec_dir: &Path, out: &Path, extra: &[&str]) -> String {
         .args(extra)
         .output()
         .unwrap();
-    assert!(output.status.success(), "pack failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "pack failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
@@ -98,8 +109,14 @@ fn read_archive(path: &Path) -> BTreeMap<String, Vec<u8>> {
 
 fn blob<'a>(files: &'a BTreeMap<String, Vec<u8>>, digest: &str) -> &'a [u8] {
     let path = format!("blobs/{}", digest.replacen(':', "/", 1));
-    let bytes = files.get(&path).unwrap_or_else(|| panic!("{path} missing from the archive"));
-    assert_eq!(format!("sha256:{}", hex::encode(Sha256::digest(bytes))), digest, "{path} content");
+    let bytes = files
+        .get(&path)
+        .unwrap_or_else(|| panic!("{path} missing from the archive"));
+    assert_eq!(
+        format!("sha256:{}", hex::encode(Sha256::digest(bytes))),
+        digest,
+        "{path} content"
+    );
     bytes
 }
 
@@ -107,8 +124,18 @@ fn json(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).unwrap()
 }
 
-/// (path, mode, uid, gid, mtime, content) of each entry of a gzip layer.
-fn layer_entries(gz: &[u8]) -> Vec<(String, u32, u64, u64, u64, Vec<u8>)> {
+/// One entry of a layer tar, as read back.
+#[derive(Clone)]
+struct LayerEntry {
+    path: String,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: u64,
+    data: Vec<u8>,
+}
+
+fn layer_entries(gz: &[u8]) -> Vec<LayerEntry> {
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(gz));
     ar.entries()
         .unwrap()
@@ -117,14 +144,36 @@ fn layer_entries(gz: &[u8]) -> Vec<(String, u32, u64, u64, u64, Vec<u8>)> {
             let h = e.header().clone();
             let mut data = Vec::new();
             e.read_to_end(&mut data).unwrap();
-            let path = e.path().unwrap().to_string_lossy().into_owned();
-            (path, h.mode().unwrap(), h.uid().unwrap(), h.gid().unwrap(), h.mtime().unwrap(), data)
+            LayerEntry {
+                path: e
+                    .path()
+                    .unwrap()
+                    .to_string_lossy()
+                    .trim_end_matches('/')
+                    .to_owned(),
+                mode: h.mode().unwrap(),
+                uid: h.uid().unwrap(),
+                gid: h.gid().unwrap(),
+                mtime: h.mtime().unwrap(),
+                data,
+            }
         })
         .collect()
 }
 
+fn find(entries: &[LayerEntry], path: &str) -> LayerEntry {
+    entries
+        .iter()
+        .find(|e| e.path == path)
+        .cloned()
+        .unwrap_or_else(|| panic!("{path} missing"))
+}
+
 fn skopeo(args: &[&str]) -> String {
-    let out = StdCommand::new("skopeo").args(args).output().expect("running skopeo");
+    let out = StdCommand::new("skopeo")
+        .args(args)
+        .output()
+        .expect("running skopeo");
     assert!(
         out.status.success(),
         "skopeo {args:?} failed: {}",
@@ -144,8 +193,14 @@ fn archive_is_an_oci_layout_and_a_docker_save_archive() {
     let index = json(&files["index.json"]);
     let desc = &index["manifests"][0];
     assert_eq!(desc["digest"], digest.as_str());
-    assert_eq!(desc["annotations"]["io.containerd.image.name"], "docker.io/imgforge/packtest:1.0");
-    assert_eq!(desc["annotations"]["org.opencontainers.image.ref.name"], "1.0");
+    assert_eq!(
+        desc["annotations"]["io.containerd.image.name"],
+        "docker.io/imgforge/packtest:1.0"
+    );
+    assert_eq!(
+        desc["annotations"]["org.opencontainers.image.ref.name"],
+        "1.0"
+    );
 
     let manifest = json(blob(&files, &digest));
     assert_eq!(desc["size"], manifest_size(&files, &digest));
@@ -156,7 +211,10 @@ fn archive_is_an_oci_layout_and_a_docker_save_archive() {
         .unwrap()
         .iter()
         .map(|l| {
-            assert_eq!(l["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
+            assert_eq!(
+                l["mediaType"],
+                "application/vnd.oci.image.layer.v1.tar+gzip"
+            );
             l["digest"].as_str().unwrap()
         })
         .collect();
@@ -165,7 +223,10 @@ fn archive_is_an_oci_layout_and_a_docker_save_archive() {
     // docker save's manifest.json points at the same blobs.
     let docker = json(&files["manifest.json"]);
     assert_eq!(docker[0]["RepoTags"][0], "imgforge/packtest:1.0");
-    assert_eq!(docker[0]["Config"], format!("blobs/sha256/{}", &config_digest[7..]));
+    assert_eq!(
+        docker[0]["Config"],
+        format!("blobs/sha256/{}", &config_digest[7..])
+    );
     for (i, l) in layers.iter().enumerate() {
         assert_eq!(docker[0]["Layers"][i], format!("blobs/sha256/{}", &l[7..]));
     }
@@ -173,7 +234,9 @@ fn archive_is_an_oci_layout_and_a_docker_save_archive() {
     // diff_ids are the sha256 of the uncompressed layers.
     for (i, l) in layers.iter().enumerate() {
         let mut tar = Vec::new();
-        flate2::read::GzDecoder::new(blob(&files, l)).read_to_end(&mut tar).unwrap();
+        flate2::read::GzDecoder::new(blob(&files, l))
+            .read_to_end(&mut tar)
+            .unwrap();
         let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
         assert_eq!(config["rootfs"]["diff_ids"][i], diff_id.as_str());
     }
@@ -190,27 +253,37 @@ fn archive_is_an_oci_layout_and_a_docker_save_archive() {
 
     // Base layer: the user in passwd/group, /tmp sticky, the volume owned by the user.
     let base = layer_entries(blob(&files, layers[0]));
-    let find = |entries: &[(String, u32, u64, u64, u64, Vec<u8>)], p: &str| {
-        entries.iter().find(|e| e.0.trim_end_matches('/') == p).cloned().unwrap_or_else(|| panic!("{p} missing"))
-    };
-    let passwd = String::from_utf8(find(&base, "etc/passwd").5).unwrap();
+    let passwd = String::from_utf8(find(&base, "etc/passwd").data).unwrap();
     assert!(passwd.contains("svc:x:10001:10002:"), "{passwd}");
-    assert!(String::from_utf8(find(&base, "etc/group").5).unwrap().contains("svc:x:10002:"));
-    assert_eq!(find(&base, "tmp").1, 0o1777);
+    assert!(String::from_utf8(find(&base, "etc/group").data)
+        .unwrap()
+        .contains("svc:x:10002:"));
+    assert_eq!(find(&base, "tmp").mode, 0o1777);
     let data = find(&base, "app/data");
-    assert_eq!((data.2, data.3), (10001, 10002));
+    assert_eq!((data.uid, data.gid), (10001, 10002));
 
     // Model layer: a directory copied recursively, sorted, root-owned, epoch mtimes.
     let model = layer_entries(blob(&files, layers[1]));
-    let paths: Vec<&str> = model.iter().map(|e| e.0.trim_end_matches('/')).collect();
-    assert_eq!(paths, ["app", "app/model", "app/model/labels.txt", "app/model/weights.onnx"]);
+    let paths: Vec<&str> = model.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "app",
+            "app/model",
+            "app/model/labels.txt",
+            "app/model/weights.onnx"
+        ]
+    );
     for e in &model {
-        assert_eq!((e.2, e.3, e.4), (0, 0, 0), "{} owner/mtime", e.0);
+        assert_eq!((e.uid, e.gid, e.mtime), (0, 0, 0), "{} owner/mtime", e.path);
     }
-    assert_eq!(find(&model, "app/model/weights.onnx").5, fs::read(fx.path().join("dist/model/weights.onnx")).unwrap());
-    assert_eq!(find(&model, "app/model/labels.txt").1, 0o644);
+    assert_eq!(
+        find(&model, "app/model/weights.onnx").data,
+        fs::read(fx.path().join("dist/model/weights.onnx")).unwrap()
+    );
+    assert_eq!(find(&model, "app/model/labels.txt").mode, 0o644);
     let app = layer_entries(blob(&files, layers[2]));
-    assert_eq!(find(&app, "app/bin/server").1, 0o755);
+    assert_eq!(find(&app, "app/bin/server").mode, 0o755);
 
     // The summary next to the archive agrees.
     let summary = json(&fs::read(fx.path().join("out.tar.json")).unwrap());
@@ -246,7 +319,12 @@ fn skopeo_reads_it_as_oci_archive_and_docker_archive() {
 
     for (transport, name) in [("oci-archive", "oci"), ("docker-archive", "docker")] {
         let dest = fx.path().join(name);
-        skopeo(&["copy", "--quiet", &format!("{transport}:{out}"), &format!("dir:{}", dest.display())]);
+        skopeo(&[
+            "copy",
+            "--quiet",
+            &format!("{transport}:{out}"),
+            &format!("dir:{}", dest.display()),
+        ]);
         let manifest = json(&fs::read(dest.join("manifest.json")).unwrap());
         let layers = manifest["layers"].as_array().unwrap();
         assert_eq!(layers.len(), 3, "{transport}");
@@ -274,12 +352,25 @@ fn podman_loads_it() {
             .args(args)
             .output()
             .expect("running podman");
-        assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let loaded = podman(&["load", "-i", out.to_str().unwrap()]);
-    assert!(loaded.contains("Loaded image: docker.io/imgforge/packtest:1.0"), "{loaded}");
-    let inspect = podman(&["image", "inspect", "--format", "{{.Digest}} {{.Config.User}}", "imgforge/packtest:1.0"]);
+    assert!(
+        loaded.contains("Loaded image: docker.io/imgforge/packtest:1.0"),
+        "{loaded}"
+    );
+    let inspect = podman(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.Digest}} {{.Config.User}}",
+        "imgforge/packtest:1.0",
+    ]);
     assert_eq!(inspect.trim(), format!("{digest} 10001:10002"));
 }
 
@@ -291,11 +382,18 @@ fn packing_twice_gives_identical_bytes() {
     for compression in ["gzip", "zstd", "none"] {
         let da = pack_ok(fx.path(), &a, &["--compression", compression]);
         // Source mtimes and atimes must not leak into the image.
-        let f = fs::File::options().write(true).open(fx.path().join("dist/server")).unwrap();
+        let f = fs::File::options()
+            .write(true)
+            .open(fx.path().join("dist/server"))
+            .unwrap();
         f.set_modified(std::time::SystemTime::now()).unwrap();
         let db = pack_ok(fx.path(), &b, &["--compression", compression]);
         assert_eq!(da, db, "{compression}: digests differ");
-        assert_eq!(sha256_file(&a), sha256_file(&b), "{compression}: archives differ");
+        assert_eq!(
+            sha256_file(&a),
+            sha256_file(&b),
+            "{compression}: archives differ"
+        );
     }
     // zstd layers are what the manifest says they are.
     pack_ok(fx.path(), &a, &["--compression", "zstd"]);
@@ -344,10 +442,20 @@ fn invalid_values_are_all_reported_with_exit_2() {
         .replace("dest: /app/bin/server", "dest: /app/../server")
         .replace("uid: 10001", "uid: 0");
     fs::write(fx.path().join("image.yaml"), spec).unwrap();
-    let out = imgforge().arg("pack").arg(fx.path()).arg("-o").arg(fx.path().join("o.tar")).output().unwrap();
+    let out = imgforge()
+        .arg("pack")
+        .arg(fx.path())
+        .arg("-o")
+        .arg(fx.path().join("o.tar"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    for want in ["name: \"Bad/Name:1.0\"", "layers[1].files[0].dest", "user: uid and gid"] {
+    for want in [
+        "name: \"Bad/Name:1.0\"",
+        "layers[1].files[0].dest",
+        "user: uid and gid",
+    ] {
         assert!(err.contains(want), "missing {want:?} in: {err}");
     }
 }
@@ -356,18 +464,29 @@ fn invalid_values_are_all_reported_with_exit_2() {
 fn missing_file_is_exit_2_naming_it_and_the_build_command() {
     let fx = fixture();
     fs::remove_file(fx.path().join("dist/server")).unwrap();
-    let out = imgforge().arg("pack").arg(fx.path()).arg("-o").arg(fx.path().join("out.tar")).output().unwrap();
+    let out = imgforge()
+        .arg("pack")
+        .arg(fx.path())
+        .arg("-o")
+        .arg(fx.path().join("out.tar"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}", fx.path().join("dist/server").display())), "{err}");
+    assert!(
+        err.contains(&format!("{}", fx.path().join("dist/server").display())),
+        "{err}"
+    );
     assert!(err.contains("layers[1].files[0].src"), "{err}");
     assert!(err.contains("run `./make-dist.sh`"), "{err}");
     assert!(!fx.path().join("out.tar").exists());
 }
 
 fn dir_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     names
 }
@@ -398,10 +517,23 @@ fn failed_write_leaves_no_partial_file() {
         fx.path().display(),
         out_dir.join("out.tar").display()
     );
-    let out = StdCommand::new("sh").args(["-c", &script]).env_remove("SOURCE_DATE_EPOCH").output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let out = StdCommand::new("sh")
+        .args(["-c", &script])
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("error: "));
-    assert_eq!(dir_names(&out_dir), Vec::<String>::new(), "leftovers in the output directory");
+    assert_eq!(
+        dir_names(&out_dir),
+        Vec::<String>::new(),
+        "leftovers in the output directory"
+    );
 }
 
 #[test]
@@ -411,7 +543,13 @@ fn a_failed_pack_keeps_the_previous_archive() {
     pack_ok(fx.path(), &out, &[]);
     let before = sha256_file(&out);
     fs::remove_dir_all(fx.path().join("dist/model")).unwrap();
-    imgforge().arg("pack").arg(fx.path()).arg("-o").arg(&out).assert().code(2);
+    imgforge()
+        .arg("pack")
+        .arg(fx.path())
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(2);
     assert_eq!(sha256_file(&out), before);
 }
 
@@ -420,9 +558,95 @@ fn spec_file_path_and_tag_override() {
     let fx = fixture();
     let out = fx.path().join("out.tar");
     let spec: PathBuf = fx.path().join("image.yaml");
-    pack_ok(&spec, &out, &["--tag", "registry.example.com:5000/team/svc:2"]);
+    pack_ok(
+        &spec,
+        &out,
+        &["--tag", "registry.example.com:5000/team/svc:2"],
+    );
     let files = read_archive(&out);
-    assert_eq!(json(&files["manifest.json"])[0]["RepoTags"][0], "registry.example.com:5000/team/svc:2");
+    assert_eq!(
+        json(&files["manifest.json"])[0]["RepoTags"][0],
+        "registry.example.com:5000/team/svc:2"
+    );
     let index = json(&files["index.json"]);
-    assert_eq!(index["manifests"][0]["annotations"]["io.containerd.image.name"], "registry.example.com:5000/team/svc:2");
+    assert_eq!(
+        index["manifests"][0]["annotations"]["io.containerd.image.name"],
+        "registry.example.com:5000/team/svc:2"
+    );
+}
+
+/// Stops the private containerd when the test ends, pass or fail.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn containerd_imports_and_unpacks_it() {
+    let fx = fixture();
+    let out = fx.path().join("out.tar");
+    let digest = pack_ok(fx.path(), &out, &[]);
+    // A private containerd: its own root, state and socket, no system config.
+    let run = tempfile::tempdir().unwrap();
+    let sock = run.path().join("c.sock");
+    let log = fs::File::create(run.path().join("containerd.log")).unwrap();
+    let _daemon = Daemon(
+        StdCommand::new("containerd")
+            .args(["--config", "/dev/null", "--root"])
+            .arg(run.path().join("root"))
+            .arg("--state")
+            .arg(run.path().join("state"))
+            .arg("--address")
+            .arg(&sock)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting containerd"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !sock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "containerd did not start: {}",
+            fs::read_to_string(run.path().join("containerd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let ctr = |args: &[&str]| {
+        let o = StdCommand::new("ctr")
+            .arg("--address")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .expect("running ctr");
+        assert!(
+            o.status.success(),
+            "ctr {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    // Unpacking applies every layer and checks it against the config's diff_ids.
+    let imported = ctr(&[
+        "images",
+        "import",
+        "--snapshotter",
+        "native",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        imported.contains("docker.io/imgforge/packtest:1.0"),
+        "{imported}"
+    );
+    let list = ctr(&["images", "ls"]);
+    let line = list
+        .lines()
+        .find(|l| l.starts_with("docker.io/imgforge/packtest:1.0"))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(line.contains(&digest), "{line}");
+    assert!(line.contains("linux/amd64"), "{line}");
 }

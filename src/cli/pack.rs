@@ -45,12 +45,17 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
     pub compression: CompressionArg,
 
-    /// Compression level (gzip 1-9, default 1; zstd 1-19, default 3)
+    /// Compression level (gzip 1-9, default 2; zstd 1-19, default 3)
     #[arg(long, value_name = "N")]
     pub level: Option<u32>,
 
     /// Timestamp for every file and the image, in seconds since 1970
-    #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0, value_name = "SECONDS")]
+    #[arg(
+        long,
+        env = "SOURCE_DATE_EPOCH",
+        default_value_t = 0,
+        value_name = "SECONDS"
+    )]
     pub source_date_epoch: u64,
 }
 
@@ -58,19 +63,27 @@ pub fn run(args: Args) -> Result<()> {
     let compression = match (args.compression, args.level) {
         (CompressionArg::None, None) => Compression::None,
         (CompressionArg::None, Some(_)) => {
-            return Err(crate::exit::usage("--level needs --compression gzip or zstd"))
+            return Err(crate::exit::usage(
+                "--level needs --compression gzip or zstd",
+            ))
         }
         (CompressionArg::Gzip, level) => {
             let level = level.unwrap_or(Compression::DEFAULT_GZIP_LEVEL);
             if !(1..=9).contains(&level) {
-                return Err(crate::exit::usage(format!("gzip --level {level} is not in 1-9")));
+                return Err(crate::exit::usage(format!(
+                    "gzip --level {level} is not in 1-9"
+                )));
             }
             Compression::Gzip { level }
         }
         (CompressionArg::Zstd, level) => {
-            let level = level.map_or(Compression::DEFAULT_ZSTD_LEVEL, |l| i32::try_from(l).unwrap_or(i32::MAX));
+            let level = level.map_or(Compression::DEFAULT_ZSTD_LEVEL, |l| {
+                i32::try_from(l).unwrap_or(i32::MAX)
+            });
             if !(1..=19).contains(&level) {
-                return Err(crate::exit::usage(format!("zstd --level {level} is not in 1-19")));
+                return Err(crate::exit::usage(format!(
+                    "zstd --level {level} is not in 1-19"
+                )));
             }
             Compression::Zstd { level }
         }

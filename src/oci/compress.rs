@@ -25,7 +25,9 @@ pub enum Compression {
 }
 
 impl Compression {
-    pub const DEFAULT_GZIP_LEVEL: u32 = 1;
+    /// zlib-rs level 1 uses static Huffman trees only (fast, poor ratio on text);
+    /// level 2 costs about what `gzip -1` does per byte and compresses like `gzip -6`.
+    pub const DEFAULT_GZIP_LEVEL: u32 = 2;
     pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
     /// The OCI layer media type for this compression.
@@ -70,14 +72,26 @@ where
     W: Write,
     P: FnOnce(&mut dyn Write) -> Result<()> + Send,
 {
-    let mut out = HashWriter { inner: out, hasher: Sha256::new(), count: 0 };
+    let mut out = HashWriter {
+        inner: out,
+        hasher: Sha256::new(),
+        count: 0,
+    };
     let diff_id = match compression {
         Compression::None | Compression::Zstd { .. } => serial(&mut out, compression, produce)?,
         Compression::Gzip { level } => parallel_gzip(&mut out, level, produce)?,
     };
     let digest = format!("sha256:{}", hex::encode(out.hasher.finalize()));
-    let diff_id = if compression == Compression::None { digest.clone() } else { diff_id };
-    Ok(BlobInfo { digest, size: out.count, diff_id })
+    let diff_id = if compression == Compression::None {
+        digest.clone()
+    } else {
+        diff_id
+    };
+    Ok(BlobInfo {
+        digest,
+        size: out.count,
+        diff_id,
+    })
 }
 
 /// Producer side: cuts the stream into blocks, hashes it, hands blocks to `sink`.
@@ -110,7 +124,11 @@ impl<F: FnMut(Vec<u8>, bool) -> io::Result<()>> Write for BlockWriter<F> {
 
 impl<F: FnMut(Vec<u8>, bool) -> io::Result<()>> BlockWriter<F> {
     fn new(sink: F) -> Self {
-        BlockWriter { buf: Vec::with_capacity(BLOCK), hasher: Sha256::new(), sink }
+        BlockWriter {
+            buf: Vec::with_capacity(BLOCK),
+            hasher: Sha256::new(),
+            sink,
+        }
     }
 
     /// Sends the final (possibly empty) block and returns the stream's digest.
@@ -144,7 +162,9 @@ fn pick_error(consumed: Result<()>, produced: Result<String>) -> Result<String> 
 
 /// Joins the producer, preferring its error (the root cause) over a broken pipe.
 fn join_producer(handle: std::thread::ScopedJoinHandle<'_, Result<String>>) -> Result<String> {
-    handle.join().map_err(|_| anyhow!("the layer writer panicked"))?
+    handle
+        .join()
+        .map_err(|_| anyhow!("the layer writer panicked"))?
 }
 
 /// No compression or zstd: one compressor, on the calling thread.
@@ -172,7 +192,8 @@ fn consume_serial<W: Write>(
 ) -> Result<()> {
     match compression {
         Compression::Zstd { level } => {
-            let mut enc = zstd::stream::write::Encoder::new(&mut *out, level).context("starting zstd")?;
+            let mut enc =
+                zstd::stream::write::Encoder::new(&mut *out, level).context("starting zstd")?;
             drain(&rx, &mut enc).context("compressing with zstd")?;
             enc.finish().context("finishing zstd stream")?;
             Ok(())
@@ -183,7 +204,9 @@ fn consume_serial<W: Write>(
 
 fn drain(rx: &Receiver<(Vec<u8>, bool)>, out: &mut dyn Write) -> Result<()> {
     loop {
-        let Ok((block, last)) = rx.recv() else { return Err(EndedEarly.into()) };
+        let Ok((block, last)) = rx.recv() else {
+            return Err(EndedEarly.into());
+        };
         out.write_all(&block)?;
         if last {
             return Ok(());
@@ -211,7 +234,9 @@ where
     W: Write,
     P: FnOnce(&mut dyn Write) -> Result<()> + Send,
 {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 16);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 16);
     // Tokens bound the blocks in flight, so a slow block cannot make the others pile up.
     let in_flight = workers * 3;
     let (job_tx, job_rx) = mpsc::channel::<Job>();
@@ -220,7 +245,9 @@ where
     std::thread::scope(|s| {
         let (token_tx, token_rx) = mpsc::sync_channel::<()>(in_flight);
         for _ in 0..in_flight {
-            token_tx.send(()).map_err(|_| anyhow!("internal: token channel"))?;
+            token_tx
+                .send(())
+                .map_err(|_| anyhow!("internal: token channel"))?;
         }
         let (done_tx, done_rx) = mpsc::channel::<Done>();
 
@@ -230,7 +257,12 @@ where
             let mut w = BlockWriter::new(|data: Vec<u8>, last| {
                 token_rx.recv().map_err(|_| closed())?;
                 let next_dict = data[data.len().saturating_sub(DICT)..].to_vec();
-                let job = Job { idx, data, dict: std::mem::replace(&mut dict, next_dict), last };
+                let job = Job {
+                    idx,
+                    data,
+                    dict: std::mem::replace(&mut dict, next_dict),
+                    last,
+                };
                 idx += 1;
                 job_tx.send(job).map_err(|_| closed())
             });
@@ -282,13 +314,16 @@ fn write_gzip<W: Write>(
         1 => 4,
         _ => 0,
     };
-    out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 255]).context("writing layer")?;
+    out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 255])
+        .context("writing layer")?;
     let mut pending = BTreeMap::new();
     let mut next = 0u64;
     let mut crc = crc32fast::Hasher::new();
     let mut len = 0u64;
     loop {
-        let Ok(done) = done_rx.recv() else { return Err(EndedEarly.into()) };
+        let Ok(done) = done_rx.recv() else {
+            return Err(EndedEarly.into());
+        };
         pending.insert(done.idx, done);
         while let Some(done) = pending.remove(&next) {
             let deflated = done.deflated.context("compressing with gzip")?;
@@ -299,9 +334,11 @@ fn write_gzip<W: Write>(
             // The producer may be gone already when this was the last block.
             let _ = token_tx.send(());
             if done.last {
-                out.write_all(&crc.clone().finalize().to_le_bytes()).context("writing layer")?;
+                out.write_all(&crc.clone().finalize().to_le_bytes())
+                    .context("writing layer")?;
                 // ISIZE is the length modulo 2^32 (RFC 1952).
-                out.write_all(&(len as u32).to_le_bytes()).context("writing layer")?;
+                out.write_all(&(len as u32).to_le_bytes())
+                    .context("writing layer")?;
                 return Ok(());
             }
         }
@@ -315,14 +352,20 @@ fn deflate_block(level: u32, data: &[u8], dict: &[u8], last: bool) -> io::Result
     if !dict.is_empty() {
         c.set_dictionary(dict).map_err(io::Error::other)?;
     }
-    let flush = if last { FlushCompress::Finish } else { FlushCompress::Sync };
+    let flush = if last {
+        FlushCompress::Finish
+    } else {
+        FlushCompress::Sync
+    };
     let mut out = Vec::with_capacity(data.len() + data.len() / 16 + 1024);
     loop {
         if out.capacity() - out.len() < 1024 {
             out.reserve(out.capacity() / 2 + 4096);
         }
         let consumed = usize::try_from(c.total_in()).map_err(io::Error::other)?;
-        let status = c.compress_vec(&data[consumed..], &mut out, flush).map_err(io::Error::other)?;
+        let status = c
+            .compress_vec(&data[consumed..], &mut out, flush)
+            .map_err(io::Error::other)?;
         let all_in = c.total_in() as usize == data.len();
         match status {
             Status::StreamEnd => return Ok(out),
@@ -390,7 +433,9 @@ mod tests {
             let data = sample(len);
             let (gz, info) = pack(&data, Compression::Gzip { level: 6 });
             let mut back = Vec::new();
-            flate2::read::GzDecoder::new(gz.as_slice()).read_to_end(&mut back).unwrap();
+            flate2::read::GzDecoder::new(gz.as_slice())
+                .read_to_end(&mut back)
+                .unwrap();
             assert!(back == data, "round trip failed at len {len}");
             assert_eq!(info.diff_id, sha256_digest(&data));
             assert_eq!(info.digest, sha256_digest(&gz));

@@ -16,7 +16,10 @@ use super::spec::{ValidFile, ValidSpec};
 pub enum Content {
     Dir,
     /// A file on disk and the size it had when the plan was made.
-    File { path: PathBuf, size: u64 },
+    File {
+        path: PathBuf,
+        size: u64,
+    },
     Bytes(Vec<u8>),
 }
 
@@ -83,16 +86,48 @@ pub fn base_layer(spec: &ValidSpec) -> LayerPlan {
         home = spec.workdir.as_deref().unwrap_or("/"),
     );
     let group = format!("root:x:0:\n{}:x:{}:\n", u.name, u.gid);
-    let file = |text: String| Entry { mode: 0o644, uid: 0, gid: 0, content: Content::Bytes(text.into_bytes()) };
-    let mut plan = LayerPlan { name: "base: /etc/passwd, /etc/group, /tmp, volumes".into(), ..Default::default() };
+    let file = |text: String| Entry {
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        content: Content::Bytes(text.into_bytes()),
+    };
+    let mut plan = LayerPlan {
+        name: "base: /etc/passwd, /etc/group, /tmp, volumes".into(),
+        ..Default::default()
+    };
     plan.insert("etc/passwd".into(), file(passwd));
     plan.insert("etc/group".into(), file(group));
-    plan.insert("tmp".into(), Entry { mode: 0o1777, uid: 0, gid: 0, content: Content::Dir });
+    plan.insert(
+        "tmp".into(),
+        Entry {
+            mode: 0o1777,
+            uid: 0,
+            gid: 0,
+            content: Content::Dir,
+        },
+    );
     if let Some(w) = &spec.workdir {
-        plan.insert(w[1..].to_owned(), Entry { mode: 0o755, uid: 0, gid: 0, content: Content::Dir });
+        plan.insert(
+            w[1..].to_owned(),
+            Entry {
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                content: Content::Dir,
+            },
+        );
     }
     for v in &spec.volumes {
-        plan.insert(v[1..].to_owned(), Entry { mode: 0o755, uid: u.uid, gid: u.gid, content: Content::Dir });
+        plan.insert(
+            v[1..].to_owned(),
+            Entry {
+                mode: 0o755,
+                uid: u.uid,
+                gid: u.gid,
+                content: Content::Dir,
+            },
+        );
     }
     plan
 }
@@ -111,13 +146,19 @@ pub fn resolve(spec: &ValidSpec, spec_dir: &Path) -> Result<(Vec<LayerPlan>, Vec
     let mut missing = Vec::new();
     let mut plans = Vec::new();
     for (li, layer) in spec.layers.iter().enumerate() {
-        let mut plan = LayerPlan { name: layer.name.clone(), ..Default::default() };
+        let mut plan = LayerPlan {
+            name: layer.name.clone(),
+            ..Default::default()
+        };
         for (fi, f) in layer.files.iter().enumerate() {
             let src = spec_dir.join(&f.src);
             let meta = match fs::metadata(&src) {
                 Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    missing.push(Missing { what: format!("layers[{li}].files[{fi}].src"), path: src });
+                    missing.push(Missing {
+                        what: format!("layers[{li}].files[{fi}].src"),
+                        path: src,
+                    });
                     continue;
                 }
                 Err(e) => return Err(e).with_context(|| format!("reading {}", src.display())),
@@ -141,11 +182,27 @@ pub fn resolve(spec: &ValidSpec, spec_dir: &Path) -> Result<(Vec<LayerPlan>, Vec
 fn file_entry(f: &ValidFile, src: &Path, meta: &fs::Metadata) -> Entry {
     let exec = meta.permissions().mode() & 0o111 != 0;
     let mode = f.mode.unwrap_or(if exec { 0o755 } else { 0o644 });
-    Entry { mode, uid: 0, gid: 0, content: Content::File { path: src.to_path_buf(), size: meta.len() } }
+    Entry {
+        mode,
+        uid: 0,
+        gid: 0,
+        content: Content::File {
+            path: src.to_path_buf(),
+            size: meta.len(),
+        },
+    }
 }
 
 fn add_dir(plan: &mut LayerPlan, f: &ValidFile, dir: &Path, dest: String) -> Result<()> {
-    plan.insert(dest.clone(), Entry { mode: 0o755, uid: 0, gid: 0, content: Content::Dir });
+    plan.insert(
+        dest.clone(),
+        Entry {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            content: Content::Dir,
+        },
+    );
     let mut children: Vec<_> = fs::read_dir(dir)
         .with_context(|| format!("reading directory {}", dir.display()))?
         .collect::<io::Result<_>>()
@@ -154,10 +211,14 @@ fn add_dir(plan: &mut LayerPlan, f: &ValidFile, dir: &Path, dest: String) -> Res
     for child in children {
         let path = child.path();
         let Some(name) = child.file_name().to_str().map(str::to_owned) else {
-            return Err(crate::exit::usage(format!("{} has a name that is not UTF-8", path.display())));
+            return Err(crate::exit::usage(format!(
+                "{} has a name that is not UTF-8",
+                path.display()
+            )));
         };
         // symlink_metadata: a link could point outside the spec directory.
-        let meta = fs::symlink_metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        let meta =
+            fs::symlink_metadata(&path).with_context(|| format!("reading {}", path.display()))?;
         let child_dest = format!("{dest}/{name}");
         if meta.is_dir() {
             add_dir(plan, f, &path, child_dest)?;
@@ -175,7 +236,12 @@ fn add_dir(plan: &mut LayerPlan, f: &ValidFile, dir: &Path, dest: String) -> Res
 
 /// Writes the layer as an uncompressed tar: GNU headers, entries in path order,
 /// numeric owners only, every mtime `epoch`. `progress` hears every content byte.
-pub fn write_tar(plan: &LayerPlan, epoch: u64, out: &mut dyn Write, progress: &dyn Fn(u64)) -> Result<()> {
+pub fn write_tar(
+    plan: &LayerPlan,
+    epoch: u64,
+    out: &mut dyn Write,
+    progress: &dyn Fn(u64),
+) -> Result<()> {
     let mut tar = tar::Builder::new(out);
     let mut buf = vec![0u8; 1 << 20];
     for (path, entry) in &plan.entries {
@@ -207,15 +273,23 @@ pub fn write_tar(plan: &LayerPlan, epoch: u64, out: &mut dyn Write, progress: &d
         }
         .with_context(|| format!("adding /{path} to layer {:?}", plan.name))?;
     }
-    tar.finish().with_context(|| format!("finishing layer {:?}", plan.name))?;
+    tar.finish()
+        .with_context(|| format!("finishing layer {:?}", plan.name))?;
     Ok(())
 }
 
 /// Copies exactly the size recorded in the tar header, then the padding to 512
 /// bytes: a file that changed size since it was planned would otherwise corrupt
 /// the archive.
-fn copy_exact(src: &Path, size: u64, out: &mut dyn Write, buf: &mut [u8], progress: &dyn Fn(u64)) -> io::Result<()> {
-    let mut file = fs::File::open(src).map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", src.display())))?;
+fn copy_exact(
+    src: &Path,
+    size: u64,
+    out: &mut dyn Write,
+    buf: &mut [u8],
+    progress: &dyn Fn(u64),
+) -> io::Result<()> {
+    let mut file = fs::File::open(src)
+        .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", src.display())))?;
     let mut left = size;
     while left > 0 {
         let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
@@ -228,14 +302,22 @@ fn copy_exact(src: &Path, size: u64, out: &mut dyn Write, buf: &mut [u8], progre
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io::Error::new(e.kind(), format!("reading {}: {e}", src.display()))),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("reading {}: {e}", src.display()),
+                ))
+            }
         };
         out.write_all(&buf[..n])?;
         left -= n as u64;
         progress(n as u64);
     }
     if file.read(&mut buf[..1])? != 0 {
-        return Err(io::Error::other(format!("{} grew while being packed", src.display())));
+        return Err(io::Error::other(format!(
+            "{} grew while being packed",
+            src.display()
+        )));
     }
     let pad = (512 - size % 512) % 512;
     out.write_all(&[0u8; 512][..pad as usize])

@@ -44,7 +44,9 @@ impl Default for PackOptions {
     fn default() -> Self {
         PackOptions {
             output: PathBuf::from("image.oci.tar"),
-            compression: Compression::Gzip { level: Compression::DEFAULT_GZIP_LEVEL },
+            compression: Compression::Gzip {
+                level: Compression::DEFAULT_GZIP_LEVEL,
+            },
             reference: None,
             source_date_epoch: 0,
             progress: false,
@@ -113,7 +115,8 @@ pub fn pack(spec_path: &Path, opts: &PackOptions) -> Result<PackSummary> {
     };
     let mut spec = spec::load(&spec_file)?;
     if let Some(r) = &opts.reference {
-        spec.reference = ImageRef::parse(r).map_err(|e| usage(format!("image reference {r:?}: {e}")))?;
+        spec.reference =
+            ImageRef::parse(r).map_err(|e| usage(format!("image reference {r:?}: {e}")))?;
     }
     let created = rfc3339(opts.source_date_epoch)?;
 
@@ -133,11 +136,19 @@ pub fn pack(spec_path: &Path, opts: &PackOptions) -> Result<PackSummary> {
             io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
                 usage(format!("cannot write to {}: {e}", out_dir.display()))
             }
-            _ => anyhow::Error::new(e).context(format!("creating a temporary file in {}", out_dir.display())),
+            _ => anyhow::Error::new(e).context(format!(
+                "creating a temporary file in {}",
+                out_dir.display()
+            )),
         })?;
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(0o644))
-        .with_context(|| format!("setting the mode of a temporary file in {}", out_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "setting the mode of a temporary file in {}",
+                out_dir.display()
+            )
+        })?;
 
     let total: u64 = layers.iter().map(layer::LayerPlan::content_size).sum();
     let bar = progress_bar(opts.progress, total);
@@ -148,7 +159,9 @@ pub fn pack(spec_path: &Path, opts: &PackOptions) -> Result<PackSummary> {
     for plan in &layers {
         let bar = &bar;
         let info = ar
-            .layer(opts.compression, move |w| layer::write_tar(plan, epoch, w, &|n| bar.inc(n)))
+            .layer(opts.compression, move |w| {
+                layer::write_tar(plan, epoch, w, &|n| bar.inc(n))
+            })
             .with_context(|| format!("packing layer {:?}", plan.name))?;
         layer_summaries.push(LayerSummary {
             name: plan.name.clone(),
@@ -166,29 +179,49 @@ pub fn pack(spec_path: &Path, opts: &PackOptions) -> Result<PackSummary> {
         schema_version: 2,
         media_type: MANIFEST,
         config: Descriptor::new(CONFIG, &config.digest, config.size),
-        layers: layer_summaries.iter().map(|l| Descriptor::new(l.media_type, &l.digest, l.size)).collect(),
+        layers: layer_summaries
+            .iter()
+            .map(|l| Descriptor::new(l.media_type, &l.digest, l.size))
+            .collect(),
     };
     let manifest = ar.blob(&to_json(&manifest)?)?;
     let mut manifest_desc = Descriptor::new(MANIFEST, &manifest.digest, manifest.size);
     manifest_desc.annotations = BTreeMap::from([
         ("io.containerd.image.name", spec.reference.normalized()),
-        ("org.opencontainers.image.ref.name", spec.reference.tag().to_owned()),
+        (
+            "org.opencontainers.image.ref.name",
+            spec.reference.tag().to_owned(),
+        ),
     ]);
-    manifest_desc.platform = Some(Platform { architecture: spec.architecture.clone(), os: "linux" });
-    let index = Index { schema_version: 2, media_type: INDEX, manifests: vec![manifest_desc] };
+    manifest_desc.platform = Some(Platform {
+        architecture: spec.architecture.clone(),
+        os: "linux",
+    });
+    let index = Index {
+        schema_version: 2,
+        media_type: INDEX,
+        manifests: vec![manifest_desc],
+    };
     let docker = [DockerManifest {
         config: archive::blob_path(&config.digest),
         repo_tags: vec![spec.reference.familiar()],
-        layers: layer_summaries.iter().map(|l| archive::blob_path(&l.digest)).collect(),
+        layers: layer_summaries
+            .iter()
+            .map(|l| archive::blob_path(&l.digest))
+            .collect(),
     }];
     ar.file("index.json", &to_json(&index)?)?;
     ar.file("manifest.json", &to_json(&docker)?)?;
     ar.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let (writer, size) = ar.finish()?;
-    let file = writer.into_inner().map_err(|e| e.into_error()).context("writing archive")?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .context("writing archive")?;
     // An identical layer dropped near the end can leave stale bytes past the end.
     file.set_len(size).context("writing archive")?;
-    file.sync_all().with_context(|| format!("syncing {}", opts.output.display()))?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", opts.output.display()))?;
     tmp.persist(&opts.output)
         .with_context(|| format!("renaming a temporary file onto {}", opts.output.display()))?;
 
@@ -212,7 +245,11 @@ pub fn pack(spec_path: &Path, opts: &PackOptions) -> Result<PackSummary> {
 }
 
 fn missing_message(spec: &ValidSpec, spec_file: &Path, missing: &[layer::Missing]) -> String {
-    let mut msg = format!("{} input file(s) named in {} do not exist:", missing.len(), spec_file.display());
+    let mut msg = format!(
+        "{} input file(s) named in {} do not exist:",
+        missing.len(),
+        spec_file.display()
+    );
     for m in missing {
         msg.push_str(&format!("\n  {} ({})", m.path.display(), m.what));
     }
@@ -268,7 +305,9 @@ fn to_json(value: &impl Serialize) -> Result<Vec<u8>> {
 fn rfc3339(epoch: u64) -> Result<String> {
     // Year 9999 ends at 253402300799; beyond that RFC 3339 has no form.
     if epoch > 253_402_300_799 {
-        return Err(usage(format!("SOURCE_DATE_EPOCH {epoch} is after the year 9999")));
+        return Err(usage(format!(
+            "SOURCE_DATE_EPOCH {epoch} is after the year 9999"
+        )));
     }
     let days = (epoch / 86_400) as i64;
     let secs = epoch % 86_400;
@@ -308,7 +347,13 @@ struct Descriptor {
 
 impl Descriptor {
     fn new(media_type: &'static str, digest: &str, size: u64) -> Self {
-        Descriptor { media_type, digest: digest.to_owned(), size, annotations: BTreeMap::new(), platform: None }
+        Descriptor {
+            media_type,
+            digest: digest.to_owned(),
+            size,
+            annotations: BTreeMap::new(),
+            platform: None,
+        }
     }
 }
 
@@ -402,7 +447,11 @@ fn image_config(
         os: "linux",
         config: RunConfig {
             user: format!("{}:{}", spec.user.uid, spec.user.gid),
-            exposed_ports: spec.exposed_ports.iter().map(|p| (p.clone(), Empty {})).collect(),
+            exposed_ports: spec
+                .exposed_ports
+                .iter()
+                .map(|p| (p.clone(), Empty {}))
+                .collect(),
             env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             entrypoint: spec.entrypoint.clone(),
             cmd: spec.cmd.clone(),
@@ -410,10 +459,16 @@ fn image_config(
             working_dir: spec.workdir.clone(),
             labels: spec.labels.clone(),
         },
-        rootfs: RootFs { kind: "layers", diff_ids: layers.iter().map(|l| l.diff_id.clone()).collect() },
+        rootfs: RootFs {
+            kind: "layers",
+            diff_ids: layers.iter().map(|l| l.diff_id.clone()).collect(),
+        },
         history: plans
             .iter()
-            .map(|p| History { created: created.to_owned(), created_by: format!("imgforge pack: {}", p.name) })
+            .map(|p| History {
+                created: created.to_owned(),
+                created_by: format!("imgforge pack: {}", p.name),
+            })
             .collect(),
     }
 }
@@ -433,6 +488,9 @@ mod tests {
 
     #[test]
     fn summary_path_appends_json() {
-        assert_eq!(summary_path(Path::new("out/c.oci.tar")), Path::new("out/c.oci.tar.json"));
+        assert_eq!(
+            summary_path(Path::new("out/c.oci.tar")),
+            Path::new("out/c.oci.tar.json")
+        );
     }
 }

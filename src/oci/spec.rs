@@ -135,7 +135,9 @@ impl ImageRef {
             _ => (s, "latest"),
         };
         if !valid_tag(tag) {
-            return Err(format!("tag {tag:?} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"));
+            return Err(format!(
+                "tag {tag:?} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"
+            ));
         }
         let mut parts: Vec<&str> = name.split('/').collect();
         let domain = if parts.len() > 1
@@ -155,7 +157,11 @@ impl ImageRef {
                  separated by '.', '_', '__' or '-'"
             ));
         }
-        Ok(ImageRef { domain, path: parts.join("/"), tag: tag.to_owned() })
+        Ok(ImageRef {
+            domain,
+            path: parts.join("/"),
+            tag: tag.to_owned(),
+        })
     }
 
     /// The short form Docker prints and `RepoTags` holds (`imgforge/classifier:0.1.0`).
@@ -195,7 +201,8 @@ fn valid_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 fn valid_domain(d: &str) -> bool {
@@ -307,7 +314,10 @@ fn validate(raw: ImageSpec) -> Result<ValidSpec, Vec<String>> {
     let reference = match ImageRef::parse(&raw.name) {
         Ok(r) => Some(r),
         Err(e) => {
-            err("name", format!("{:?} is not an image reference: {e}", raw.name));
+            err(
+                "name",
+                format!("{:?} is not an image reference: {e}", raw.name),
+            );
             None
         }
     };
@@ -316,20 +326,39 @@ fn validate(raw: ImageSpec) -> Result<ValidSpec, Vec<String>> {
             err("build", "must not be empty".into());
         }
     }
-    const ARCHES: &[&str] = &["amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64"];
+    const ARCHES: &[&str] = &[
+        "amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64",
+    ];
     if !ARCHES.contains(&raw.architecture.as_str()) {
-        err("architecture", format!("{:?} is not one of {}", raw.architecture, ARCHES.join(", ")));
+        err(
+            "architecture",
+            format!("{:?} is not one of {}", raw.architecture, ARCHES.join(", ")),
+        );
     }
 
     let u = &raw.user;
     if u.uid == 0 || u.gid == 0 {
-        err("user", "uid and gid must be non-zero: the service does not run as root".into());
+        err(
+            "user",
+            "uid and gid must be non-zero: the service does not run as root".into(),
+        );
     }
     let name_ok = u.name.len() <= 32
-        && u.name.bytes().next().is_some_and(|c| c.is_ascii_lowercase() || c == b'_')
-        && u.name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
+        && u.name
+            .bytes()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == b'_')
+        && u.name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
     if !name_ok || u.name == "root" {
-        err("user.name", format!("{:?} must match [a-z_][a-z0-9_-]{{0,31}} and not be root", u.name));
+        err(
+            "user.name",
+            format!(
+                "{:?} must match [a-z_][a-z0-9_-]{{0,31}} and not be root",
+                u.name
+            ),
+        );
     }
 
     if let Some(w) = &raw.workdir {
@@ -338,7 +367,10 @@ fn validate(raw: ImageSpec) -> Result<ValidSpec, Vec<String>> {
         }
     }
     if raw.entrypoint.is_empty() && raw.cmd.is_empty() {
-        err("entrypoint", "entrypoint or cmd must name the program to run".into());
+        err(
+            "entrypoint",
+            "entrypoint or cmd must name the program to run".into(),
+        );
     }
     for (key, list) in [("entrypoint", &raw.entrypoint), ("cmd", &raw.cmd)] {
         for (i, a) in list.iter().enumerate() {
@@ -348,10 +380,16 @@ fn validate(raw: ImageSpec) -> Result<ValidSpec, Vec<String>> {
         }
     }
     for (k, v) in &raw.env {
-        let key_ok = k.bytes().next().is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        let key_ok = k
+            .bytes()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
             && k.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
         if !key_ok {
-            err(&format!("env.{k}"), "name must match [A-Za-z_][A-Za-z0-9_]*".into());
+            err(
+                &format!("env.{k}"),
+                "name must match [A-Za-z_][A-Za-z0-9_]*".into(),
+            );
         }
         if v.contains('\0') {
             err(&format!("env.{k}"), "value contains a NUL byte".into());
@@ -372,12 +410,18 @@ fn validate(raw: ImageSpec) -> Result<ValidSpec, Vec<String>> {
         if let Err(e) = check_abs_path(v) {
             err(&format!("volumes[{i}]"), format!("{v:?} {e}"));
         } else if v == "/tmp" || v.starts_with("/etc") {
-            err(&format!("volumes[{i}]"), format!("{v:?} is managed by the base layer"));
+            err(
+                &format!("volumes[{i}]"),
+                format!("{v:?} is managed by the base layer"),
+            );
         }
     }
     for (k, v) in &raw.labels {
         if k.is_empty() || k.contains(['\0', ' ']) || v.contains('\0') {
-            err(&format!("labels.{k}"), "keys must be non-empty without spaces; no NUL bytes".into());
+            err(
+                &format!("labels.{k}"),
+                "keys must be non-empty without spaces; no NUL bytes".into(),
+            );
         }
     }
 
@@ -389,10 +433,16 @@ fn validate(raw: ImageSpec) -> Result<ValidSpec, Vec<String>> {
     for (li, layer) in raw.layers.iter().enumerate() {
         let lp = format!("layers[{li}]");
         if layer.name.trim().is_empty() || layer.name.contains('\n') {
-            err(&format!("{lp}.name"), "must be a non-empty single line".into());
+            err(
+                &format!("{lp}.name"),
+                "must be a non-empty single line".into(),
+            );
         }
         if layer.files.is_empty() {
-            err(&format!("{lp}.files"), "a layer needs at least one file".into());
+            err(
+                &format!("{lp}.files"),
+                "a layer needs at least one file".into(),
+            );
         }
         let mut files = Vec::new();
         for (fi, f) in layer.files.iter().enumerate() {
@@ -406,10 +456,17 @@ fn validate(raw: ImageSpec) -> Result<ValidSpec, Vec<String>> {
             };
             if let Err(e) = check_abs_path(&f.dest) {
                 err(&format!("{fp}.dest"), format!("{:?} {e}", f.dest));
-            } else if BASE_FILES.contains(&f.dest.as_str()) || f.dest == "/tmp" || f.dest == "/etc" {
-                err(&format!("{fp}.dest"), format!("{:?} is written by the base layer", f.dest));
+            } else if BASE_FILES.contains(&f.dest.as_str()) || f.dest == "/tmp" || f.dest == "/etc"
+            {
+                err(
+                    &format!("{fp}.dest"),
+                    format!("{:?} is written by the base layer", f.dest),
+                );
             } else if let Some(prev) = dests.insert(f.dest.clone(), fp.clone()) {
-                err(&format!("{fp}.dest"), format!("{:?} is already the dest of {prev}", f.dest));
+                err(
+                    &format!("{fp}.dest"),
+                    format!("{:?} is already the dest of {prev}", f.dest),
+                );
             }
             let mode = match f.mode.as_deref().map(parse_mode) {
                 None => None,
@@ -419,9 +476,17 @@ fn validate(raw: ImageSpec) -> Result<ValidSpec, Vec<String>> {
                     None
                 }
             };
-            files.push(ValidFile { src_text: f.src.clone(), src, dest: f.dest.clone(), mode });
+            files.push(ValidFile {
+                src_text: f.src.clone(),
+                src,
+                dest: f.dest.clone(),
+                mode,
+            });
         }
-        layers.push(ValidLayer { name: layer.name.clone(), files });
+        layers.push(ValidLayer {
+            name: layer.name.clone(),
+            files,
+        });
     }
 
     match reference {
@@ -448,7 +513,9 @@ fn parse_mode(s: &str) -> Result<u32, String> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
     match u32::from_str_radix(digits, 8) {
         Ok(m) if m <= 0o7777 && !digits.is_empty() => Ok(m),
-        _ => Err(format!("{s:?} must be an octal mode such as \"0755\" (quote it in YAML)")),
+        _ => Err(format!(
+            "{s:?} must be an octal mode such as \"0755\" (quote it in YAML)"
+        )),
     }
 }
 
@@ -463,7 +530,10 @@ pub fn check_abs_path(p: &str) -> Result<(), &'static str> {
     if p.contains('\0') {
         return Err("contains a NUL byte");
     }
-    if rest.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+    if rest
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
         return Err("must be normalized: no '.', '..', '//' or trailing '/'");
     }
     Ok(())
@@ -478,7 +548,10 @@ fn check_rel_path(p: &str) -> Result<PathBuf, &'static str> {
     if path.is_absolute() {
         return Err("must be relative to the spec directory");
     }
-    if path.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+    if path
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
         return Err("must stay inside the spec directory (no '..')");
     }
     Ok(path.to_path_buf())
