@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod cli;
 pub mod cloud_config;
+pub mod disk;
 pub mod exit;
 pub mod fsutil;
 pub mod keys;

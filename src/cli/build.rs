@@ -1,10 +1,114 @@
-//! `imgforge build`.
+//! `imgforge build`: a new disk image made from a base cloud image with the deployment
+//! baked in as cloud-init system configuration, plus the OCI bundle when one is given.
+
+use std::path::PathBuf;
 
 use anyhow::Result;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+use super::spec_args::SpecArgs;
+use crate::disk::{BuildPlan, DiskFile, Format, BUNDLE_PATH, CLOUD_CFG_PATH};
+use crate::spec::{Bundle, UnixPath};
+use crate::templates::Templates;
 
-pub fn run(_args: Args) -> Result<()> {
-    anyhow::bail!("imgforge build is not built yet")
+#[derive(Debug, clap::Args)]
+#[command(
+    long_about = "\
+Bake the deployment into a bootable disk image.
+
+The base cloud image (qcow2 or raw, GPT or MBR, ext4 root such as Ubuntu's
+cloudimg-rootfs) is copied, never modified. The cloud-config goes into the copy
+as cloud-init system configuration, /etc/cloud/cloud.cfg.d/90-imgforge.cfg
+(mode 0600), not as a NoCloud seed: on a provider with its own datasource (EC2,
+GCE, Hetzner, ...) the provider's network config and SSH keys still apply and
+the deployment merges in. User-data given to the provider is merged over it
+with cloud-init's default rules: a top-level key the user-data sets (runcmd,
+write_files, users, ...) replaces imgforge's, so leave those keys out of it.
+
+With --bundle, the bundle is stored at /var/lib/imgforge/bundle.oci.tar and the
+VM loads it from there after checking its sha256: nothing is pulled at boot.
+Files get the timestamp SOURCE_DATE_EPOCH, or else the base filesystem's last
+write time, so the same inputs give the same image.",
+    after_help = "\
+Examples:
+  imgforge build --base noble-server-cloudimg-amd64.img --config imgforge.yaml \\
+      --bundle classifier.oci.tar -o deploy.qcow2
+  imgforge build --base base.qcow2 --domain api.example.com \\
+      --email ops@example.com -o deploy.raw --format raw"
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Base cloud image (qcow2 or raw); only read
+    #[arg(long, value_name = "FILE")]
+    pub base: PathBuf,
+    /// OCI bundle to bake in; the VM loads it, checking its sha256
+    #[arg(long, value_name = "FILE")]
+    pub bundle: Option<PathBuf>,
+    /// The disk image to write (mode 0600: it may hold keys)
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: PathBuf,
+    /// Output format [default: raw for .raw/.img, else qcow2]
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Directory of templates that replace the built-in ones, file by file
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let mut overrides = args.spec.overrides();
+    if let Some(bundle) = &args.bundle {
+        let info = crate::bundle::inspect(bundle)?;
+        if let Some(image) = &overrides.image {
+            if image != info.image.as_str() {
+                return Err(crate::exit::usage(format!(
+                    "--image {image} but the bundle {} holds {}: drop --image, or pack the bundle under that name",
+                    bundle.display(),
+                    info.image
+                )));
+            }
+        }
+        overrides.image = Some(info.image.to_string());
+        let path = UnixPath::parse(BUNDLE_PATH)
+            .map_err(|p| anyhow::anyhow!("{BUNDLE_PATH}: {}", p.message))?;
+        overrides.bundle_local = Some(Bundle::File {
+            path,
+            sha256: info.sha256,
+        });
+    }
+    let spec = args.spec.load_with(overrides)?;
+    let templates = Templates::load(args.templates.as_deref())?;
+    let cloud_config = crate::render::render(&spec, &templates)?
+        .cloud_config
+        .to_user_data()?;
+    crate::render::check_parses_back(&cloud_config)?;
+
+    let mut files = vec![DiskFile::bytes(CLOUD_CFG_PATH, cloud_config, 0o600)];
+    if let Some(bundle) = &args.bundle {
+        files.push(DiskFile::path(BUNDLE_PATH, bundle, 0o600));
+    }
+    let format =
+        args.format
+            .unwrap_or_else(|| match args.output.extension().and_then(|e| e.to_str()) {
+                Some("raw" | "img") => Format::Raw,
+                _ => Format::Qcow2,
+            });
+    let plan = BuildPlan {
+        base: args.base,
+        output: args.output,
+        format,
+        files,
+        epoch: None,
+    };
+    let started = std::time::Instant::now();
+    let report = crate::disk::build(&plan, &mut crate::disk::stderr_progress)?;
+    crate::disk::stderr_progress(&format!(
+        "wrote {} in {:.1}s: {} baked into partition {} of a {} image",
+        plan.output.display(),
+        started.elapsed().as_secs_f64(),
+        crate::disk::human(report.written),
+        report.root.partition.number,
+        crate::disk::human(report.virtual_size),
+    ));
+    Ok(())
 }

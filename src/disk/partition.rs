@@ -1,0 +1,395 @@
+//! Finding the root filesystem in a raw disk image: the partition table (GPT behind a
+//! protective MBR, or a plain MBR, or none at all) and the ext2/3/4 superblocks in it.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// The label Ubuntu's cloud images give their root filesystem.
+pub const ROOT_LABEL: &str = "cloudimg-rootfs";
+
+/// A partition (or the whole disk, when it has no partition table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    /// 1-based partition number; 0 for a whole-disk filesystem.
+    pub number: u32,
+    /// Byte offset of the partition in the disk.
+    pub offset: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// GPT partition name (empty for MBR).
+    pub name: String,
+}
+
+/// What the superblock of an ext2/3/4 filesystem says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ext4Super {
+    pub label: String,
+    pub block_size: u64,
+    pub blocks: u64,
+    /// Last write time (seconds since the epoch), 0 when never written.
+    pub write_time: u64,
+}
+
+/// A partition holding an ext2/3/4 filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootFs {
+    pub partition: Partition,
+    pub fs: Ext4Super,
+}
+
+/// How the disk is partitioned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Gpt,
+    Mbr,
+    /// No partition table: the filesystem starts at byte 0.
+    None,
+}
+
+/// Reads the partition table of a raw disk image. Damage that makes the table
+/// unreadable is an error; a disk with no table at all gives one whole-disk entry.
+pub fn partitions(
+    disk: &mut (impl Read + Seek),
+    disk_size: u64,
+) -> Result<(Table, Vec<Partition>)> {
+    let mut mbr = [0u8; 512];
+    if !read_at(disk, 0, &mut mbr)? || mbr[510..512] != [0x55, 0xAA] {
+        return Ok((Table::None, whole_disk(disk_size)));
+    }
+    let entries: Vec<[u8; 16]> = (0..4)
+        .map(|i| {
+            let mut e = [0u8; 16];
+            e.copy_from_slice(&mbr[446 + i * 16..462 + i * 16]);
+            e
+        })
+        .collect();
+    if entries.iter().any(|e| e[4] == 0xEE) {
+        for sector in [512u64, 4096] {
+            if let Some(parts) = gpt(disk, sector, disk_size)? {
+                return Ok((Table::Gpt, parts));
+            }
+        }
+        anyhow::bail!("the protective MBR announces a GPT, but no valid GPT header is at LBA 1");
+    }
+    let mut parts = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let kind = e[4];
+        let start = u64::from(u32_le(&e[8..12])) * 512;
+        let len = u64::from(u32_le(&e[12..16])) * 512;
+        // Empty slots and extended partitions (logical ones are not followed).
+        if kind == 0 || len == 0 || matches!(kind, 0x05 | 0x0F | 0x85) {
+            continue;
+        }
+        parts.push(Partition {
+            number: i as u32 + 1,
+            offset: start,
+            size: len,
+            name: String::new(),
+        });
+    }
+    if parts.is_empty() {
+        // A boot sector signature with no partitions: a filesystem on the whole disk
+        // (ext4 leaves the first 1024 bytes alone, so this is only a guess to probe).
+        return Ok((Table::None, whole_disk(disk_size)));
+    }
+    Ok((Table::Mbr, parts))
+}
+
+fn whole_disk(disk_size: u64) -> Vec<Partition> {
+    vec![Partition {
+        number: 0,
+        offset: 0,
+        size: disk_size,
+        name: String::new(),
+    }]
+}
+
+/// The GPT with `sector`-byte logical blocks, if its header checks out.
+fn gpt(
+    disk: &mut (impl Read + Seek),
+    sector: u64,
+    disk_size: u64,
+) -> Result<Option<Vec<Partition>>> {
+    let mut header = vec![0u8; sector as usize];
+    if !read_at(disk, sector, &mut header)? || &header[0..8] != b"EFI PART" {
+        return Ok(None);
+    }
+    let header_size = u32_le(&header[12..16]) as usize;
+    if !(92..=sector as usize).contains(&header_size) {
+        anyhow::bail!("GPT header size {header_size} is out of range");
+    }
+    let mut check = header[..header_size].to_vec();
+    check[16..20].fill(0);
+    if crc32fast::hash(&check) != u32_le(&header[16..20]) {
+        anyhow::bail!("the GPT header checksum does not match: the partition table is damaged");
+    }
+    let entries_lba = u64_le(&header[72..80]);
+    let count = u32_le(&header[80..84]) as usize;
+    let entry_size = u32_le(&header[84..88]) as usize;
+    if !(128..=4096).contains(&entry_size) || count > 16384 {
+        anyhow::bail!(
+            "GPT declares {count} entries of {entry_size} bytes: not a table this tool reads"
+        );
+    }
+    let mut table = vec![0u8; count * entry_size];
+    if !read_at(disk, entries_lba * sector, &mut table)? {
+        anyhow::bail!(
+            "the GPT partition entries at LBA {entries_lba} lie past the end of the disk"
+        );
+    }
+    if crc32fast::hash(&table) != u32_le(&header[88..92]) {
+        anyhow::bail!("the GPT partition entries checksum does not match: the table is damaged");
+    }
+    let mut parts = Vec::new();
+    for (i, e) in table.chunks_exact(entry_size).enumerate() {
+        if e[0..16].iter().all(|&b| b == 0) {
+            continue;
+        }
+        let first = u64_le(&e[32..40]);
+        let last = u64_le(&e[40..48]);
+        if last < first {
+            continue;
+        }
+        let offset = first.saturating_mul(sector);
+        let size = (last - first + 1).saturating_mul(sector);
+        if offset.saturating_add(size) > disk_size {
+            anyhow::bail!("GPT partition {} ends past the end of the disk", i + 1);
+        }
+        let name: Vec<u16> = e[56..128]
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|&c| c != 0)
+            .collect();
+        parts.push(Partition {
+            number: i as u32 + 1,
+            offset,
+            size,
+            name: String::from_utf16_lossy(&name),
+        });
+    }
+    Ok(Some(parts))
+}
+
+/// The ext2/3/4 superblock at the start of `part`, if there is one.
+pub fn probe_ext4(disk: &mut (impl Read + Seek), part: &Partition) -> Result<Option<Ext4Super>> {
+    if part.size < 2048 {
+        return Ok(None);
+    }
+    let mut sb = [0u8; 1024];
+    if !read_at(disk, part.offset + 1024, &mut sb)? {
+        return Ok(None);
+    }
+    if u16::from_le_bytes([sb[56], sb[57]]) != 0xEF53 {
+        return Ok(None);
+    }
+    let log = u32_le(&sb[24..28]);
+    if log > 6 {
+        return Ok(None);
+    }
+    let block_size = 1024u64 << log;
+    let incompat = u32_le(&sb[96..100]);
+    let mut blocks = u64::from(u32_le(&sb[4..8]));
+    if incompat & 0x80 != 0 {
+        blocks |= u64::from(u32_le(&sb[0x150..0x154])) << 32;
+    }
+    let write_time = u64::from(u32_le(&sb[48..52])) | (u64::from(sb[0x274]) << 32);
+    let label_bytes = &sb[120..136];
+    let end = label_bytes.iter().position(|&b| b == 0).unwrap_or(16);
+    Ok(Some(Ext4Super {
+        label: String::from_utf8_lossy(&label_bytes[..end]).into_owned(),
+        block_size,
+        blocks,
+        write_time,
+    }))
+}
+
+/// The root filesystem of a raw disk image: the ext4 partition labelled
+/// `cloudimg-rootfs`, else the largest ext4 partition. `None` when there is none.
+pub fn find_root(raw: &Path) -> Result<(Table, Option<RootFs>)> {
+    let mut file =
+        File::open(raw).with_context(|| format!("opening disk image {}", raw.display()))?;
+    let size = file
+        .metadata()
+        .with_context(|| format!("reading the size of {}", raw.display()))?
+        .len();
+    let (table, parts) = partitions(&mut file, size)
+        .with_context(|| format!("reading the partition table of {}", raw.display()))?;
+    let mut found = Vec::new();
+    for part in parts {
+        if let Some(fs) = probe_ext4(&mut file, &part)
+            .with_context(|| format!("reading partition {} of {}", part.number, raw.display()))?
+        {
+            found.push(RootFs {
+                partition: part,
+                fs,
+            });
+        }
+    }
+    let labelled = found.iter().position(|r| r.fs.label == ROOT_LABEL);
+    let pick = labelled.or_else(|| {
+        found
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, r)| r.fs.blocks * r.fs.block_size)
+            .map(|(i, _)| i)
+    });
+    Ok((table, pick.map(|i| found.swap_remove(i))))
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`; false when the disk is shorter.
+fn read_at(disk: &mut (impl Read + Seek), offset: u64, buf: &mut [u8]) -> Result<bool> {
+    disk.seek(SeekFrom::Start(offset))
+        .context("seeking in the disk image")?;
+    match disk.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e).context("reading the disk image"),
+    }
+}
+
+fn u32_le(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn u64_le(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    const SECTOR: usize = 512;
+
+    /// An in-memory GPT disk with partitions given as (first LBA, last LBA, name).
+    fn gpt_disk(sectors: usize, parts: &[(u64, u64, &str)]) -> Vec<u8> {
+        let mut disk = vec![0u8; sectors * SECTOR];
+        // Protective MBR.
+        disk[446 + 4] = 0xEE;
+        disk[510] = 0x55;
+        disk[511] = 0xAA;
+        let mut table = vec![0u8; 128 * 128];
+        for (i, (first, last, name)) in parts.iter().enumerate() {
+            let e = &mut table[i * 128..(i + 1) * 128];
+            e[0] = 0xAF; // any non-zero type GUID
+            e[32..40].copy_from_slice(&first.to_le_bytes());
+            e[40..48].copy_from_slice(&last.to_le_bytes());
+            for (j, c) in name.encode_utf16().enumerate() {
+                e[56 + 2 * j..58 + 2 * j].copy_from_slice(&c.to_le_bytes());
+            }
+        }
+        disk[2 * SECTOR..2 * SECTOR + table.len()].copy_from_slice(&table);
+        let h = &mut disk[SECTOR..2 * SECTOR];
+        h[0..8].copy_from_slice(b"EFI PART");
+        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        h[12..16].copy_from_slice(&92u32.to_le_bytes());
+        h[72..80].copy_from_slice(&2u64.to_le_bytes());
+        h[80..84].copy_from_slice(&128u32.to_le_bytes());
+        h[84..88].copy_from_slice(&128u32.to_le_bytes());
+        h[88..92].copy_from_slice(&crc32fast::hash(&table).to_le_bytes());
+        let crc = crc32fast::hash(&h[..92]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        disk
+    }
+
+    fn put_ext4(disk: &mut [u8], offset: usize, label: &str, blocks: u32) {
+        let sb = &mut disk[offset + 1024..offset + 2048];
+        sb[4..8].copy_from_slice(&blocks.to_le_bytes());
+        sb[24..28].copy_from_slice(&2u32.to_le_bytes());
+        sb[48..52].copy_from_slice(&1_700_000_000u32.to_le_bytes());
+        sb[56..58].copy_from_slice(&0xEF53u16.to_le_bytes());
+        sb[120..120 + label.len()].copy_from_slice(label.as_bytes());
+    }
+
+    #[test]
+    fn gpt_entries_are_read_with_names_and_offsets() {
+        let disk = gpt_disk(200, &[(40, 99, "efi"), (100, 189, "cloudimg-rootfs")]);
+        let (table, parts) = partitions(&mut Cursor::new(&disk), disk.len() as u64).unwrap();
+        assert_eq!(table, Table::Gpt);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[1].number, 2);
+        assert_eq!(parts[1].offset, 100 * 512);
+        assert_eq!(parts[1].size, 90 * 512);
+        assert_eq!(parts[1].name, "cloudimg-rootfs");
+    }
+
+    #[test]
+    fn a_corrupted_gpt_header_is_an_error_not_an_empty_disk() {
+        let mut disk = gpt_disk(200, &[(40, 99, "root")]);
+        disk[SECTOR + 40] ^= 1;
+        let err = partitions(&mut Cursor::new(&disk), disk.len() as u64).unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
+        let mut disk = gpt_disk(200, &[(40, 99, "root")]);
+        disk[2 * SECTOR + 33] ^= 1;
+        let err = partitions(&mut Cursor::new(&disk), disk.len() as u64).unwrap_err();
+        assert!(err.to_string().contains("entries"), "{err}");
+    }
+
+    #[test]
+    fn the_labelled_root_wins_over_a_larger_ext4() {
+        let mut disk = gpt_disk(400, &[(40, 99, "a"), (100, 149, "b"), (150, 399, "c")]);
+        put_ext4(&mut disk, 40 * SECTOR, ROOT_LABEL, 10);
+        put_ext4(&mut disk, 150 * SECTOR, "data", 60);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.raw");
+        std::fs::write(&path, &disk).unwrap();
+        let (_, root) = find_root(&path).unwrap();
+        let root = root.unwrap();
+        assert_eq!(root.partition.number, 1);
+        assert_eq!(root.fs.label, ROOT_LABEL);
+        assert_eq!(root.fs.block_size, 4096);
+        assert_eq!(root.fs.write_time, 1_700_000_000);
+
+        // Without the label, the largest filesystem is the root.
+        disk[40 * SECTOR + 1024 + 120..40 * SECTOR + 1024 + 136].fill(0);
+        std::fs::write(&path, &disk).unwrap();
+        let (_, root) = find_root(&path).unwrap();
+        assert_eq!(root.unwrap().partition.number, 3);
+    }
+
+    #[test]
+    fn plain_mbr_partitions_are_read_and_extended_ones_skipped() {
+        let mut disk = vec![0u8; 300 * SECTOR];
+        disk[510] = 0x55;
+        disk[511] = 0xAA;
+        let entry = |disk: &mut Vec<u8>, slot: usize, kind: u8, start: u32, len: u32| {
+            let e = &mut disk[446 + slot * 16..462 + slot * 16];
+            e[4] = kind;
+            e[8..12].copy_from_slice(&start.to_le_bytes());
+            e[12..16].copy_from_slice(&len.to_le_bytes());
+        };
+        entry(&mut disk, 0, 0x83, 10, 100);
+        entry(&mut disk, 1, 0x05, 110, 100);
+        put_ext4(&mut disk, 10 * SECTOR, "root", 25);
+        let (table, parts) = partitions(&mut Cursor::new(&disk), disk.len() as u64).unwrap();
+        assert_eq!(table, Table::Mbr);
+        assert_eq!(parts.len(), 1);
+        let fs = probe_ext4(&mut Cursor::new(&disk), &parts[0])
+            .unwrap()
+            .unwrap();
+        assert_eq!(fs.label, "root");
+    }
+
+    #[test]
+    fn no_table_means_the_whole_disk_is_probed() {
+        let mut disk = vec![0u8; 64 * SECTOR];
+        put_ext4(&mut disk, 0, "whole", 8);
+        let (table, parts) = partitions(&mut Cursor::new(&disk), disk.len() as u64).unwrap();
+        assert_eq!(table, Table::None);
+        let fs = probe_ext4(&mut Cursor::new(&disk), &parts[0])
+            .unwrap()
+            .unwrap();
+        assert_eq!(fs.label, "whole");
+        // Zeros everywhere: no filesystem.
+        let zeros = vec![0u8; 64 * SECTOR];
+        assert!(probe_ext4(&mut Cursor::new(&zeros), &parts[0])
+            .unwrap()
+            .is_none());
+    }
+}
