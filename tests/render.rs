@@ -670,3 +670,93 @@ fn help_fits_80_columns_and_docs_generate() {
     let bash = run.cmd(&["docs", "completions", "bash"]);
     assert!(bash.status.success() && String::from_utf8_lossy(&bash.stdout).contains("render"));
 }
+
+#[test]
+fn hostile_bundle_url_and_sha256_are_refused_or_land_inert() {
+    let sha = "a".repeat(64);
+    for value in HOSTILE {
+        let run = Run::new();
+        let mut args: Vec<String> = vec!["render".into()];
+        args.extend(base_args());
+        args.extend([
+            "--bundle-url".into(),
+            format!("https://objects.example.com/{value}"),
+            "--bundle-sha256".into(),
+            sha.clone(),
+        ]);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run.cmd(&argv);
+        if out.status.success() {
+            let bundle = &deploy_json(&yaml(&out.stdout))["bundle"];
+            assert_eq!(
+                bundle["url"].as_str(),
+                Some(format!("https://objects.example.com/{value}").as_str())
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(2));
+            assert!(stderr(&out).contains("[--bundle-url]"), "{}", stderr(&out));
+        }
+        assert!(try_flag("--bundle-sha256", value).is_none() || value.is_empty());
+    }
+}
+
+#[test]
+fn ssh_key_lines_with_options_or_hostile_comments() {
+    let run = Run::new();
+    let public = std::fs::read_to_string(key()).unwrap();
+    let body: Vec<&str> = public.split_whitespace().take(2).collect();
+    // authorized_keys options in front of the key would run a command at login: refused.
+    std::fs::write(
+        run.path("opts.pub"),
+        format!("command=\"reboot\" {} {}\n", body[0], body[1]),
+    )
+    .unwrap();
+    let out = run.cmd(&["render", "--no-tls", "--ssh-key", "opts.pub"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("[--ssh-key]"));
+    // A comment is inert text at the end of the authorized_keys line.
+    std::fs::write(
+        run.path("c.pub"),
+        format!("{} {} $(reboot) `x`; {{y}} %h\n", body[0], body[1]),
+    )
+    .unwrap();
+    let out = run.cmd(&["render", "--no-tls", "--ssh-key", "c.pub"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc = yaml(&out.stdout);
+    assert_eq!(
+        doc["users"][0]["ssh_authorized_keys"][0].as_str().unwrap(),
+        format!("{} {} $(reboot) `x`; {{y}} %h", body[0], body[1])
+    );
+}
+
+#[test]
+fn the_readme_run_command_renders() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.contains("cargo run --release -- render"))
+        .expect("README has a run command");
+    let render_args: Vec<&str> = line
+        .split("cargo run --release -- ")
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let run = Run::new();
+    let keygen = run.cmd(&["keygen", "--if-missing"]);
+    assert!(keygen.status.success());
+    let out = run.cmd(&render_args);
+    assert!(
+        out.status.success(),
+        "README's {render_args:?}: {}",
+        stderr(&out)
+    );
+    let written_file = render_args
+        .iter()
+        .skip_while(|a| **a != "-o")
+        .nth(1)
+        .unwrap();
+    let text = std::fs::read(run.path(written_file)).unwrap();
+    cloud_init_schema(&text);
+}
