@@ -261,6 +261,16 @@ fn minimal_fixture_boots_through_an_overlay_reports_status_and_answers_ssh() {
     let boot_id = ssh_retry(&key, info.ssh_port, "cat /proc/sys/kernel/random/boot_id");
     assert_eq!(status.boot_id, boot_id);
     assert_eq!(ssh_retry(&key, info.ssh_port, "sudo -n id -u"), "0");
+    // The image itself gives cloud-init nothing to complain about (it once failed the
+    // locale module), and the services the deployment relies on are up.
+    assert_eq!(
+        ssh_retry(&key, info.ssh_port, "cloud-init status"),
+        "status: done"
+    );
+    assert_eq!(
+        ssh_retry(&key, info.ssh_port, "systemctl is-active docker pebble ssh"),
+        "active\nactive\nactive"
+    );
 
     // A reset starts a new boot: the wait ignores the first boot's report.
     vm.reset().expect("reset");
