@@ -650,3 +650,50 @@ fn containerd_imports_and_unpacks_it() {
     assert!(line.contains(&digest), "{line}");
     assert!(line.contains("linux/amd64"), "{line}");
 }
+
+#[test]
+fn a_layer_writing_into_a_volume_keeps_its_owner_and_tmp_its_mode() {
+    let fx = fixture();
+    fs::write(fx.path().join("seed.txt"), "seed\n").unwrap();
+    let spec = SPEC.replace(
+        "      - { src: dist/server, dest: /app/bin/server, mode: \"0755\" }\n",
+        "      - { src: dist/server, dest: /app/bin/server, mode: \"0755\" }\n      \
+         - { src: seed.txt, dest: /app/data/seed.txt }\n      \
+         - { src: seed.txt, dest: /tmp/seed.txt }\n",
+    );
+    fs::write(fx.path().join("image.yaml"), spec).unwrap();
+    let out = fx.path().join("out.tar");
+    let digest = pack_ok(fx.path(), &out, &[]);
+    let files = read_archive(&out);
+    let manifest = json(blob(&files, &digest));
+    let app = layer_entries(blob(
+        &files,
+        manifest["layers"][2]["digest"].as_str().unwrap(),
+    ));
+    let data = find(&app, "app/data");
+    assert_eq!((data.uid, data.gid, data.mode), (10001, 10002, 0o755));
+    assert_eq!(find(&app, "tmp").mode, 0o1777);
+    assert_eq!(find(&app, "app/data/seed.txt").data, b"seed\n");
+}
+
+#[test]
+fn overlapping_sources_in_one_layer_are_exit_2() {
+    let fx = fixture();
+    // dist/model is copied to /app/model; a second file also claims labels.txt.
+    let spec = SPEC.replace(
+        "      - { src: dist/model, dest: /app/model }\n",
+        "      - { src: dist/model, dest: /app/model }\n      \
+         - { src: dist/server, dest: /app/model/labels.txt }\n",
+    );
+    fs::write(fx.path().join("image.yaml"), spec).unwrap();
+    imgforge()
+        .arg("pack")
+        .arg(fx.path())
+        .arg("-o")
+        .arg(fx.path().join("out.tar"))
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "/app/model/labels.txt is listed twice",
+        ));
+}

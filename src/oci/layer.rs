@@ -38,6 +38,10 @@ pub struct Entry {
 pub struct LayerPlan {
     pub name: String,
     pub entries: BTreeMap<String, Entry>,
+    /// Directories the base layer sets up (`/tmp` 1777, volumes owned by the
+    /// user): a later layer that touches them must repeat their metadata, or its
+    /// tar entry would replace it.
+    base_dirs: BTreeMap<String, Entry>,
 }
 
 impl LayerPlan {
@@ -53,30 +57,61 @@ impl LayerPlan {
             .sum()
     }
 
-    fn add_parents(&mut self, path: &str) {
+    fn dir_entry(&self, path: &str) -> Entry {
+        self.base_dirs.get(path).cloned().unwrap_or(Entry {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            content: Content::Dir,
+        })
+    }
+
+    /// Adds an entry and its missing parent directories. A path listed twice, or a
+    /// file where a directory must be, is the spec's mistake.
+    fn insert(&mut self, path: String, entry: Entry) -> Result<()> {
         let mut end = 0;
         while let Some(i) = path[end..].find('/') {
             end += i;
-            self.entries.entry(path[..end].to_owned()).or_insert(Entry {
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                content: Content::Dir,
-            });
+            let parent = &path[..end];
+            match self.entries.get(parent) {
+                Some(e) if !matches!(e.content, Content::Dir) => {
+                    return Err(crate::exit::usage(format!(
+                        "layer {:?}: /{parent} is a file, but /{path} needs it to be a directory",
+                        self.name
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    let dir = self.dir_entry(parent);
+                    self.entries.insert(parent.to_owned(), dir);
+                }
+            }
             end += 1;
         }
+        if let Some(old) = self.entries.get(&path) {
+            let both_dirs =
+                matches!(old.content, Content::Dir) && matches!(entry.content, Content::Dir);
+            if !both_dirs {
+                return Err(crate::exit::usage(format!(
+                    "layer {:?}: /{path} is listed twice (check overlapping file and directory sources)",
+                    self.name
+                )));
+            }
+        }
+        self.entries.insert(path, entry);
+        Ok(())
     }
 
-    fn insert(&mut self, path: String, entry: Entry) {
-        self.add_parents(&path);
-        self.entries.insert(path, entry);
+    fn insert_dir(&mut self, path: String) -> Result<()> {
+        let entry = self.dir_entry(&path);
+        self.insert(path, entry)
     }
 }
 
 /// The base layer: `/etc/passwd` and `/etc/group` naming the service user, `/tmp`
 /// (1777), and every volume directory owned by the user so the service can write
 /// its data without root.
-pub fn base_layer(spec: &ValidSpec) -> LayerPlan {
+pub fn base_layer(spec: &ValidSpec) -> Result<LayerPlan> {
     let u = &spec.user;
     let passwd = format!(
         "root:x:0:0:root:/root:/sbin/nologin\n{name}:x:{uid}:{gid}:{name}:{home}:/sbin/nologin\n",
@@ -92,44 +127,26 @@ pub fn base_layer(spec: &ValidSpec) -> LayerPlan {
         gid: 0,
         content: Content::Bytes(text.into_bytes()),
     };
+    let dir = |mode, uid, gid| Entry {
+        mode,
+        uid,
+        gid,
+        content: Content::Dir,
+    };
     let mut plan = LayerPlan {
         name: "base: /etc/passwd, /etc/group, /tmp, volumes".into(),
         ..Default::default()
     };
-    plan.insert("etc/passwd".into(), file(passwd));
-    plan.insert("etc/group".into(), file(group));
-    plan.insert(
-        "tmp".into(),
-        Entry {
-            mode: 0o1777,
-            uid: 0,
-            gid: 0,
-            content: Content::Dir,
-        },
-    );
+    plan.insert("etc/passwd".into(), file(passwd))?;
+    plan.insert("etc/group".into(), file(group))?;
+    plan.insert("tmp".into(), dir(0o1777, 0, 0))?;
     if let Some(w) = &spec.workdir {
-        plan.insert(
-            w[1..].to_owned(),
-            Entry {
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                content: Content::Dir,
-            },
-        );
+        plan.insert(w[1..].to_owned(), dir(0o755, 0, 0))?;
     }
     for v in &spec.volumes {
-        plan.insert(
-            v[1..].to_owned(),
-            Entry {
-                mode: 0o755,
-                uid: u.uid,
-                gid: u.gid,
-                content: Content::Dir,
-            },
-        );
+        plan.insert(v[1..].to_owned(), dir(0o755, u.uid, u.gid))?;
     }
-    plan
+    Ok(plan)
 }
 
 /// A source file the spec names that is not there.
@@ -142,13 +159,24 @@ pub struct Missing {
 /// Resolves the spec's layers against `spec_dir`: stats every source, expands
 /// directories (sorted, recursively). Missing sources are collected, not fatal,
 /// so the user hears about all of them at once.
-pub fn resolve(spec: &ValidSpec, spec_dir: &Path) -> Result<(Vec<LayerPlan>, Vec<Missing>)> {
+pub fn resolve(
+    spec: &ValidSpec,
+    spec_dir: &Path,
+    base: &LayerPlan,
+) -> Result<(Vec<LayerPlan>, Vec<Missing>)> {
+    let base_dirs: BTreeMap<String, Entry> = base
+        .entries
+        .iter()
+        .filter(|(_, e)| matches!(e.content, Content::Dir))
+        .map(|(p, e)| (p.clone(), e.clone()))
+        .collect();
     let mut missing = Vec::new();
     let mut plans = Vec::new();
     for (li, layer) in spec.layers.iter().enumerate() {
         let mut plan = LayerPlan {
             name: layer.name.clone(),
-            ..Default::default()
+            entries: BTreeMap::new(),
+            base_dirs: base_dirs.clone(),
         };
         for (fi, f) in layer.files.iter().enumerate() {
             let src = spec_dir.join(&f.src);
@@ -166,7 +194,7 @@ pub fn resolve(spec: &ValidSpec, spec_dir: &Path) -> Result<(Vec<LayerPlan>, Vec
             if meta.is_dir() {
                 add_dir(&mut plan, f, &src, f.dest[1..].to_owned())?;
             } else if meta.is_file() {
-                plan.insert(f.dest[1..].to_owned(), file_entry(f, &src, &meta));
+                plan.insert(f.dest[1..].to_owned(), file_entry(f, &src, &meta))?;
             } else {
                 return Err(crate::exit::usage(format!(
                     "{} (layers[{li}].files[{fi}].src) is neither a file nor a directory",
@@ -194,15 +222,7 @@ fn file_entry(f: &ValidFile, src: &Path, meta: &fs::Metadata) -> Entry {
 }
 
 fn add_dir(plan: &mut LayerPlan, f: &ValidFile, dir: &Path, dest: String) -> Result<()> {
-    plan.insert(
-        dest.clone(),
-        Entry {
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            content: Content::Dir,
-        },
-    );
+    plan.insert_dir(dest.clone())?;
     let mut children: Vec<_> = fs::read_dir(dir)
         .with_context(|| format!("reading directory {}", dir.display()))?
         .collect::<io::Result<_>>()
@@ -223,7 +243,7 @@ fn add_dir(plan: &mut LayerPlan, f: &ValidFile, dir: &Path, dest: String) -> Res
         if meta.is_dir() {
             add_dir(plan, f, &path, child_dest)?;
         } else if meta.is_file() {
-            plan.insert(child_dest, file_entry(f, &path, &meta));
+            plan.insert(child_dest, file_entry(f, &path, &meta))?;
         } else {
             return Err(crate::exit::usage(format!(
                 "{} is a symlink or special file; only files and directories are packed",

@@ -120,11 +120,12 @@ pub fn pack(spec_path: &Path, opts: &PackOptions) -> Result<PackSummary> {
     }
     let created = rfc3339(opts.source_date_epoch)?;
 
-    let (plans, missing) = layer::resolve(&spec, &spec_dir)?;
+    let base = layer::base_layer(&spec)?;
+    let (plans, missing) = layer::resolve(&spec, &spec_dir, &base)?;
     if !missing.is_empty() {
         return Err(usage(missing_message(&spec, &spec_file, &missing)));
     }
-    let mut layers = vec![layer::base_layer(&spec)];
+    let mut layers = vec![base];
     layers.extend(plans);
 
     let out_dir = check_output(&opts.output)?;
