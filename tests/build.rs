@@ -1,0 +1,601 @@
+//! `imgforge build`, run as a user would, its output read back with e2fsprogs.
+//!
+//! Fast tier: small GPT/MBR disks made here with sfdisk and `mkfs.ext4 -E offset=`;
+//! the baked files are read with `debugfs 'disk.raw?offset=…'` and the filesystem
+//! checked with `e2fsck -fn`. Needs qemu-utils, e2fsprogs and fdisk (sfdisk).
+//!
+//! Boot tier (ignored; minutes under TCG): the guest test image baked with a tiny
+//! busybox web app, booted with no seed, checked with `imgforge verify` and HTTPS:
+//!   IMGFORGE_BOOT_TESTS=1 cargo test --test build -- --ignored --nocapture
+//! Also needs busybox-static, qemu-system-x86, mmdebstrap, openssh-client, curl.
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const CFG: &str = "/etc/cloud/cloud.cfg.d/90-imgforge.cfg";
+const BUNDLE: &str = "/var/lib/imgforge/bundle.oci.tar";
+const MIB: u64 = 1024 * 1024;
+
+fn imgforge(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imgforge"))
+        .args(args)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .expect("running imgforge")
+}
+
+fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn sha256_file(path: &Path) -> String {
+    let mut h = Sha256::new();
+    let mut f = fs::File::open(path).expect("open for hashing");
+    std::io::copy(&mut f, &mut h).expect("hash");
+    hex::encode(h.finalize())
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A partition of a test disk: size, filesystem label (None: left empty).
+struct Part {
+    mib: u64,
+    ext4_label: Option<&'static str>,
+}
+
+/// A raw disk with `parts` (1 MiB aligned, GPT or MBR "dos"), each ext4 one made with
+/// `mkfs.ext4 -E offset=`; the root one gets /etc/cloud/cloud.cfg.d like a cloud image.
+/// Returns the disk and each partition's byte offset.
+fn make_disk(dir: &Path, name: &str, table: &str, parts: &[Part]) -> (PathBuf, Vec<u64>) {
+    let disk = dir.join(name);
+    let total: u64 = parts.iter().map(|p| p.mib).sum::<u64>() + 2;
+    fs::File::create(&disk)
+        .unwrap()
+        .set_len(total * MIB)
+        .unwrap();
+    let mut script = format!("label: {table}\n");
+    let mut offsets = Vec::new();
+    let mut start = MIB;
+    for p in parts {
+        script += &format!(
+            "start={}, size={}, type=linux\n",
+            start / 512,
+            p.mib * MIB / 512
+        );
+        offsets.push(start);
+        start += p.mib * MIB;
+    }
+    let mut child = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(&disk)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sfdisk");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "sfdisk {script}");
+
+    let content = dir.join(format!("{name}.root"));
+    fs::create_dir_all(content.join("etc/cloud/cloud.cfg.d")).unwrap();
+    fs::write(
+        content.join("etc/cloud/cloud.cfg.d/05_logging.cfg"),
+        "# from the base image\n",
+    )
+    .unwrap();
+    for (p, off) in parts.iter().zip(&offsets) {
+        if let Some(label) = p.ext4_label {
+            run(Command::new("mkfs.ext4")
+                .env("E2FSPROGS_FAKE_TIME", "1600000000")
+                .args(["-q", "-F", "-L", label, "-d"])
+                .arg(&content)
+                .arg("-E")
+                .arg(format!("offset={off}"))
+                .arg(&disk)
+                .arg(format!("{}k", p.mib * 1024)));
+        }
+    }
+    (disk, offsets)
+}
+
+/// The usual test disk: GPT, a small unlabelled ext4 (like /boot), then the root.
+fn cloud_disk(dir: &Path) -> (PathBuf, u64, u64) {
+    let (disk, offs) = make_disk(
+        dir,
+        "base.raw",
+        "gpt",
+        &[
+            Part {
+                mib: 4,
+                ext4_label: None,
+            },
+            Part {
+                mib: 8,
+                ext4_label: Some("BOOT"),
+            },
+            Part {
+                mib: 40,
+                ext4_label: Some("cloudimg-rootfs"),
+            },
+        ],
+    );
+    (disk, offs[1], offs[2])
+}
+
+/// A docker-archive bundle with `payload_len` pseudo-random bytes in it.
+fn bundle(dir: &Path, name: &str, payload_len: usize) -> PathBuf {
+    let path = dir.join(name);
+    let mut builder = tar::Builder::new(fs::File::create(&path).unwrap());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_cksum();
+        builder.append_data(&mut h, name, data).unwrap();
+    };
+    add(
+        "manifest.json",
+        br#"[{"Config":"config.json","RepoTags":["example/app:1"],"Layers":["layer.tar"]}]"#,
+    );
+    add("layer.tar", &pseudo_random(payload_len, 7));
+    builder.finish().unwrap();
+    path
+}
+
+fn key(dir: &Path) -> PathBuf {
+    let key = dir.join("id_ed25519");
+    if !key.exists() {
+        ok(imgforge(&["keygen", "-o", key.to_str().unwrap()]));
+    }
+    key.with_extension("pub")
+}
+
+fn deploy_args(pubkey: &Path) -> Vec<String> {
+    [
+        "--domain",
+        "api.imgforge.test",
+        "--email",
+        "ops@example.com",
+        "--offline",
+        "--docker-source",
+        "distro",
+        "--ssh-key",
+        pubkey.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn build(base: &Path, out: &Path, extra: &[&str], pubkey: &Path) -> Output {
+    let mut args: Vec<String> = vec!["build".into(), "--base".into(), base.display().to_string()];
+    let mut deploy = deploy_args(pubkey);
+    if let Some(i) = extra.iter().position(|a| *a == "--email") {
+        let at = deploy.iter().position(|a| a == "--email").unwrap();
+        deploy[at + 1] = extra[i + 1].to_string();
+        args.extend(deploy);
+        args.extend(
+            extra[..i]
+                .iter()
+                .chain(&extra[i + 2..])
+                .map(|s| s.to_string()),
+        );
+    } else {
+        args.extend(deploy);
+        args.extend(extra.iter().map(|s| s.to_string()));
+    }
+    args.extend(["-o".into(), out.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    imgforge(&args)
+}
+
+fn device(disk: &Path, offset: u64) -> String {
+    format!("{}?offset={offset}", disk.display())
+}
+
+fn debugfs(disk: &Path, offset: u64, request: &str) -> Vec<u8> {
+    run(Command::new("debugfs")
+        .arg("-R")
+        .arg(request)
+        .arg(device(disk, offset)))
+    .stdout
+}
+
+/// (mode, uid, gid, size) of an inode, from `debugfs stat`.
+fn stat(disk: &Path, offset: u64, path: &str) -> (String, u64, u64, u64) {
+    let text = String::from_utf8(debugfs(disk, offset, &format!("stat {path}"))).unwrap();
+    let t: Vec<&str> = text.split_whitespace().collect();
+    let after = |k: &str| {
+        let i = t
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or_else(|| panic!("no {k} in stat {path}: {text}"));
+        t[i + 1].to_string()
+    };
+    (
+        after("Mode:"),
+        after("User:").parse().unwrap(),
+        after("Group:").parse().unwrap(),
+        after("Size:").parse().unwrap(),
+    )
+}
+
+fn e2fsck_clean(disk: &Path, offset: u64) {
+    let out = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(device(disk, offset))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "e2fsck -fn: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The cloud-config imgforge renders for these flags with the bundle at BUNDLE:
+/// computed through the library, independently of the build path.
+fn expected_cloud_config(pubkey: &Path, bundle: &Path) -> String {
+    let info = imgforge::bundle::inspect(bundle).unwrap();
+    let overrides = imgforge::spec::Overrides {
+        domain: Some("api.imgforge.test".into()),
+        email: Some("ops@example.com".into()),
+        ssh_key_files: vec![pubkey.to_path_buf()],
+        offline: true,
+        docker_source: Some(imgforge::spec::DockerSource::Distro),
+        image: Some(info.image.to_string()),
+        bundle_local: Some(imgforge::spec::Bundle::File {
+            path: imgforge::spec::UnixPath::parse(BUNDLE).unwrap(),
+            sha256: info.sha256,
+        }),
+        ..Default::default()
+    };
+    let (spec, _) = imgforge::spec::load(None, &overrides, None).unwrap();
+    let templates = imgforge::templates::Templates::load(None).unwrap();
+    imgforge::render::render(&spec, &templates)
+        .unwrap()
+        .cloud_config
+        .to_user_data()
+        .unwrap()
+}
+
+fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn bakes_config_and_bundle_into_the_labelled_root_of_a_qcow2_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, boot_off, root_off) = cloud_disk(dir.path());
+    let base = dir.path().join("base.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&base));
+    let base_sha = sha256_file(&base);
+    let pubkey = key(dir.path());
+    let bundle = bundle(dir.path(), "app.oci.tar", 5 * MIB as usize + 4321);
+    let out_dir = dir.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("deploy.raw");
+
+    let res = ok(build(
+        &base,
+        &out,
+        &["--bundle", bundle.to_str().unwrap()],
+        &pubkey,
+    ));
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(stderr.contains("partition 3"), "{stderr}");
+
+    assert_eq!(sha256_file(&base), base_sha, "the base was modified");
+    assert_eq!(
+        dir_entries(&out_dir),
+        ["deploy.raw"],
+        "work files left behind"
+    );
+    assert_eq!(
+        fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let info: serde_json::Value = serde_json::from_slice(
+        &run(Command::new("qemu-img")
+            .args(["info", "--output", "json"])
+            .arg(&out))
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(info["format"], "raw");
+
+    // The cloud-config is exactly what render gives for these inputs, bundle included.
+    let cfg = String::from_utf8(debugfs(&out, root_off, &format!("cat {CFG}"))).unwrap();
+    assert_eq!(cfg, expected_cloud_config(&pubkey, &bundle));
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&cfg).unwrap();
+    let deploy_json = doc["write_files"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "/etc/imgforge/deploy.json")
+        .expect("deploy.json in write_files");
+    let deploy: serde_json::Value =
+        serde_json::from_str(deploy_json["content"].as_str().unwrap()).unwrap();
+    assert_eq!(deploy["bundle"]["kind"], "file");
+    assert_eq!(deploy["bundle"]["path"], BUNDLE);
+    assert_eq!(deploy["bundle"]["sha256"], sha256_file(&bundle));
+    assert_eq!(deploy["image"], "example/app:1");
+
+    // The bundle reads back byte-exact; ownership and modes are root's.
+    let dumped = dir.path().join("dumped.tar");
+    debugfs(
+        &out,
+        root_off,
+        &format!("dump {BUNDLE} {}", dumped.display()),
+    );
+    assert_eq!(sha256_file(&dumped), sha256_file(&bundle));
+    assert_eq!(
+        stat(&out, root_off, CFG),
+        ("0600".into(), 0, 0, cfg.len() as u64)
+    );
+    assert_eq!(
+        stat(&out, root_off, BUNDLE),
+        ("0600".into(), 0, 0, fs::metadata(&bundle).unwrap().len())
+    );
+    assert_eq!(stat(&out, root_off, "/var/lib/imgforge").0, "0755");
+    assert_eq!(stat(&out, root_off, "/var/lib").0, "0755");
+    // What the base had is still there.
+    assert_eq!(
+        debugfs(&out, root_off, "cat /etc/cloud/cloud.cfg.d/05_logging.cfg"),
+        b"# from the base image\n"
+    );
+    e2fsck_clean(&out, root_off);
+
+    // The other ext4 partition was not touched.
+    let boot_len = 8 * MIB as usize;
+    let read = |p: &Path| {
+        let bytes = fs::read(p).unwrap();
+        bytes[boot_off as usize..boot_off as usize + boot_len].to_vec()
+    };
+    assert!(read(&raw) == read(&out), "the BOOT partition changed");
+}
+
+#[test]
+fn same_inputs_give_the_same_image_and_other_inputs_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _, _) = cloud_disk(dir.path());
+    let pubkey = key(dir.path());
+    let bundle = bundle(dir.path(), "app.oci.tar", 300_000);
+    let b = ["--bundle", bundle.to_str().unwrap()];
+    let mut digests = Vec::new();
+    for (i, format) in ["raw", "raw", "qcow2", "qcow2"].iter().enumerate() {
+        let out = dir.path().join(format!("out{i}.{format}"));
+        ok(build(
+            &base,
+            &out,
+            &[b[0], b[1], "--format", format],
+            &pubkey,
+        ));
+        digests.push(sha256_file(&out));
+        // Whole seconds pass between builds: a timestamp leak would show.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    assert_eq!(digests[0], digests[1], "raw output is not reproducible");
+    assert_eq!(digests[2], digests[3], "qcow2 output is not reproducible");
+    assert_ne!(digests[0], digests[2]);
+
+    let other = dir.path().join("other.raw");
+    ok(build(
+        &base,
+        &other,
+        &[b[0], b[1], "--email", "other@example.com"],
+        &pubkey,
+    ));
+    assert_ne!(sha256_file(&other), digests[0]);
+}
+
+#[test]
+fn rebuilding_from_a_built_image_replaces_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _, root_off) = cloud_disk(dir.path());
+    let pubkey = key(dir.path());
+    let first = dir.path().join("first.raw");
+    ok(build(&base, &first, &[], &pubkey));
+    let second = dir.path().join("second.raw");
+    ok(build(
+        &first,
+        &second,
+        &["--email", "second@example.com"],
+        &pubkey,
+    ));
+    let cfg = String::from_utf8(debugfs(&second, root_off, &format!("cat {CFG}"))).unwrap();
+    assert!(cfg.contains("second@example.com"), "{cfg}");
+    assert!(!cfg.contains("ops@example.com"));
+    e2fsck_clean(&second, root_off);
+}
+
+#[test]
+fn an_mbr_disk_without_the_label_uses_its_largest_ext4() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, offs) = make_disk(
+        dir.path(),
+        "mbr.raw",
+        "dos",
+        &[
+            Part {
+                mib: 6,
+                ext4_label: Some("small"),
+            },
+            Part {
+                mib: 30,
+                ext4_label: Some("root"),
+            },
+        ],
+    );
+    let pubkey = key(dir.path());
+    let out = dir.path().join("out.qcow2");
+    ok(build(&base, &out, &[], &pubkey));
+    // Read the qcow2 back through a raw conversion.
+    let raw = dir.path().join("check.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&out)
+        .arg(&raw));
+    assert!(!debugfs(&raw, offs[1], &format!("cat {CFG}")).is_empty());
+    let small = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("stat {CFG}"))
+        .arg(device(&raw, offs[0]))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&small.stderr).contains("not found"));
+}
+
+fn assert_usage_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+}
+
+#[test]
+fn a_disk_without_ext4_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _) = make_disk(
+        dir.path(),
+        "empty.raw",
+        "gpt",
+        &[Part {
+            mib: 8,
+            ext4_label: None,
+        }],
+    );
+    let out_dir = dir.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    let out = build(&base, &out_dir.join("x.qcow2"), &[], &key(dir.path()));
+    assert_usage_error(&out, "no ext4 root filesystem");
+    assert!(
+        dir_entries(&out_dir).is_empty(),
+        "{:?}",
+        dir_entries(&out_dir)
+    );
+
+    // Not a disk at all: zeros, no partition table.
+    let zeros = dir.path().join("zeros.raw");
+    fs::File::create(&zeros).unwrap().set_len(4 * MIB).unwrap();
+    let out = build(&zeros, &out_dir.join("x.qcow2"), &[], &key(dir.path()));
+    assert_usage_error(&out, "no ext4 root filesystem");
+}
+
+#[test]
+fn a_bundle_too_big_for_the_filesystem_is_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _) = make_disk(
+        dir.path(),
+        "small.raw",
+        "gpt",
+        &[Part {
+            mib: 12,
+            ext4_label: Some("cloudimg-rootfs"),
+        }],
+    );
+    let big = bundle(dir.path(), "big.oci.tar", 12 * MIB as usize);
+    let out_dir = dir.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    let out = build(
+        &base,
+        &out_dir.join("x.raw"),
+        &["--bundle", big.to_str().unwrap()],
+        &key(dir.path()),
+    );
+    assert_usage_error(&out, "available but the files need");
+    assert!(dir_entries(&out_dir).is_empty());
+
+    // The same filesystem takes a bundle that fits.
+    let fits = bundle(dir.path(), "fits.oci.tar", 2 * MIB as usize);
+    ok(build(
+        &base,
+        &out_dir.join("y.raw"),
+        &["--bundle", fits.to_str().unwrap()],
+        &key(dir.path()),
+    ));
+}
+
+#[test]
+fn unsupported_formats_missing_inputs_and_tools_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _, _) = cloud_disk(dir.path());
+    let pubkey = key(dir.path());
+    let out = dir.path().join("o.img");
+
+    assert_usage_error(&build(&base, &out, &["--format", "vmdk"], &pubkey), "vmdk");
+
+    let vmdk = dir.path().join("base.vmdk");
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "vmdk"])
+        .arg(&base)
+        .arg(&vmdk));
+    assert_usage_error(&build(&vmdk, &out, &[], &pubkey), "qcow2 or raw");
+
+    assert_usage_error(
+        &build(&dir.path().join("nope.qcow2"), &out, &[], &pubkey),
+        "does not exist",
+    );
+    let sha = sha256_file(&base);
+    assert_usage_error(&build(&base, &base, &[], &pubkey), "never modified");
+    assert_eq!(sha256_file(&base), sha);
+
+    // No qemu-img on PATH: the message names the package.
+    let empty = dir.path().join("empty-path");
+    fs::create_dir(&empty).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_imgforge"))
+        .args(["build", "--base"])
+        .arg(&base)
+        .args(deploy_args(&pubkey))
+        .arg("-o")
+        .arg(&out)
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    assert_usage_error(&out, "qemu-utils");
+}
