@@ -599,3 +599,239 @@ fn unsupported_formats_missing_inputs_and_tools_are_usage_errors() {
         .unwrap();
     assert_usage_error(&out, "qemu-utils");
 }
+
+/// Boot tier helpers: the tiny busybox web app, packed with `imgforge pack`.
+const WEBAPP_SPEC: &str = r#"name: imgforge/webapp:test
+architecture: amd64
+user: { name: app, uid: 10001, gid: 10001 }
+workdir: /www
+entrypoint: [/bin/busybox, httpd, -f, -v, -p, "8000", -h, /www]
+expose: [8000]
+volumes: [/app/data]
+layers:
+  - name: app
+    files:
+      - { src: busybox, dest: /bin/busybox, mode: "0755" }
+      - { src: www/health, dest: /www/health, mode: "0644" }
+      - { src: www/index.html, dest: /www/index.html, mode: "0644" }
+"#;
+const WEBAPP_INDEX: &str = "{\"service\":\"webapp\",\"baked\":true}\n";
+
+fn webapp_bundle(dir: &Path) -> PathBuf {
+    let app = dir.join("webapp");
+    fs::create_dir_all(app.join("www")).unwrap();
+    fs::write(app.join("image.yaml"), WEBAPP_SPEC).unwrap();
+    // busybox-static: one binary with no libraries to bring along.
+    fs::copy("/bin/busybox", app.join("busybox"))
+        .expect("/bin/busybox (apt-get install busybox-static)");
+    fs::write(app.join("www/health"), "ok\n").unwrap();
+    fs::write(app.join("www/index.html"), WEBAPP_INDEX).unwrap();
+    let out = dir.join("webapp.oci.tar");
+    ok(imgforge(&[
+        "pack",
+        app.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    out
+}
+
+/// The guest test image directory (disk.qcow2, vmlinuz, initrd.img, cmdline, pebble-tls-ca.pem).
+fn guest_image(scratch: &Path) -> PathBuf {
+    let out = run(Command::new("bash")
+        .arg(format!("{ROOT}/tests/guest/build-image.sh"))
+        .arg(std::env::var("IMGFORGE_TEST_SUITE").unwrap_or_else(|_| "bookworm".into()))
+        .arg(scratch.join("guest")));
+    PathBuf::from(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .expect("build-image.sh printed its cache directory")
+            .trim(),
+    )
+}
+
+fn ssh(key: &Path, port: u16, command: &str) -> Output {
+    Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args(["-p", &port.to_string()])
+        .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+        .args(["-o", "StrictHostKeyChecking=no"])
+        .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+        .args(["-o", "ConnectTimeout=20", "deploy@127.0.0.1", command])
+        .output()
+        .unwrap()
+}
+
+fn ssh_ok(key: &Path, port: u16, command: &str) -> String {
+    let out = ssh(key, port, command);
+    assert!(
+        out.status.success(),
+        "ssh {command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The baked image boots with no seed at all: cloud-init finds no datasource but the
+/// system configuration, deploys the bundle from the disk, and Pebble issues the
+/// certificate; checked from outside with `imgforge verify` and a direct request.
+#[test]
+#[ignore = "boots a VM for minutes: IMGFORGE_BOOT_TESTS=1 cargo test --test build -- --ignored"]
+fn baked_image_boots_without_a_seed_and_serves_https() {
+    use imgforge::qemu::{Vm, VmConfig};
+    use std::time::{Duration, Instant};
+
+    let scratch = tempfile::Builder::new()
+        .prefix("imgforge-build-boot-")
+        .tempdir()
+        .unwrap();
+    let dir = scratch.path();
+    let guest = guest_image(dir);
+    let bundle = webapp_bundle(dir);
+    let key = dir.join("id_ed25519");
+    ok(imgforge(&["keygen", "-o", key.to_str().unwrap()]));
+    let base = guest.join("disk.qcow2");
+    let base_sha = sha256_file(&base);
+    let baked = dir.join("baked.qcow2");
+    let started = Instant::now();
+    let res = ok(build(
+        &base,
+        &baked,
+        &[
+            "--acme-server",
+            "https://localhost:14000/dir",
+            "--acme-ca-bundle",
+            guest.join("pebble-tls-ca.pem").to_str().unwrap(),
+            "--bundle",
+            bundle.to_str().unwrap(),
+        ],
+        &key.with_extension("pub"),
+    ));
+    eprintln!(
+        "{}build took {:.1}s",
+        String::from_utf8_lossy(&res.stderr),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(sha256_file(&base), base_sha, "the base image was modified");
+
+    let mut cfg = VmConfig::new(&baked, dir.join("run"));
+    cfg.kernel = Some(guest.join("vmlinuz"));
+    cfg.initrd = Some(guest.join("initrd.img"));
+    cfg.append = Some(
+        fs::read_to_string(guest.join("cmdline"))
+            .unwrap()
+            .trim()
+            .to_string(),
+    );
+    let power_on = Instant::now();
+    let mut vm = Vm::start(&cfg).unwrap();
+    eprintln!("booting; serial log {}", vm.serial_log().display());
+    let mut last = Instant::now();
+    let mut wait = |vm: &mut Vm, what: &str, accept: &dyn Fn(&imgforge::qemu::Status) -> bool| {
+        let res = vm.wait_until(Duration::from_secs(1800), accept, &mut |p| {
+            if last.elapsed() > Duration::from_secs(30) {
+                last = Instant::now();
+                let line: String = p
+                    .last_line
+                    .as_deref()
+                    .unwrap_or("")
+                    .chars()
+                    .take(100)
+                    .collect();
+                eprintln!("  … {}s {line}", p.elapsed.as_secs());
+            }
+        });
+        res.unwrap_or_else(|e| {
+            let tail: Vec<String> = vm.serial_lines().into_iter().rev().take(60).collect();
+            panic!(
+                "waiting for {what}: {e}\nfailure lines:\n{}\nserial tail:\n{}",
+                vm.failure_lines(40).join("\n"),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })
+    };
+    let finished = wait(&mut vm, "first boot to finish", &|s| s.is_finished());
+    assert!(
+        finished.is_ready(),
+        "first boot did not end ready: {finished:?}\n{}",
+        vm.failure_lines(40).join("\n")
+    );
+    let first = vm.timings();
+    let status = wait(&mut vm, "the certificate", &|s| {
+        s.certificate.as_deref() == Some("ok")
+    });
+    assert!(status.is_ready());
+
+    let info = vm.info().clone();
+    let pem = ssh_ok(
+        &key,
+        info.ssh_port,
+        "curl -sSk https://localhost:15000/roots/0",
+    );
+    assert!(pem.contains("BEGIN CERTIFICATE"), "no Pebble root: {pem}");
+    let root = dir.join("pebble-root.pem");
+    fs::write(&root, pem).unwrap();
+    let https = |path: &str| {
+        Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "30", "--cacert"])
+            .arg(&root)
+            .arg("--resolve")
+            .arg(format!("api.imgforge.test:{}:127.0.0.1", info.https_port))
+            .arg(format!(
+                "https://api.imgforge.test:{}{path}",
+                info.https_port
+            ))
+            .output()
+            .unwrap()
+    };
+    let serving = loop {
+        let out = https("/");
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), WEBAPP_INDEX);
+            break power_on.elapsed();
+        }
+        assert!(
+            power_on.elapsed() < Duration::from_secs(2400),
+            "HTTPS never answered: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert_eq!(String::from_utf8_lossy(&https("/health").stdout), "ok\n");
+
+    let target = imgforge::verify::Target::from_boot_json(&vm.run_dir().join("boot.json")).unwrap();
+    let mut opts = imgforge::verify::VerifyOptions::new("api.imgforge.test", "deploy");
+    opts.identity = Some(key.clone());
+    opts.ca_bundle = Some(root.clone());
+    let report = imgforge::verify::verify(&target, &opts).unwrap();
+    eprint!("{}", report.to_text());
+    assert!(
+        report.ok,
+        "verify failed: {:#?}",
+        report.failed().collect::<Vec<_>>()
+    );
+
+    // It really came from the disk: no seed, cloud-init's fallback datasource, the
+    // baked config root-only, and the bundle loaded from its baked path.
+    let ds = ssh_ok(&key, info.ssh_port, "sudo cloud-init query platform");
+    assert_eq!(ds.trim(), "none", "datasource platform");
+    let mode = ssh_ok(&key, info.ssh_port, &format!("sudo stat -c '%a %U' {CFG}"));
+    assert_eq!(mode.trim(), "600 root");
+    let images = ssh_ok(
+        &key,
+        info.ssh_port,
+        "sudo docker image ls --format '{{.Repository}}:{{.Tag}}'",
+    );
+    assert!(images.contains("imgforge/webapp:test"), "{images}");
+
+    eprintln!(
+        "baked image, TCG: login prompt {:?}, cloud-init finished {:?}, HTTPS serving after {:.0}s from power-on",
+        first.login_prompt,
+        first.finished,
+        serving.as_secs_f64()
+    );
+    vm.stop(Duration::from_secs(60)).unwrap();
+}
