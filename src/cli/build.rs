@@ -10,30 +10,42 @@ use crate::disk::{BuildPlan, DiskFile, Format, BUNDLE_PATH, CLOUD_CFG_PATH};
 use crate::spec::{Bundle, UnixPath};
 use crate::templates::Templates;
 
-#[derive(Debug, clap::Args)]
-#[command(
-    long_about = "\
-Bake the deployment into a bootable disk image.
-
-The base cloud image (qcow2 or raw, GPT or MBR, ext4 root such as Ubuntu's
-cloudimg-rootfs) is copied, never modified. The cloud-config goes into the copy
-as cloud-init system configuration, /etc/cloud/cloud.cfg.d/90-imgforge.cfg
-(mode 0600), not as a NoCloud seed: on a provider with its own datasource (EC2,
-GCE, Hetzner, ...) the provider's network config and SSH keys still apply and
-the deployment merges in. User-data given to the provider is merged over it
-with cloud-init's default rules: a top-level key the user-data sets (runcmd,
-write_files, users, ...) replaces imgforge's, so leave those keys out of it.
-
-With --bundle, the bundle is stored at /var/lib/imgforge/bundle.oci.tar and the
-VM loads it from there after checking its sha256: nothing is pulled at boot.
-Files get the timestamp SOURCE_DATE_EPOCH, or else the base filesystem's last
-write time, so the same inputs give the same image.",
-    after_help = "\
+// A macro, not a const: concat! below takes only literals.
+macro_rules! examples {
+    () => {
+        "\
 Examples:
   imgforge build --base noble-server-cloudimg-amd64.img --config imgforge.yaml \\
       --bundle classifier.oci.tar -o deploy.qcow2
   imgforge build --base base.qcow2 --domain api.example.com \\
       --email ops@example.com -o deploy.raw --format raw"
+    };
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = examples!(),
+    after_long_help = concat!("\
+The base cloud image (qcow2 or raw; GPT, MBR or no partition table; an ext4
+root such as Ubuntu's cloudimg-rootfs) is copied, never modified. No mounts,
+loop devices or VM: the root filesystem is written with e2fsprogs' debugfs.
+
+The cloud-config goes into the copy as cloud-init system configuration,
+/etc/cloud/cloud.cfg.d/90-imgforge.cfg (mode 0600), not as a NoCloud seed: on
+a provider with its own datasource (EC2, GCE, Hetzner, ...) the provider's
+network config and SSH keys still apply and the deployment merges in.
+User-data given to the provider is merged over it with cloud-init's default
+rules: a top-level key it sets (runcmd, write_files, users, ...) replaces
+imgforge's, so leave those keys out of it.
+
+With --bundle, the bundle is stored at /var/lib/imgforge/bundle.oci.tar and
+the VM loads it from there after checking its sha256: nothing is pulled.
+Files get the timestamp SOURCE_DATE_EPOCH, or else the base filesystem's last
+write time, so the same inputs give the same image, byte for byte.
+
+Needs qemu-img (qemu-utils) and debugfs, dumpe2fs (e2fsprogs).
+
+", examples!())
 )]
 pub struct Args {
     #[command(flatten)]
@@ -42,7 +54,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub base: PathBuf,
     /// OCI bundle to bake in; the VM loads it, checking its sha256
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "bundle_url")]
     pub bundle: Option<PathBuf>,
     /// The disk image to write (mode 0600: it may hold keys)
     #[arg(long, short = 'o', value_name = "FILE")]
