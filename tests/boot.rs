@@ -97,7 +97,7 @@ fn classifier_bundle(dir: &Path) -> PathBuf {
 }
 
 struct Deployment {
-    _scratch: tempfile::TempDir,
+    /// Kept after a failure (serial log, seed, overlay); removed by [`Deployment::finish`].
     dir: PathBuf,
     key: PathBuf,
     vm: Vm,
@@ -107,11 +107,9 @@ struct Deployment {
 impl Deployment {
     /// Renders the seed exactly as a user would (plus the test-only ACME server) and boots it.
     fn boot(name: &str, extra_append: &str) -> Deployment {
-        let scratch = tempfile::Builder::new()
-            .prefix(&format!("imgforge-boot-{name}-"))
-            .tempdir()
-            .unwrap();
-        let dir = scratch.path().to_path_buf();
+        let dir = std::env::temp_dir().join(format!("imgforge-boot-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         let guest = Guest::get("bookworm", &dir);
         let bundle = classifier_bundle(&dir);
         let key = dir.join("id_ed25519");
@@ -145,12 +143,18 @@ impl Deployment {
         let vm = Vm::start(&cfg).unwrap();
         eprintln!("[{name}] booting; serial log {}", vm.serial_log().display());
         Deployment {
-            _scratch: scratch,
             dir,
             key,
             vm,
             power_on,
         }
+    }
+
+    /// Stops the VM and removes the run directory: only a passing test cleans up.
+    fn finish(self) {
+        let Deployment { dir, vm, .. } = self;
+        vm.stop(Duration::from_secs(30)).unwrap();
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// Waits for a status report of the current boot that satisfies `accept`; on
@@ -176,11 +180,15 @@ impl Deployment {
             Ok(s) => s,
             Err(e) => {
                 let lines = self.vm.failure_lines(40).join("\n");
+                let cloud_init_log = self.ssh("sudo tail -n 80 /var/log/cloud-init-output.log");
                 let tail: Vec<String> = self.vm.serial_lines().into_iter().rev().take(60).collect();
                 panic!(
-                    "waiting for {what}: {e}\nlast status: {:?}\nfailure lines:\n{lines}\nserial tail:\n{}",
+                    "waiting for {what}: {e}\nlast status: {:?}\nfailure lines:\n{lines}\nserial tail:\n{}\n\
+                     cloud-init-output.log (over SSH):\n{}\nkept: {}",
                     self.vm.latest_status(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                    String::from_utf8_lossy(&cloud_init_log.stdout),
+                    self.dir.display()
                 );
             }
         }
@@ -426,7 +434,7 @@ fn first_boot_deploys_everything_and_survives_kill_and_reboot() {
         secs(reboot_times.finished)
     );
     eprintln!("  inference: {}", prediction["inference_ms"]);
-    d.vm.stop(Duration::from_secs(30)).unwrap();
+    d.finish();
 }
 
 /// Scenario d: the ACME server is down during first boot. HTTP serves the app, the
@@ -477,5 +485,5 @@ fn certificate_arrives_when_the_acme_server_comes_up_late() {
         finished_at.as_secs_f64(),
         d.power_on.elapsed().as_secs_f64()
     );
-    d.vm.stop(Duration::from_secs(30)).unwrap();
+    d.finish();
 }
