@@ -237,8 +237,10 @@ where
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 16);
-    // Tokens bound the blocks in flight, so a slow block cannot make the others pile up.
-    let in_flight = workers * 3;
+    // Tokens bound the blocks in flight, so a slow block cannot make the others pile
+    // up. Generous (16+ MiB), so on a busy machine the workers always find queued work
+    // instead of waiting for the producer and writer to be scheduled again.
+    let in_flight = (workers * 8).max(16);
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     // Workers share one queue; the lock is held only while taking a job.
     let job_rx = Mutex::new(job_rx);
