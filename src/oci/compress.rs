@@ -72,6 +72,21 @@ where
     W: Write,
     P: FnOnce(&mut dyn Write) -> Result<()> + Send,
 {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    stream_blob_with(out, compression, workers.clamp(1, 16), produce)
+}
+
+/// [`stream_blob`] with a given number of gzip workers (the output does not depend on it).
+fn stream_blob_with<W, P>(
+    out: &mut W,
+    compression: Compression,
+    workers: usize,
+    produce: P,
+) -> Result<BlobInfo>
+where
+    W: Write,
+    P: FnOnce(&mut dyn Write) -> Result<()> + Send,
+{
     let mut out = HashWriter {
         inner: out,
         hasher: Sha256::new(),
@@ -79,7 +94,7 @@ where
     };
     let diff_id = match compression {
         Compression::None | Compression::Zstd { .. } => serial(&mut out, compression, produce)?,
-        Compression::Gzip { level } => parallel_gzip(&mut out, level, produce)?,
+        Compression::Gzip { level } => parallel_gzip(&mut out, level, workers, produce)?,
     };
     let digest = format!("sha256:{}", hex::encode(out.hasher.finalize()));
     let diff_id = if compression == Compression::None {
@@ -229,14 +244,16 @@ struct Done {
     last: bool,
 }
 
-fn parallel_gzip<W, P>(out: &mut HashWriter<W>, level: u32, produce: P) -> Result<String>
+fn parallel_gzip<W, P>(
+    out: &mut HashWriter<W>,
+    level: u32,
+    workers: usize,
+    produce: P,
+) -> Result<String>
 where
     W: Write,
     P: FnOnce(&mut dyn Write) -> Result<()> + Send,
 {
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 16);
     // Tokens bound the blocks in flight, so a slow block cannot make the others pile
     // up. Generous (16+ MiB), so on a busy machine the workers always find queued work
     // instead of waiting for the producer and writer to be scheduled again.
@@ -443,6 +460,28 @@ mod tests {
             assert_eq!(info.digest, sha256_digest(&gz));
             assert_eq!(info.size, gz.len() as u64);
         }
+    }
+
+    #[test]
+    fn gzip_bytes_do_not_depend_on_the_number_of_workers() {
+        let data = sample(5 * BLOCK + 123);
+        let run = |workers| {
+            let mut out = Vec::new();
+            let owned = data.clone();
+            stream_blob_with(
+                &mut out,
+                Compression::Gzip { level: 2 },
+                workers,
+                move |w| Ok(w.write_all(&owned)?),
+            )
+            .unwrap();
+            out
+        };
+        let one = run(1);
+        assert!(
+            one == run(2) && one == run(7),
+            "worker count changed the output"
+        );
     }
 
     #[test]
