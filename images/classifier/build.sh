@@ -145,8 +145,8 @@ if [[ ${SKIP_BINARY:-0} != 1 ]]; then
     (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
         cargo build --release -p classifier --target "$TARGET")
     bin=$CARGO_TARGET_DIR/$TARGET/release/classifier
-    if ldd "$bin" >/dev/null 2>&1; then
-        die "$bin is dynamically linked"
+    if readelf --dynamic "$bin" | grep -q NEEDED; then
+        die "$bin needs shared libraries; it must be statically linked"
     fi
     cp "$bin" "$WORK/classifier"
     strip --strip-all "$WORK/classifier"

@@ -1,0 +1,9 @@
+//! The image-classifier HTTP service that imgforge deploys by default: EfficientNet-Lite0
+//! (ONNX, run by tract) behind a small axum API, with a prediction history in SQLite.
+//! The binary in `main.rs` only reads the environment and serves [`server::app`].
+
+pub mod config;
+pub mod error;
+pub mod history;
+pub mod model;
+pub mod server;
