@@ -206,9 +206,13 @@ fn layout(sizes: &[u64]) -> Result<Layout> {
         );
     }
     if volume_bytes <= FAT16_MAX_VOLUME {
-        // The smallest cluster keeping FAT16 under its 65524-cluster limit; the
-        // 8 MiB floor keeps it above FAT16's 4085-cluster minimum.
-        let mut cluster = 512u32;
+        // 4 KiB clusters where FAT16's 4085-cluster minimum allows (fewer FAT
+        // updates per MiB copied), smaller on small volumes, larger where the
+        // 65524-cluster maximum demands.
+        let mut cluster = 4096u32;
+        while cluster > 512 && volume_bytes / u64::from(cluster) < 4_300 {
+            cluster /= 2;
+        }
         while volume_bytes / u64::from(cluster) > 65_000 {
             cluster *= 2;
         }
@@ -368,7 +372,7 @@ mod tests {
         let l = layout(&[100, 200]).unwrap();
         assert_eq!(l.volume_bytes, MIN_VOLUME);
         assert!(!l.fat32);
-        assert_eq!(l.cluster, 512);
+        assert_eq!(l.cluster, 1024);
     }
 
     #[test]

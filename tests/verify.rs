@@ -568,6 +568,7 @@ fn ssh_checks_against_a_real_sshd() {
     );
     let r = verify(&ssh_target(hardened.port), &ssh_opts(dir.path(), &user)).unwrap();
     let text = r.to_text();
+    eprintln!("{text}");
     assert_eq!(status(&r, "ssh.login"), Status::Ok, "{text}");
     assert_eq!(status(&r, "ssh.password_refused"), Status::Ok, "{text}");
     assert!(
