@@ -581,6 +581,10 @@ fn unsupported_formats_missing_inputs_and_tools_are_usage_errors() {
         &build(&dir.path().join("nope.qcow2"), &out, &[], &pubkey),
         "does not exist",
     );
+    assert_usage_error(
+        &build(&base, &dir.path().join("no/such/dir/o.raw"), &[], &pubkey),
+        "output directory",
+    );
     let sha = sha256_file(&base);
     assert_usage_error(&build(&base, &base, &[], &pubkey), "never modified");
     assert_eq!(sha256_file(&base), sha);
@@ -636,8 +640,12 @@ fn webapp_bundle(dir: &Path) -> PathBuf {
     out
 }
 
-/// The guest test image directory (disk.qcow2, vmlinuz, initrd.img, cmdline, pebble-tls-ca.pem).
+/// The guest test image directory (disk.qcow2, vmlinuz, initrd.img, cmdline,
+/// pebble-tls-ca.pem): `IMGFORGE_GUEST_DIR` if set, else built or taken from the cache.
 fn guest_image(scratch: &Path) -> PathBuf {
+    if let Some(dir) = std::env::var_os("IMGFORGE_GUEST_DIR") {
+        return PathBuf::from(dir);
+    }
     let out = run(Command::new("bash")
         .arg(format!("{ROOT}/tests/guest/build-image.sh"))
         .arg(std::env::var("IMGFORGE_TEST_SUITE").unwrap_or_else(|_| "bookworm".into()))
@@ -834,4 +842,39 @@ fn baked_image_boots_without_a_seed_and_serves_https() {
         serving.as_secs_f64()
     );
     vm.stop(Duration::from_secs(60)).unwrap();
+}
+
+/// Benchmark, not a pass/fail test: `cargo test --release --test build -- --ignored
+/// --nocapture build_throughput` prints how long baking a 64 MiB bundle into a
+/// 512 MiB disk takes, for raw and qcow2 output.
+#[test]
+#[ignore]
+fn build_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _) = make_disk(
+        dir.path(),
+        "bench.raw",
+        "gpt",
+        &[Part {
+            mib: 510,
+            ext4_label: Some("cloudimg-rootfs"),
+        }],
+    );
+    let pubkey = key(dir.path());
+    let bundle = bundle(dir.path(), "bench.oci.tar", 64 * MIB as usize);
+    for format in ["raw", "qcow2"] {
+        let out = dir.path().join(format!("bench-out.{format}"));
+        let start = std::time::Instant::now();
+        ok(build(
+            &base,
+            &out,
+            &["--bundle", bundle.to_str().unwrap(), "--format", format],
+            &pubkey,
+        ));
+        let took = start.elapsed().as_secs_f64();
+        eprintln!(
+            "{format}: 512 MiB disk + 64 MiB bundle in {took:.2} s ({:.0} MiB/s of bundle)",
+            64.0 / took
+        );
+    }
 }

@@ -136,6 +136,12 @@ pub fn build(plan: &BuildPlan, progress: &mut dyn FnMut(&str)) -> Result<BuildRe
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    if !out_dir.is_dir() {
+        return Err(usage(format!(
+            "the output directory {} does not exist",
+            out_dir.display()
+        )));
+    }
     // The work copy lives next to the output so the final rename stays on one filesystem.
     let work = tempfile::Builder::new()
         .prefix(".imgforge-build-")
