@@ -421,6 +421,22 @@ fn cli_bad_input_exits_2() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    let key = write(dir.path(), "open-key", "not really a key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = imgforge()
+        .args([
+            "verify",
+            "--host",
+            "127.0.0.1",
+            "--domain",
+            DOMAIN,
+            "--identity",
+        ])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
     let out = imgforge()
         .args(["verify", "--host", "127.0.0.1", "--domain", "not a domain"])
         .output()

@@ -330,6 +330,19 @@ fn check_input(target: &Target, opts: &VerifyOptions) -> Result<()> {
     if !user_ok {
         return Err(usage(format!("invalid user name {:?}", opts.user)));
     }
+    if let Some(key) = &opts.identity {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(key)
+            .map_err(|e| usage(format!("reading ssh key {}: {e}", key.display())))?;
+        // ssh ignores such a key and the login would fail for a reason that is
+        // not the server's.
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(usage(format!(
+                "ssh key {} is readable by others and ssh refuses it: chmod 600 it",
+                key.display()
+            )));
+        }
+    }
     for (what, path) in [
         ("ssh key", &opts.identity),
         ("known_hosts file", &opts.known_hosts),

@@ -59,7 +59,9 @@ impl Ssh {
             common.push(o.into());
         };
         opt("BatchMode=yes".into());
-        opt(format!("ConnectTimeout={}", opts.timeout.as_secs().max(1)));
+        // The banner exchange counts against ConnectTimeout, and an emulated
+        // guest forks sshd slowly: give it more than one network operation.
+        opt(format!("ConnectTimeout={}", opts.timeout.as_secs().max(15)));
         opt("ConnectionAttempts=1".into());
         opt("ServerAliveInterval=5".into());
         opt("ServerAliveCountMax=3".into());
