@@ -257,6 +257,12 @@ impl Checks {
 /// Checks the server at `target`. Bad input (a missing key file, an unreadable CA
 /// bundle, a malformed domain) is an error that exits 2; everything found on the
 /// server, good or bad, is in the report.
+///
+/// Check names, by group: `ssh.login`, `ssh.host_key`, `ssh.password_refused`,
+/// `ssh.root_refused`, `ssh.sshd_config` (ssh); `tls.certificate`, `https.app`,
+/// `https.health`, `http.redirect`, or `http.app`, `http.health` without TLS (web);
+/// `port.<port>.closed` (ports); `server.cloud_init`, `server.failed_units`,
+/// `server.imgforge_status` (server).
 pub fn verify(target: &Target, opts: &VerifyOptions) -> Result<Report> {
     check_input(target, opts)?;
     let tls = if opts.tls && !opts.skip.contains(&Group::Web) {
@@ -364,5 +370,68 @@ fn short(s: &str, max: usize) -> String {
         format!("{cut}…")
     } else {
         line.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_is_checked_before_anything_connects() {
+        let t = Target::direct("127.0.0.1");
+        let ok = VerifyOptions::new("api.imgforge.test", "deploy");
+        assert!(check_input(&t, &ok).is_ok());
+        for (domain, user) in [
+            ("api", "deploy"),
+            ("127.0.0.1", "deploy"),
+            ("api.imgforge.test", "-oProxyCommand=sh"),
+            ("api.imgforge.test", "Deploy"),
+            ("api imgforge.test", "deploy"),
+        ] {
+            let o = VerifyOptions::new(domain, user);
+            let err = check_input(&t, &o).unwrap_err();
+            assert_eq!(
+                crate::exit::code_for(&err),
+                crate::exit::USAGE,
+                "{domain} {user}"
+            );
+        }
+        let err = check_input(&Target::direct("-oProxyCommand=sh"), &ok).unwrap_err();
+        assert_eq!(crate::exit::code_for(&err), crate::exit::USAGE);
+    }
+
+    #[test]
+    fn short_cuts_on_characters() {
+        assert_eq!(short("ééé\nsecond", 2), "éé…");
+        assert_eq!(short("  one line  ", 20), "one line");
+    }
+
+    #[test]
+    fn text_report_counts_outcomes() {
+        let r = Report {
+            host: "h".into(),
+            domain: "d.test".into(),
+            ok: false,
+            checks: vec![
+                Check {
+                    name: "a".into(),
+                    status: Status::Ok,
+                    detail: "fine".into(),
+                },
+                Check {
+                    name: "bb".into(),
+                    status: Status::Failed,
+                    detail: "bad".into(),
+                },
+            ],
+        };
+        let text = r.to_text();
+        assert!(text.contains("  FAILED   bb  bad"), "{text}");
+        assert!(
+            text.ends_with("FAILED: 1 ok, 1 failed, 0 skipped\n"),
+            "{text}"
+        );
+        assert_eq!(r.failed().count(), 1);
     }
 }
