@@ -26,7 +26,7 @@ apt-get update -qq
 # qemu-system-x86, qemu-utils, mmdebstrap, e2fsprogs, fdisk, openssl: the guest image and boot tests.
 # python3-venv, npm: the classifier's model build (pinned packages from PyPI and npm).
 apt-get install -y -qq --no-install-recommends \
-    cloud-init skopeo podman dosfstools mtools xorriso openssh-client openssh-server \
+    cloud-init skopeo podman containerd dosfstools mtools xorriso openssh-client openssh-server \
     busybox-static qemu-system-x86 qemu-utils mmdebstrap e2fsprogs fdisk openssl \
     ca-certificates curl python3-venv npm uidmap fuse-overlayfs >/dev/null
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
@@ -42,7 +42,11 @@ step "unit, CLI and real-tool tests"
 cargo test --workspace
 
 if [ "${IMGFORGE_BOOT_TESTS:-1}" != 0 ]; then
-    step "QEMU boot tests"
+    # One VM at a time: two TCG guests on two cores would each take twice as long.
+    # (tests/boot_runner.rs's own slow test is left out: the deployment tests cover it.)
+    step "QEMU boot tests: seed path"
     IMGFORGE_BOOT_TESTS=1 cargo test --test boot -- --ignored --test-threads=1 --nocapture
+    step "QEMU boot tests: baked image"
+    IMGFORGE_BOOT_TESTS=1 cargo test --test build -- --ignored --test-threads=1 --nocapture baked_image_boots
 fi
 step "done"

@@ -34,24 +34,25 @@ pub struct Cli {
     pub command: Command,
 }
 
+// The deployment flags make some variants large; boxed, the enum stays small.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write a commented starter imgforge.yaml
     Init(init::Args),
     /// Render cloud-init user-data that deploys everything on first boot
-    Render(render::Args),
+    Render(Box<render::Args>),
     /// Generate an ed25519 SSH key pair in OpenSSH format
     Keygen(keygen::Args),
     /// Build an OCI image bundle of a service, with no Docker daemon
     Pack(pack::Args),
     /// Write a NoCloud seed disk (label CIDATA) with user-data and a bundle
-    Seed(seed::Args),
+    Seed(Box<seed::Args>),
     /// Bake the deployment into a bootable disk image
-    Build(build::Args),
+    Build(Box<build::Args>),
     /// Boot a disk and seed locally in QEMU and wait for first boot to finish
     Boot(boot::Args),
     /// Check a deployed server from outside, as its owner would
-    Verify(verify::Args),
+    Verify(Box<verify::Args>),
     /// Print shell completions or the man page
     #[command(subcommand)]
     Docs(docs::Docs),
@@ -61,13 +62,13 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(args) => init::run(args),
-        Command::Render(args) => render::run(args),
+        Command::Render(args) => render::run(*args),
         Command::Keygen(args) => keygen::run(args),
         Command::Pack(args) => pack::run(args),
-        Command::Seed(args) => seed::run(args),
-        Command::Build(args) => build::run(args),
+        Command::Seed(args) => seed::run(*args),
+        Command::Build(args) => build::run(*args),
         Command::Boot(args) => boot::run(args),
-        Command::Verify(args) => verify::run(args),
+        Command::Verify(args) => verify::run(*args),
         Command::Docs(docs) => docs::run(docs),
     }
 }
