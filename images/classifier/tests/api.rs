@@ -79,22 +79,25 @@ impl Server {
                 }
             }
         });
+        // Owned by a Server from here on, so any panic below still kills and reaps it.
+        let mut server = Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            logs,
+        };
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = match logs.recv_timeout(left) {
+            let line = match server.logs.recv_timeout(left) {
                 Ok(line) => line,
-                Err(e) => {
-                    let _ = child.kill();
-                    panic!("service did not report its address ({e:?})");
-                }
+                Err(e) => panic!("service did not report its address ({e:?})"),
             };
             let Ok(event) = serde_json::from_str::<Value>(&line) else {
                 panic!("log line is not JSON: {line}");
             };
             if event["message"] == "listening" {
-                let addr = event["addr"].as_str().expect("addr field").parse().unwrap();
-                return Server { child, addr, logs };
+                server.addr = event["addr"].as_str().expect("addr field").parse().unwrap();
+                return server;
             }
             if event["message"] == "fatal" {
                 panic!("service failed to start: {line}");
