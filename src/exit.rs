@@ -22,11 +22,36 @@ pub fn usage(msg: impl fmt::Display) -> anyhow::Error {
     anyhow::Error::new(UsageError(msg.to_string()))
 }
 
-/// The exit code for an error: 2 when any cause is the user's input.
+/// An error that exits with its own code (`imgforge boot`'s timeout, say). It prints as
+/// the error it wraps.
+#[derive(Debug)]
+pub struct Coded {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl fmt::Display for Coded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl std::error::Error for Coded {}
+
+/// Wraps `error` so that the process exits with `code`.
+pub fn with_code(code: u8, error: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(Coded { code, error })
+}
+
+/// The exit code for an error: its own for [`Coded`], 2 when any cause is the user's
+/// input, else 1.
 pub fn code_for(err: &anyhow::Error) -> u8 {
-    let is_usage = err.chain().any(|cause| {
-        cause.is::<UsageError>() || cause.is::<crate::spec::Report>()
-    });
+    if let Some(coded) = err.downcast_ref::<Coded>() {
+        return coded.code;
+    }
+    let is_usage = err
+        .chain()
+        .any(|cause| cause.is::<UsageError>() || cause.is::<crate::spec::Report>());
     if is_usage {
         USAGE
     } else {

@@ -3,7 +3,6 @@
 //! Exit codes: 0 ready, 1 deployment failed, 2 bad usage, 3 timed out, 4 QEMU stopped
 //! or could not run.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -90,7 +89,12 @@ pub fn run(args: Args) -> Result<()> {
     let mut vm = match Vm::start(&config) {
         Ok(vm) => vm,
         Err(err) if crate::exit::code_for(&err) == crate::exit::USAGE => return Err(err),
-        Err(err) => exit_with(EXIT_QEMU, &err.context("starting QEMU")),
+        Err(err) => {
+            return Err(crate::exit::with_code(
+                EXIT_QEMU,
+                err.context("starting QEMU"),
+            ))
+        }
     };
     print_started(&vm);
 
@@ -133,15 +137,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     match result {
         Ok(()) => Ok(()),
-        Err((code, err)) => exit_with(code, &err),
+        Err((code, err)) => Err(crate::exit::with_code(code, err)),
     }
-}
-
-/// Prints the error as `main` would and exits with a code `main` has no way to express.
-fn exit_with(code: u8, err: &anyhow::Error) -> ! {
-    crate::exit::report(err);
-    let _ = std::io::stdout().flush();
-    std::process::exit(i32::from(code))
 }
 
 fn print_started(vm: &Vm) {
