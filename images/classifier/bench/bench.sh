@@ -78,7 +78,7 @@ for conc in 1 2; do
         "$VENV/bin/python" -c '
 import json, sys
 r = json.loads(sys.argv[2])
-print(f"{sys.argv[1]:<28} {r[\"concurrency\"]:>5} {r[\"p50_ms\"]:>9} {r[\"p99_ms\"]:>9} {r[\"rps\"]:>9} {r[\"errors\"]:>7} {r[\"top1\"]}")
+print("{name:<28} {concurrency:>5} {p50_ms:>9} {p99_ms:>9} {rps:>9} {errors:>7} {top1}".format(name=sys.argv[1], **r))
 ' "$name" "$out"
     done
 done
