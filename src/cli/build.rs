@@ -68,26 +68,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let mut overrides = args.spec.overrides();
-    if let Some(bundle) = &args.bundle {
-        let info = crate::bundle::inspect(bundle)?;
-        if let Some(image) = &overrides.image {
-            if image != info.image.as_str() {
-                return Err(crate::exit::usage(format!(
-                    "--image {image} but the bundle {} holds {}: drop --image, or pack the bundle under that name",
-                    bundle.display(),
-                    info.image
-                )));
-            }
-        }
-        overrides.image = Some(info.image.to_string());
-        let path = UnixPath::parse(BUNDLE_PATH)
-            .map_err(|p| anyhow::anyhow!("{BUNDLE_PATH}: {}", p.message))?;
-        overrides.bundle_local = Some(Bundle::File {
-            path,
-            sha256: info.sha256,
-        });
-    }
+    let overrides = args
+        .spec
+        .overrides_with_bundle(args.bundle.as_deref(), |sha256| {
+            let path = UnixPath::parse(BUNDLE_PATH)
+                .map_err(|p| anyhow::anyhow!("{BUNDLE_PATH}: {}", p.message))?;
+            Ok(Bundle::File { path, sha256 })
+        })?;
     let spec = args.spec.load_with(overrides)?;
     let templates = Templates::load(args.templates.as_deref())?;
     let cloud_config = crate::render::render(&spec, &templates)?

@@ -55,24 +55,14 @@ struct MetaData<'a> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let mut overrides = args.spec.overrides();
-    if let Some(bundle) = &args.bundle {
-        let info = crate::bundle::inspect(bundle)?;
-        if let Some(image) = &overrides.image {
-            if image != info.image.as_str() {
-                return Err(crate::exit::usage(format!(
-                    "--image {image} but the bundle {} holds {}: drop --image, or pack the bundle under that name",
-                    bundle.display(),
-                    info.image
-                )));
-            }
-        }
-        overrides.image = Some(info.image.to_string());
-        overrides.bundle_local = Some(Bundle::Seed {
-            file: SEED_BUNDLE_FILE.into(),
-            sha256: info.sha256,
-        });
-    }
+    let overrides = args
+        .spec
+        .overrides_with_bundle(args.bundle.as_deref(), |sha256| {
+            Ok(Bundle::Seed {
+                file: SEED_BUNDLE_FILE.into(),
+                sha256,
+            })
+        })?;
     let spec = args.spec.load_with(overrides)?;
     let hostname = match &args.hostname {
         Some(h) => crate::spec::Hostname::parse(h)

@@ -98,6 +98,32 @@ impl SpecArgs {
 }
 
 impl SpecArgs {
+    /// The overrides, with the image and its delivery taken from an OCI bundle when one
+    /// is given: `place` says where the bundle travels (seed disk, baked image).
+    pub fn overrides_with_bundle(
+        &self,
+        bundle: Option<&std::path::Path>,
+        place: impl FnOnce(crate::spec::Sha256Hex) -> anyhow::Result<crate::spec::Bundle>,
+    ) -> anyhow::Result<Overrides> {
+        let mut overrides = self.overrides();
+        let Some(bundle) = bundle else {
+            return Ok(overrides);
+        };
+        let info = crate::bundle::inspect(bundle)?;
+        if let Some(image) = &overrides.image {
+            if image != info.image.as_str() {
+                return Err(crate::exit::usage(format!(
+                    "--image {image} but the bundle {} holds {}: drop --image, or pack the bundle under that name",
+                    bundle.display(),
+                    info.image
+                )));
+            }
+        }
+        overrides.image = Some(info.image.to_string());
+        overrides.bundle_local = Some(place(info.sha256)?);
+        Ok(overrides)
+    }
+
     /// Loads and validates the deployment: warnings go to stderr, problems come
     /// back as a [`crate::spec::Report`] (exit code 2).
     pub fn load(&self) -> anyhow::Result<crate::spec::Spec> {
