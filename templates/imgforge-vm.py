@@ -218,12 +218,22 @@ def certificate(c):
     if not c["tls"]:
         update_status(certificate="disabled")
         return "skipped"
-    run("systemctl", "enable", "--now", "imgforge-cert.timer")
     cert(c)
+    run("systemctl", "enable", "--now", "imgforge-cert.timer")
 
 
 def cert(c):
     """One certificate attempt, if one is due. Never fails the boot: retried by the timer."""
+    os.makedirs(STATE, exist_ok=True)
+    with open(STATE + "/cert.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # an attempt is running already; two certbots would fail each other
+        attempt(c)
+
+
+def attempt(c):
     live = f"/etc/letsencrypt/live/{c['domain']}/fullchain.pem"
     try:
         st = json.load(open(CERT_STATE))
