@@ -23,7 +23,12 @@ pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> 
     // The umask may have cleared bits the caller asked for; set the mode exactly.
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting mode {mode:o} on a temporary file in {}", dir.display()))?;
+        .with_context(|| {
+            format!(
+                "setting mode {mode:o} on a temporary file in {}",
+                dir.display()
+            )
+        })?;
     tmp.write_all(contents)
         .with_context(|| format!("writing {}", path.display()))?;
     tmp.as_file()
