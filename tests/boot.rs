@@ -7,6 +7,8 @@
 //!   IMGFORGE_BOOT_TESTS=1 cargo test --test boot -- --ignored --test-threads=1 --nocapture
 //! Needs `images/classifier/build.sh` to have run (the classifier bundle is packed here).
 //! On failure the serial log and the guest's cloud-init lines are printed.
+//! `IMGFORGE_GUEST_SUITE=trixie` boots Debian 13 (cloud-init 25.x, close to Ubuntu
+//! 24.04's) instead of bookworm.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -115,7 +117,8 @@ impl Deployment {
         let dir = std::env::temp_dir().join(format!("imgforge-boot-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let guest = Guest::get("bookworm", &dir);
+        let suite = std::env::var("IMGFORGE_GUEST_SUITE").unwrap_or_else(|_| "bookworm".into());
+        let guest = Guest::get(&suite, &dir);
         let bundle = classifier_bundle(&dir);
         let key = dir.join("id_ed25519");
         imgforge(&["keygen", "-o", key.to_str().unwrap()]);
