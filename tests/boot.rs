@@ -504,7 +504,7 @@ fn certificate_arrives_when_the_acme_server_comes_up_late() {
     let with_cert = d.wait(
         "the certificate after the ACME server came up",
         Duration::from_secs(1800),
-        &|s| s.certificate.as_deref() == Some("ok"),
+        &|s| s.is_ready() && s.certificate.as_deref() == Some("ok"),
     );
     assert!(with_cert.is_ready());
     let root = d.pebble_root();
