@@ -355,7 +355,7 @@ fn first_boot_deploys_everything_and_survives_kill_and_reboot() {
         d.vm.failure_lines(40).join("\n")
     );
     let with_cert = d.wait("the certificate", Duration::from_secs(600), &|s| {
-        s.certificate.as_deref() == Some("ok")
+        s.is_ready() && s.certificate.as_deref() == Some("ok")
     });
     let https_at = d.power_on.elapsed();
     assert!(with_cert.is_ready());
