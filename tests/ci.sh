@@ -25,10 +25,14 @@ apt-get update -qq
 # openssh-client/-server: verify's SSH checks against a real sshd. busybox-static: a tiny test app.
 # qemu-system-x86, qemu-utils, mmdebstrap, e2fsprogs, fdisk, openssl: the guest image and boot tests.
 # python3-venv, npm: the classifier's model build (pinned packages from PyPI and npm).
-apt-get install -y -qq --no-install-recommends \
-    cloud-init skopeo podman containerd dosfstools mtools xorriso openssh-client openssh-server \
-    busybox-static qemu-system-x86 qemu-utils mmdebstrap e2fsprogs fdisk openssl \
-    ca-certificates curl python3-venv npm uidmap fuse-overlayfs >/dev/null
+pkgs=(cloud-init skopeo podman containerd dosfstools mtools xorriso openssh-client openssh-server
+    busybox-static qemu-system-x86 qemu-utils mmdebstrap e2fsprogs fdisk openssl ca-certificates
+    curl file uidmap fuse-overlayfs)
+# Machines that already carry Node.js/npm or a Python with venv (not from Debian) keep theirs:
+# Debian's npm conflicts with a nodejs from elsewhere.
+command -v npm >/dev/null || pkgs+=(npm)
+python3 -m venv --help >/dev/null 2>&1 || pkgs+=(python3-venv)
+apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 
 step "building the classifier's model and binary"
