@@ -22,12 +22,12 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # cloud-init: `cloud-init schema` checks every rendered user-data.
 # skopeo, podman: read and load the OCI bundles. dosfstools, mtools, xorriso: check seed disks.
-# openssh-client/-server: verify's SSH checks against a real sshd. busybox-static: a tiny test app.
+# openssh-client/-server, sudo: verify's SSH checks against a real sshd. busybox-static: a tiny test app.
 # qemu-system-x86, qemu-utils, mmdebstrap, e2fsprogs, fdisk, openssl: the guest image and boot tests.
 # python3-venv, npm: the classifier's model build (pinned packages from PyPI and npm).
 pkgs=(cloud-init skopeo podman containerd dosfstools mtools xorriso openssh-client openssh-server
     busybox-static qemu-system-x86 qemu-utils mmdebstrap e2fsprogs fdisk openssl ca-certificates
-    curl file uidmap fuse-overlayfs)
+    curl file sudo binutils procps uidmap fuse-overlayfs)
 # Machines that already carry Node.js/npm or a Python with venv (not from Debian) keep theirs:
 # Debian's npm conflicts with a nodejs from elsewhere.
 command -v npm >/dev/null || pkgs+=(npm)
