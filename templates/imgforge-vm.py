@@ -112,6 +112,9 @@ def docker(c):
         return "skipped"
     if c["docker_source"] == "distro":
         retry("apt-get install docker.io", lambda: run(*APT, "install", "docker.io"))
+        if not shutil.which("docker", path=ENV["PATH"]):
+            # Debian 13 and later ship the client apart from the daemon.
+            retry("apt-get install docker-cli", lambda: run(*APT, "install", "docker-cli"))
         return
     osr = dict(l.rstrip("\n").split("=", 1) for l in open("/etc/os-release") if "=" in l)
     dist, codename = osr["ID"].strip('"'), osr["VERSION_CODENAME"].strip('"')

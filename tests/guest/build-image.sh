@@ -23,8 +23,9 @@ usage() {
 suite=$1
 outdir=$2
 case "$suite" in
+# Suite-specific packages: networking, and trixie's docker.io no longer carries the CLI.
 bookworm) net_pkgs="ifupdown,isc-dhcp-client" ;;
-trixie) net_pkgs="netplan.io" ;;
+trixie) net_pkgs="netplan.io,docker-cli" ;;
 *) usage ;;
 esac
 
