@@ -90,11 +90,16 @@ build() {
     # Pebble's own HTTPS (ACME directory and management API) needs a certificate; a
     # throwaway CA made per build, whose certificate the tests hand to certbot.
     mkdir -p "$pki"
+    # keyUsage and key identifiers: Python 3.13 (trixie) verifies strictly and refuses a CA
+    # without them.
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=imgforge test Pebble TLS CA" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
         -keyout "$pki/ca.key" -out "$pki/ca.pem" 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
         -keyout "$pki/key.pem" -out "$pki/cert.csr" 2>/dev/null
-    printf 'subjectAltName=DNS:localhost,DNS:pebble,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$pki/ext.cnf"
+    printf '%s\n' 'subjectAltName=DNS:localhost,DNS:pebble,IP:127.0.0.1' 'basicConstraints=CA:FALSE' \
+        'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=serverAuth' \
+        'subjectKeyIdentifier=hash' 'authorityKeyIdentifier=keyid' >"$pki/ext.cnf"
     openssl x509 -req -in "$pki/cert.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial \
         -days 3650 -extfile "$pki/ext.cnf" -out "$pki/cert.pem" 2>/dev/null
     install -m 0644 "$pki/cert.pem" "$root/etc/pebble/cert.pem"
