@@ -475,7 +475,7 @@ fn first_boot_deploys_everything_and_survives_kill_and_reboot() {
 #[ignore = "boots a VM for minutes: IMGFORGE_BOOT_TESTS=1 cargo test --test boot -- --ignored"]
 fn certificate_arrives_when_the_acme_server_comes_up_late() {
     // Pebble starts this long after the guest's early boot: well after first boot ends.
-    let mut d = Deployment::boot("late-acme", "imgforge.test.pebble_delay=480");
+    let mut d = Deployment::boot("late-acme", "imgforge.test.pebble_delay=600");
     let finished = d.wait("first boot to finish", Duration::from_secs(1800), &|s| {
         s.is_finished()
     });
