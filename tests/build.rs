@@ -825,15 +825,22 @@ fn baked_image_boots_without_a_seed_and_serves_https() {
 
     // It really came from the disk: no seed, cloud-init's fallback datasource, the
     // baked config root-only, and the bundle loaded from its baked path.
-    let ds = ssh_ok(&key, info.ssh_port, "sudo cloud-init query platform");
-    assert_eq!(ds.trim(), "none", "datasource platform");
-    let mode = ssh_ok(&key, info.ssh_port, &format!("sudo stat -c '%a %U' {CFG}"));
-    assert_eq!(mode.trim(), "600 root");
-    let images = ssh_ok(
-        &key,
-        info.ssh_port,
+    // UFW's `limit 22/tcp` refuses a sixth SSH connection from one address within 30 s,
+    // and verify has just made several: wait the window out, then use one connection.
+    std::thread::sleep(Duration::from_secs(32));
+    let stat = format!("sudo stat -c '%a %U' {CFG}");
+    let script = [
+        "sudo cloud-init query platform",
+        stat.as_str(),
         "sudo docker image ls --format '{{.Repository}}:{{.Tag}}'",
-    );
+    ]
+    .join("; echo @@; ");
+    let out = ssh_ok(&key, info.ssh_port, &script);
+    let parts: Vec<&str> = out.split("@@\n").collect();
+    assert_eq!(parts.len(), 3, "unexpected output: {out}");
+    let (ds, mode, images) = (parts[0], parts[1], parts[2]);
+    assert_eq!(ds.trim(), "none", "datasource platform");
+    assert_eq!(mode.trim(), "600 root");
     assert!(images.contains("imgforge/webapp:test"), "{images}");
 
     eprintln!(
