@@ -19,20 +19,34 @@ step() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
 
 step "installing packages"
 export DEBIAN_FRONTEND=noninteractive
+# A new machine carries qemu-utils from bookworm-backports without a backports source:
+# bookworm's qemu-system-x86 (7.2) breaks it. Take QEMU from the suite the installed
+# qemu-utils came from, so the emulator and qemu-img are one version.
+qemu_suite=()
+if dpkg-query -W -f '${Version}' qemu-utils 2>/dev/null | grep -q '~bpo'; then
+    codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+    if ! grep -rqs "$codename-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+            "$codename" >/etc/apt/sources.list.d/imgforge-backports.sources
+    fi
+    qemu_suite=(-t "$codename-backports")
+fi
 apt-get update -qq
 # cloud-init: `cloud-init schema` checks every rendered user-data.
 # skopeo, podman: read and load the OCI bundles. dosfstools, mtools, xorriso: check seed disks.
 # openssh-client/-server, sudo: verify's SSH checks against a real sshd. busybox-static: a tiny test app.
-# qemu-system-x86, qemu-utils, mmdebstrap, e2fsprogs, fdisk, openssl: the guest image and boot tests.
+# mmdebstrap, e2fsprogs, fdisk, openssl (and QEMU, below): the guest image and boot tests.
 # python3-venv, npm: the classifier's model build (pinned packages from PyPI and npm).
 pkgs=(cloud-init skopeo podman containerd dosfstools mtools xorriso openssh-client openssh-server
-    busybox-static qemu-system-x86 qemu-utils mmdebstrap e2fsprogs fdisk openssl ca-certificates
+    busybox-static mmdebstrap e2fsprogs fdisk openssl ca-certificates
     curl file sudo binutils procps uidmap fuse-overlayfs)
 # Machines that already carry Node.js/npm or a Python with venv (not from Debian) keep theirs:
 # Debian's npm conflicts with a nodejs from elsewhere.
 command -v npm >/dev/null || pkgs+=(npm)
 python3 -m venv --help >/dev/null 2>&1 || pkgs+=(python3-venv)
 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+apt-get install -y -qq --no-install-recommends "${qemu_suite[@]}" qemu-system-x86 qemu-utils >/dev/null
+printf 'QEMU: %s; qemu-img: %s\n' "$(qemu-system-x86_64 --version | head -n1)" "$(qemu-img --version | head -n1)"
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 
 step "building the classifier's model and binary"
