@@ -5,8 +5,6 @@
 
 use std::fmt;
 
-/// Exit code for success.
-pub const OK: u8 = 0;
 /// Exit code for a failure that is not the user's input.
 pub const FAILED: u8 = 1;
 /// Exit code for bad usage or bad input (the same code clap uses).

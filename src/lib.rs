@@ -1,9 +1,7 @@
 //! imgforge: one deployment description in; cloud-init user-data, an OCI bundle,
 //! a NoCloud seed disk or a baked disk image out, and a local QEMU boot that proves it.
 
-pub mod bundle;
 pub mod cli;
-pub mod cloud_config;
 pub mod disk;
 pub mod exit;
 pub mod fsutil;
@@ -13,6 +11,5 @@ pub mod qemu;
 pub mod render;
 pub mod seed;
 pub mod spec;
-pub mod templates;
-pub mod userdata;
+pub mod status;
 pub mod verify;

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -91,37 +91,61 @@ pub enum SeedFormat {
     Iso9660,
 }
 
-/// Writes a raw FAT seed disk labelled CIDATA to `out`, atomically.
-pub fn write_seed(out: &Path, files: &[SeedFile]) -> Result<()> {
-    write_seed_as(out, files, SeedFormat::Vfat)
+/// The NoCloud `meta-data` for a user-data: a new instance-id whenever the user-data
+/// changes (cloud-init then runs it as a new instance), and the hostname.
+pub fn meta_data(user_data: &str, hostname: &str) -> Result<(String, String)> {
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "kebab-case")]
+    struct MetaData<'a> {
+        instance_id: &'a str,
+        local_hostname: &'a str,
+    }
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(user_data.as_bytes()));
+    let instance_id = format!("imgforge-{}", &digest[..16]);
+    let yaml = serde_yaml_ng::to_string(&MetaData {
+        instance_id: &instance_id,
+        local_hostname: hostname,
+    })?;
+    Ok((instance_id, yaml))
 }
 
-/// Writes a seed disk in the given format to `out`, atomically: the same files
-/// always give the same bytes.
-pub fn write_seed_as(out: &Path, files: &[SeedFile], format: SeedFormat) -> Result<()> {
+/// Writes a seed disk in the given format to `out`, atomically and readable by its
+/// owner only (it holds the app's environment, maybe a host key): the same files always
+/// give the same bytes.
+pub fn write_seed(out: &Path, files: &[SeedFile], format: SeedFormat) -> Result<()> {
     check_names(files)?;
     let dir = match out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let tmp = tempfile::Builder::new()
+    // Written inside a private directory (0700) next to the output, then renamed: no
+    // one else can open it while it is written, whatever mode xorriso gives its file.
+    let private = tempfile::Builder::new()
         .prefix(".imgforge-seed-")
-        .permissions(fs::Permissions::from_mode(0o644))
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+        .tempdir_in(dir)
+        .with_context(|| format!("creating a temporary directory in {}", dir.display()))?;
+    let tmp = private.path().join("seed");
     match format {
-        SeedFormat::Vfat => write_vfat(tmp.as_file(), files)
-            .with_context(|| format!("writing seed disk {}", out.display()))?,
-        SeedFormat::Iso9660 => write_iso(tmp.path(), files)
+        SeedFormat::Vfat => {
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .read(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            write_vfat(&file, files)
+                .with_context(|| format!("writing seed disk {}", out.display()))?
+        }
+        SeedFormat::Iso9660 => write_iso(&tmp, files)
             .with_context(|| format!("writing seed disk {}", out.display()))?,
     }
-    // By path, not by handle: xorriso replaces the temporary file with its own.
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644))
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
         .with_context(|| format!("setting the mode of {}", out.display()))?;
-    fs::File::open(tmp.path())
+    fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("syncing {}", out.display()))?;
-    tmp.persist(out)
+    fs::rename(&tmp, out)
         .with_context(|| format!("renaming a temporary file onto {}", out.display()))?;
     Ok(())
 }
@@ -344,9 +368,6 @@ fn write_iso(out: &Path, files: &[SeedFile]) -> Result<()> {
         .args(["-alter_date_r", "b", "2000.01.01.000000", "/", "--"])
         .args(["-alter_date_r", "c", "2000.01.01.000000", "/", "--"])
         .arg("-commit");
-    // xorriso appends to an existing ISO and refuses other non-empty files;
-    // the temporary output must not exist at all.
-    fs::remove_file(out).with_context(|| format!("removing {}", out.display()))?;
     let output = cmd.output().map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => {
             anyhow::anyhow!("running xorriso: it is not installed (apt install xorriso)")

@@ -274,27 +274,22 @@ fn e2fsck_clean(disk: &Path, offset: u64) {
 /// The cloud-config imgforge renders for these flags with the bundle at BUNDLE:
 /// computed through the library, independently of the build path.
 fn expected_cloud_config(pubkey: &Path, bundle: &Path) -> String {
-    let info = imgforge::bundle::inspect(bundle).unwrap();
-    let overrides = imgforge::spec::Overrides {
+    let info = imgforge::oci::bundle::inspect(bundle).unwrap();
+    let mut flags = imgforge::spec::Settings {
         domain: Some("api.imgforge.test".into()),
         email: Some("ops@example.com".into()),
-        ssh_key_files: vec![pubkey.to_path_buf()],
-        offline: true,
-        docker_source: Some(imgforge::spec::DockerSource::Distro),
-        image: Some(info.image.to_string()),
-        bundle_local: Some(imgforge::spec::Bundle::File {
-            path: imgforge::spec::UnixPath::parse(BUNDLE).unwrap(),
-            sha256: info.sha256,
-        }),
         ..Default::default()
     };
-    let (spec, _) = imgforge::spec::load(None, &overrides, None).unwrap();
-    let templates = imgforge::templates::Templates::load(None).unwrap();
-    imgforge::render::render(&spec, &templates)
-        .unwrap()
-        .cloud_config
-        .to_user_data()
-        .unwrap()
+    flags.admin.ssh_key_files = vec![pubkey.to_path_buf()];
+    flags.offline = true;
+    flags.docker_source = Some(imgforge::spec::DockerSource::Distro);
+    flags.app.image = Some(info.image.to_string());
+    let bundle = imgforge::spec::Bundle::File {
+        sha256: info.sha256,
+    };
+    let (spec, _) = imgforge::spec::load(&flags, None, Some(bundle), None).unwrap();
+    let templates = imgforge::render::Templates::load(None).unwrap();
+    imgforge::render::user_data(&spec, &templates).unwrap().text
 }
 
 fn dir_entries(dir: &Path) -> Vec<String> {
@@ -363,7 +358,6 @@ fn bakes_config_and_bundle_into_the_labelled_root_of_a_qcow2_base() {
     let deploy: serde_json::Value =
         serde_json::from_str(deploy_json["content"].as_str().unwrap()).unwrap();
     assert_eq!(deploy["bundle"]["kind"], "file");
-    assert_eq!(deploy["bundle"]["path"], BUNDLE);
     assert_eq!(deploy["bundle"]["sha256"], sha256_file(&bundle));
     assert_eq!(deploy["image"], "example/app:1");
 

@@ -39,7 +39,7 @@ apt-get update -qq
 # python3-venv, npm: the classifier's model build (pinned packages from PyPI and npm).
 pkgs=(cloud-init skopeo podman containerd dosfstools mtools xorriso openssh-client openssh-server
     busybox-static mmdebstrap e2fsprogs fdisk openssl ca-certificates
-    curl file sudo binutils procps uidmap fuse-overlayfs)
+    curl file sudo binutils procps uidmap fuse-overlayfs gpg)
 # Machines that already carry Node.js/npm or a Python with venv (not from Debian) keep theirs:
 # Debian's npm conflicts with a nodejs from elsewhere.
 command -v npm >/dev/null || pkgs+=(npm)
@@ -55,6 +55,14 @@ images/classifier/build.sh
 step "lint"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The VM program (guest/, Python): compiled by the oldest python3 here, linted by ruff.
+lint_venv=$IMGFORGE_CACHE/venv-guest-lint
+[ -x "$lint_venv/bin/ruff" ] || { python3 -m venv "$lint_venv" && "$lint_venv/bin/pip" install -q ruff==0.8.4; }
+python3 -m compileall -q guest
+"$lint_venv/bin/ruff" check guest
+
+step "the VM program's unit tests"
+(cd guest && python3 -m unittest discover -s tests -t .)
 
 step "unit, CLI and real-tool tests"
 cargo test --workspace

@@ -452,9 +452,10 @@ fn invalid_values_are_all_reported_with_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     for want in [
-        "name: \"Bad/Name:1.0\"",
-        "layers[1].files[0].dest",
-        "user: uid and gid",
+        "error[name]: \"Bad/Name:1.0\"",
+        "error[layers.1.files.0.dest]",
+        "error[user]: uid and gid",
+        "--> ",
     ] {
         assert!(err.contains(want), "missing {want:?} in: {err}");
     }

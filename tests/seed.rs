@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use imgforge::seed::{write_seed, write_seed_as, SeedFile, SeedFormat};
+use imgforge::seed::{write_seed, SeedFile, SeedFormat};
 use sha2::{Digest, Sha256};
 
 fn run(cmd: &mut Command) -> (bool, String, Vec<u8>) {
@@ -64,7 +64,7 @@ fn vfat_seed_passes_fsck_and_reads_back_byte_exact() {
     let dir = tempfile::tempdir().unwrap();
     let files = sample(dir.path());
     let img = dir.path().join("seed.img");
-    write_seed(&img, &files).unwrap();
+    write_seed(&img, &files, SeedFormat::Vfat).unwrap();
 
     let (ok, err, out) = run(Command::new("fsck.vfat").arg("-n").arg(&img));
     assert!(ok, "fsck.vfat -n: {err}{}", String::from_utf8_lossy(&out));
@@ -105,21 +105,21 @@ fn same_inputs_give_the_same_bytes() {
     let files = sample(dir.path());
     let a = dir.path().join("a.img");
     let b = dir.path().join("b.img");
-    write_seed(&a, &files).unwrap();
+    write_seed(&a, &files, SeedFormat::Vfat).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    write_seed(&b, &files).unwrap();
+    write_seed(&b, &files, SeedFormat::Vfat).unwrap();
     assert_eq!(sha256(&a), sha256(&b));
 
     // And different inputs give different bytes: the digest is not a constant.
     let mut changed = files.clone();
     changed[0] = SeedFile::bytes("user-data", "#cloud-config\nhostname: other\n");
     let c = dir.path().join("c.img");
-    write_seed(&c, &changed).unwrap();
+    write_seed(&c, &changed, SeedFormat::Vfat).unwrap();
     assert_ne!(sha256(&a), sha256(&c));
 }
 
 #[test]
-fn overwrites_atomically_with_mode_0644() {
+fn overwrites_atomically_with_mode_0600() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("seed.img");
@@ -130,11 +130,12 @@ fn overwrites_atomically_with_mode_0644() {
             SeedFile::bytes("user-data", "x"),
             SeedFile::bytes("meta-data", ""),
         ],
+        SeedFormat::Vfat,
     )
     .unwrap();
     assert_eq!(
         fs::metadata(&img).unwrap().permissions().mode() & 0o777,
-        0o644
+        0o600
     );
     assert_eq!(mcopy(&img, "user-data"), b"x");
     assert_eq!(mcopy(&img, "meta-data"), b"");
@@ -156,11 +157,17 @@ fn missing_bundle_is_a_usage_error_and_leaves_no_output() {
             "bundle.oci.tar",
             dir.path().join("nope.tar"),
         )],
+        SeedFormat::Vfat,
     )
     .unwrap_err();
     assert!(format!("{err:#}").contains("nope.tar"), "{err:#}");
     assert!(!img.exists());
-    let err = write_seed(&img, &[SeedFile::bytes("a", ""), SeedFile::bytes("A", "")]).unwrap_err();
+    let err = write_seed(
+        &img,
+        &[SeedFile::bytes("a", ""), SeedFile::bytes("A", "")],
+        SeedFormat::Vfat,
+    )
+    .unwrap_err();
     assert_eq!(imgforge::exit::code_for(&err), imgforge::exit::USAGE);
 }
 
@@ -179,6 +186,7 @@ fn a_large_bundle_moves_to_fat32_and_still_checks() {
             SeedFile::bytes("meta-data", ""),
             SeedFile::path("bundle.oci.tar", &big),
         ],
+        SeedFormat::Vfat,
     )
     .unwrap();
     let (ok, err, out) = run(Command::new("fsck.vfat").arg("-n").arg(&img));
@@ -205,19 +213,19 @@ fn iso9660_seed_is_labelled_cidata_and_reproducible() {
     let files = sample(dir.path());
     let a = dir.path().join("a.iso");
     let b = dir.path().join("b.iso");
-    write_seed_as(&a, &files, SeedFormat::Iso9660).unwrap();
+    write_seed(&a, &files, SeedFormat::Iso9660).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1100));
     // Rewriting the bundle with the same bytes changes its mtime, not the seed.
     let bundle = dir.path().join("bundle.oci.tar");
     let content = fs::read(&bundle).unwrap();
     fs::write(&bundle, content).unwrap();
-    write_seed_as(&b, &files, SeedFormat::Iso9660).unwrap();
+    write_seed(&b, &files, SeedFormat::Iso9660).unwrap();
     assert_eq!(sha256(&a), sha256(&b));
     {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             fs::metadata(&a).unwrap().permissions().mode() & 0o777,
-            0o644
+            0o600
         );
     }
 
@@ -260,7 +268,7 @@ fn seed_throughput() {
     for (format, name) in [(SeedFormat::Vfat, "vfat"), (SeedFormat::Iso9660, "iso9660")] {
         let out = dir.path().join(format!("seed.{name}"));
         let start = std::time::Instant::now();
-        write_seed_as(&out, &files, format).unwrap();
+        write_seed(&out, &files, format).unwrap();
         let took = start.elapsed();
         let size = fs::metadata(&out).unwrap().len();
         eprintln!(

@@ -5,10 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::spec_args::SpecArgs;
-use crate::disk::{BuildPlan, DiskFile, Format, BUNDLE_PATH, CLOUD_CFG_PATH};
-use crate::spec::{Bundle, UnixPath};
-use crate::templates::Templates;
+use super::deployment::{with_bundle, Deployment};
+use crate::disk::{BuildPlan, DiskFile, Format};
+use crate::spec::{Bundle, Settings};
 
 // A macro, not a const: concat! below takes only literals.
 macro_rules! examples {
@@ -49,7 +48,7 @@ Needs qemu-img (qemu-utils) and debugfs, dumpe2fs (e2fsprogs).
 )]
 pub struct Args {
     #[command(flatten)]
-    pub spec: SpecArgs,
+    pub settings: Settings,
     /// Base cloud image (qcow2 or raw); only read
     #[arg(long, value_name = "FILE")]
     pub base: PathBuf,
@@ -62,29 +61,29 @@ pub struct Args {
     /// Output format [default: raw for .raw/.img, else qcow2]
     #[arg(long, value_enum)]
     pub format: Option<Format>,
-    /// Directory of templates that replace the built-in ones, file by file
-    #[arg(long, value_name = "DIR")]
-    pub templates: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let overrides = args
-        .spec
-        .overrides_with_bundle(args.bundle.as_deref(), |sha256| {
-            let path = UnixPath::parse(BUNDLE_PATH)
-                .map_err(|p| anyhow::anyhow!("{BUNDLE_PATH}: {}", p.message))?;
-            Ok(Bundle::File { path, sha256 })
-        })?;
-    let spec = args.spec.load_with(overrides)?;
-    let templates = Templates::load(args.templates.as_deref())?;
-    let cloud_config = crate::render::render(&spec, &templates)?
-        .cloud_config
-        .to_user_data()?;
-    crate::render::check_parses_back(&cloud_config)?;
+    let (flags, bundle) = with_bundle(&args.settings, args.bundle.as_deref(), |sha256| {
+        Bundle::File { sha256 }
+    })?;
+    let deployment = Deployment::load(&flags, bundle)?;
+    if deployment.spec.host_key {
+        return Err(crate::exit::usage(
+            "--host-key: every VM made from one image would share its host key; leave it out (each VM makes its own at first boot and reports it in status.json and on the serial console)",
+        ));
+    }
+    let templates = deployment.templates(&flags)?;
+    let rendered = crate::render::user_data(&deployment.spec, &templates)?;
 
-    let mut files = vec![DiskFile::bytes(CLOUD_CFG_PATH, cloud_config, 0o600)];
+    let layout = crate::render::layout();
+    let mut files = vec![DiskFile::bytes(
+        &layout.system_cloud_config,
+        rendered.text,
+        0o600,
+    )];
     if let Some(bundle) = &args.bundle {
-        files.push(DiskFile::path(BUNDLE_PATH, bundle, 0o600));
+        files.push(DiskFile::path(&layout.baked_bundle, bundle, 0o600));
     }
     let format =
         args.format

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::templates::Templates;
+use crate::render::Templates;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -5,18 +5,18 @@ use clap::{Parser, Subcommand};
 
 pub mod boot;
 pub mod build;
+pub mod deployment;
 pub mod docs;
 pub mod init;
 pub mod keygen;
 pub mod pack;
 pub mod render;
 pub mod seed;
-pub mod spec_args;
 pub mod verify;
 
 const AFTER_HELP: &str = "\
 Examples:
-  imgforge init                                   write a commented imgforge.yaml
+  imgforge init                       # a commented starter imgforge.yaml
   imgforge render --domain api.example.com --email ops@example.com \\
       --ssh-key ~/.ssh/id_ed25519.pub -o user-data.yaml
   imgforge pack images/classifier -o classifier.oci.tar

@@ -5,11 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use super::spec_args::SpecArgs;
-use crate::render::SEED_BUNDLE_FILE;
+use super::deployment::{print_known_hosts, with_bundle, Deployment};
 use crate::seed::{SeedFile, SeedFormat};
-use crate::spec::Bundle;
-use crate::templates::Templates;
+use crate::spec::{Bundle, Settings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -26,7 +24,7 @@ Examples:
   imgforge seed --domain api.example.com --email ops@example.com -o seed.iso --format iso")]
 pub struct Args {
     #[command(flatten)]
-    pub spec: SpecArgs,
+    pub settings: Settings,
     /// OCI bundle to put on the seed; the VM loads it from there, checking its sha256
     #[arg(long, value_name = "FILE")]
     pub bundle: Option<PathBuf>,
@@ -38,32 +36,17 @@ pub struct Args {
     pub hostname: Option<String>,
     #[arg(long, value_enum, default_value = "vfat")]
     pub format: Format,
-    /// The seed disk to write
+    /// The seed disk to write (mode 0600: it holds the app's environment)
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: PathBuf,
-    /// Directory of templates that replace the built-in ones, file by file
-    #[arg(long, value_name = "DIR")]
-    pub templates: Option<PathBuf>,
-}
-
-#[derive(serde::Serialize)]
-struct MetaData<'a> {
-    #[serde(rename = "instance-id")]
-    instance_id: &'a str,
-    #[serde(rename = "local-hostname")]
-    local_hostname: &'a str,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let overrides = args
-        .spec
-        .overrides_with_bundle(args.bundle.as_deref(), |sha256| {
-            Ok(Bundle::Seed {
-                file: SEED_BUNDLE_FILE.into(),
-                sha256,
-            })
-        })?;
-    let spec = args.spec.load_with(overrides)?;
+    let (flags, bundle) = with_bundle(&args.settings, args.bundle.as_deref(), |sha256| {
+        Bundle::Seed { sha256 }
+    })?;
+    let deployment = Deployment::load(&flags, bundle)?;
+    let spec = &deployment.spec;
     let hostname = match &args.hostname {
         Some(h) => crate::spec::Hostname::parse(h)
             .map(|h| h.to_string())
@@ -77,46 +60,43 @@ pub fn run(args: Args) -> Result<()> {
             .unwrap_or("imgforge")
             .to_owned(),
     };
+    let network_config = match &args.network_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading network config {}", path.display()))?;
+            serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).map_err(|e| {
+                crate::exit::usage(format!(
+                    "--network-config {}: not YAML: {e}",
+                    path.display()
+                ))
+            })?;
+            Some(text)
+        }
+        None => None,
+    };
 
-    let templates = Templates::load(args.templates.as_deref())?;
-    let user_data = crate::render::render(&spec, &templates)?
-        .cloud_config
-        .to_user_data()?;
-    crate::render::check_parses_back(&user_data)?;
-    // A new instance-id whenever the user-data changes: cloud-init then runs it as a new instance.
-    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(user_data.as_bytes()));
-    let instance_id = format!("imgforge-{}", &digest[..16]);
-    let meta = serde_yaml_ng::to_string(&MetaData {
-        instance_id: &instance_id,
-        local_hostname: &hostname,
-    })?;
-
+    let templates = deployment.templates(&flags)?;
+    let rendered = crate::render::user_data(spec, &templates)?;
+    let (instance_id, meta) = crate::seed::meta_data(&rendered.text, &hostname)?;
     let mut files = vec![
-        SeedFile::bytes("user-data", user_data),
+        SeedFile::bytes("user-data", rendered.text),
         SeedFile::bytes("meta-data", meta),
     ];
-    if let Some(path) = &args.network_config {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading network config {}", path.display()))?;
-        serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).map_err(|e| {
-            crate::exit::usage(format!(
-                "--network-config {}: not YAML: {e}",
-                path.display()
-            ))
-        })?;
+    if let Some(text) = network_config {
         files.push(SeedFile::bytes("network-config", text));
     }
     if let Some(bundle) = &args.bundle {
-        files.push(SeedFile::path(SEED_BUNDLE_FILE, bundle));
+        files.push(SeedFile::path(&crate::render::layout().seed_bundle, bundle));
     }
     let format = match args.format {
         Format::Vfat => SeedFormat::Vfat,
         Format::Iso => SeedFormat::Iso9660,
     };
-    crate::seed::write_seed_as(&args.output, &files, format)?;
+    crate::seed::write_seed(&args.output, &files, format)?;
     eprintln!(
         "wrote {} (label CIDATA, instance-id {instance_id})",
         args.output.display()
     );
+    print_known_hosts(rendered.known_hosts.as_deref());
     Ok(())
 }

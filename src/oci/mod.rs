@@ -8,6 +8,7 @@
 //! and imgforge build give the same bytes and digest.
 
 mod archive;
+pub mod bundle;
 mod compress;
 mod layer;
 pub mod spec;
@@ -22,7 +23,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 pub use compress::Compression;
-pub use spec::{ImageRef, ValidSpec};
+pub use spec::ValidSpec;
+
+use crate::spec::ImageRef;
 
 use crate::exit::usage;
 
@@ -115,8 +118,15 @@ pub fn pack(spec_path: &Path, opts: &PackOptions) -> Result<PackSummary> {
     };
     let mut spec = spec::load(&spec_file)?;
     if let Some(r) = &opts.reference {
-        spec.reference =
-            ImageRef::parse(r).map_err(|e| usage(format!("image reference {r:?}: {e}")))?;
+        spec.reference = match ImageRef::parse(r) {
+            Ok(reference) if reference.digest().is_none() => reference,
+            Ok(_) => {
+                return Err(usage(format!(
+                    "image reference {r:?}: must not carry a digest; the digest is what packing computes"
+                )))
+            }
+            Err(p) => return Err(usage(format!("image reference {r:?}: {}", p.message))),
+        };
     }
     let created = rfc3339(opts.source_date_epoch)?;
 
@@ -205,7 +215,7 @@ pub fn pack(spec_path: &Path, opts: &PackOptions) -> Result<PackSummary> {
     };
     let docker = [DockerManifest {
         config: archive::blob_path(&config.digest),
-        repo_tags: vec![spec.reference.familiar()],
+        repo_tags: Some(vec![spec.reference.familiar()]),
         layers: layer_summaries
             .iter()
             .map(|l| archive::blob_path(&l.digest))
@@ -381,13 +391,17 @@ struct Index {
     manifests: Vec<Descriptor>,
 }
 
-/// One entry of `docker save`'s manifest.json.
-#[derive(Serialize)]
+/// One entry of `docker save`'s manifest.json: written by `pack`, read back by
+/// [`bundle::inspect`] (from any `docker save` archive, where RepoTags may be null).
+#[derive(Serialize, serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct DockerManifest {
-    config: String,
-    repo_tags: Vec<String>,
-    layers: Vec<String>,
+pub struct DockerManifest {
+    #[serde(default)]
+    pub config: String,
+    #[serde(default)]
+    pub repo_tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub layers: Vec<String>,
 }
 
 #[derive(Serialize)]

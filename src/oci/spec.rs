@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use indexmap::IndexMap;
 use serde::Deserialize;
+
+use crate::spec::{Entry, ImageRef, Origin, Report, Severity};
 
 /// The file name looked up in a spec directory.
 pub const SPEC_FILE: &str = "image.yaml";
@@ -112,143 +114,6 @@ impl PortSpec {
     }
 }
 
-/// A reference `[domain/]path[:tag]`, following the distribution reference grammar.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageRef {
-    domain: Option<String>,
-    path: String,
-    tag: String,
-}
-
-impl ImageRef {
-    /// Parses a reference; the tag defaults to `latest`. Digests are refused:
-    /// the digest is what packing produces.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if s.len() > 255 {
-            return Err("longer than 255 characters".into());
-        }
-        if s.contains('@') {
-            return Err("must not carry a digest (@sha256:...); the digest is computed".into());
-        }
-        let (name, tag) = match s.rsplit_once(':') {
-            Some((n, t)) if !t.contains('/') => (n, t),
-            _ => (s, "latest"),
-        };
-        if !valid_tag(tag) {
-            return Err(format!(
-                "tag {tag:?} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"
-            ));
-        }
-        let mut parts: Vec<&str> = name.split('/').collect();
-        let domain = if parts.len() > 1
-            && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
-        {
-            let d = parts.remove(0);
-            if !valid_domain(d) {
-                return Err(format!("registry {d:?} is not a valid host[:port]"));
-            }
-            Some(d.to_owned())
-        } else {
-            None
-        };
-        if let Some(bad) = parts.iter().find(|p| !valid_path_component(p)) {
-            return Err(format!(
-                "name component {bad:?} must be lowercase letters and digits, \
-                 separated by '.', '_', '__' or '-'"
-            ));
-        }
-        Ok(ImageRef {
-            domain,
-            path: parts.join("/"),
-            tag: tag.to_owned(),
-        })
-    }
-
-    /// The short form Docker prints and `RepoTags` holds (`imgforge/classifier:0.1.0`).
-    pub fn familiar(&self) -> String {
-        match self.domain.as_deref() {
-            None | Some("docker.io") => {
-                let path = self.path.strip_prefix("library/").unwrap_or(&self.path);
-                format!("{path}:{}", self.tag)
-            }
-            Some(d) => format!("{d}/{}:{}", self.path, self.tag),
-        }
-    }
-
-    /// The fully qualified form containerd stores (`docker.io/imgforge/classifier:0.1.0`).
-    pub fn normalized(&self) -> String {
-        let domain = self.domain.as_deref().unwrap_or("docker.io");
-        if domain == "docker.io" && !self.path.contains('/') {
-            format!("docker.io/library/{}:{}", self.path, self.tag)
-        } else {
-            format!("{domain}/{}:{}", self.path, self.tag)
-        }
-    }
-
-    pub fn tag(&self) -> &str {
-        &self.tag
-    }
-}
-
-impl fmt::Display for ImageRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.familiar())
-    }
-}
-
-fn valid_tag(t: &str) -> bool {
-    let b = t.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
-
-fn valid_domain(d: &str) -> bool {
-    let (host, port) = match d.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (d, None),
-    };
-    let host_ok = !host.is_empty()
-        && host.split('.').all(|l| {
-            !l.is_empty()
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
-        });
-    host_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n != 0))
-}
-
-/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
-fn valid_path_component(p: &str) -> bool {
-    let b = p.as_bytes();
-    if b.is_empty() || !is_alnum_lower(b[0]) || !is_alnum_lower(b[b.len() - 1]) {
-        return false;
-    }
-    let mut i = 0;
-    while i < b.len() {
-        if is_alnum_lower(b[i]) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < b.len() && !is_alnum_lower(b[i]) {
-            i += 1;
-        }
-        let sep = &p[start..i];
-        let ok = matches!(sep, "." | "_" | "__") || sep.bytes().all(|c| c == b'-');
-        if !ok {
-            return false;
-        }
-    }
-    true
-}
-
-fn is_alnum_lower(c: u8) -> bool {
-    c.is_ascii_lowercase() || c.is_ascii_digit()
-}
-
 /// A spec after validation: every value checked, ready to pack.
 #[derive(Debug, Clone)]
 pub struct ValidSpec {
@@ -283,40 +148,76 @@ pub struct ValidFile {
     pub mode: Option<u32>,
 }
 
-/// Reads and validates `<dir>/image.yaml`. Every error is the user's input (exit 2).
+/// Reads and validates `<dir>/image.yaml`. Every problem is the user's input (exit 2),
+/// reported all at once with its key and position, as imgforge.yaml's are.
 pub fn load(spec_file: &Path) -> Result<ValidSpec> {
     let text = std::fs::read_to_string(spec_file).map_err(|e| {
         crate::exit::usage(format!("reading image spec {}: {e}", spec_file.display()))
     })?;
-    parse(&text).with_context(|| format!("image spec {}", spec_file.display()))
+    Ok(parse(&text, spec_file)?)
 }
 
-/// Parses and validates spec text.
-pub fn parse(text: &str) -> Result<ValidSpec> {
-    let raw: ImageSpec = serde_yaml_ng::from_str(text).map_err(crate::exit::usage)?;
-    validate(raw).map_err(|problems| {
-        let mut msg = format!("{} problem(s):", problems.len());
-        for p in &problems {
-            msg.push_str("\n  ");
-            msg.push_str(p);
-        }
-        crate::exit::usage(msg)
-    })
+/// Parses and validates spec text; `file` names it in the report.
+pub fn parse(text: &str, file: &Path) -> Result<ValidSpec, Report> {
+    let raw: ImageSpec = serde_yaml_ng::from_str(text).map_err(|e| {
+        let loc = e.location();
+        let msg = e.to_string();
+        Report::single(Entry {
+            severity: Severity::Error,
+            origin: Origin::File {
+                file: file.to_owned(),
+                path: "$".into(),
+                line: loc.as_ref().map(|l| l.line()),
+                column: loc.map(|l| l.column()),
+            },
+            value: None,
+            message: msg.split(" at line ").next().unwrap_or(&msg).to_owned(),
+            help: String::new(),
+        })
+    })?;
+    let positions = crate::spec::positions(text);
+    let mut report = Report::default();
+    let mut err = |path: &str, msg: String| {
+        let pos = positions.get(path).copied();
+        report.error(
+            Origin::File {
+                file: file.to_owned(),
+                path: path.to_owned(),
+                line: pos.map(|p| p.0),
+                column: pos.map(|p| p.1),
+            },
+            None,
+            msg,
+            "",
+        );
+    };
+    let spec = validate(raw, &mut err);
+    match spec {
+        Some(spec) if !report.has_errors() => Ok(spec),
+        _ => Err(report),
+    }
 }
 
 /// Paths the base layer writes itself; no layer may put a file there.
 pub const BASE_FILES: &[&str] = &["/etc/passwd", "/etc/group"];
 
-fn validate(raw: ImageSpec) -> Result<ValidSpec, Vec<String>> {
-    let mut errs = Vec::new();
-    let mut err = |path: &str, msg: String| errs.push(format!("{path}: {msg}"));
-
+fn validate(raw: ImageSpec, err: &mut dyn FnMut(&str, String)) -> Option<ValidSpec> {
     let reference = match ImageRef::parse(&raw.name) {
+        Ok(r) if r.digest().is_some() => {
+            err(
+                "name",
+                format!(
+                    "{:?} carries a digest: the digest is what packing computes",
+                    raw.name
+                ),
+            );
+            None
+        }
         Ok(r) => Some(r),
         Err(e) => {
             err(
                 "name",
-                format!("{:?} is not an image reference: {e}", raw.name),
+                format!("{:?} is not an image reference: {}", raw.name, e.message),
             );
             None
         }
@@ -375,7 +276,7 @@ fn validate(raw: ImageSpec) -> Result<ValidSpec, Vec<String>> {
     for (key, list) in [("entrypoint", &raw.entrypoint), ("cmd", &raw.cmd)] {
         for (i, a) in list.iter().enumerate() {
             if a.contains('\0') {
-                err(&format!("{key}[{i}]"), "contains a NUL byte".into());
+                err(&format!("{key}.{i}"), "contains a NUL byte".into());
             }
         }
     }
@@ -399,19 +300,19 @@ fn validate(raw: ImageSpec) -> Result<ValidSpec, Vec<String>> {
     for (i, p) in raw.expose.iter().enumerate() {
         match p.parse() {
             Some(s) if !exposed_ports.contains(&s) => exposed_ports.push(s),
-            Some(s) => err(&format!("expose[{i}]"), format!("{s} is listed twice")),
+            Some(s) => err(&format!("expose.{i}"), format!("{s} is listed twice")),
             None => err(
-                &format!("expose[{i}]"),
+                &format!("expose.{i}"),
                 format!("{p:?} must be a port 1-65535, optionally /tcp, /udp or /sctp"),
             ),
         }
     }
     for (i, v) in raw.volumes.iter().enumerate() {
         if let Err(e) = check_abs_path(v) {
-            err(&format!("volumes[{i}]"), format!("{v:?} {e}"));
+            err(&format!("volumes.{i}"), format!("{v:?} {e}"));
         } else if v == "/tmp" || v.starts_with("/etc") {
             err(
-                &format!("volumes[{i}]"),
+                &format!("volumes.{i}"),
                 format!("{v:?} is managed by the base layer"),
             );
         }
@@ -431,7 +332,7 @@ fn validate(raw: ImageSpec) -> Result<ValidSpec, Vec<String>> {
     let mut dests: BTreeMap<String, String> = BTreeMap::new();
     let mut layers = Vec::new();
     for (li, layer) in raw.layers.iter().enumerate() {
-        let lp = format!("layers[{li}]");
+        let lp = format!("layers.{li}");
         if layer.name.trim().is_empty() || layer.name.contains('\n') {
             err(
                 &format!("{lp}.name"),
@@ -446,7 +347,7 @@ fn validate(raw: ImageSpec) -> Result<ValidSpec, Vec<String>> {
         }
         let mut files = Vec::new();
         for (fi, f) in layer.files.iter().enumerate() {
-            let fp = format!("{lp}.files[{fi}]");
+            let fp = format!("{lp}.files.{fi}");
             let src = match check_rel_path(&f.src) {
                 Ok(p) => p,
                 Err(e) => {
@@ -489,23 +390,20 @@ fn validate(raw: ImageSpec) -> Result<ValidSpec, Vec<String>> {
         });
     }
 
-    match reference {
-        Some(reference) if errs.is_empty() => Ok(ValidSpec {
-            reference,
-            build: raw.build,
-            architecture: raw.architecture,
-            user: raw.user,
-            workdir: raw.workdir,
-            entrypoint: raw.entrypoint,
-            cmd: raw.cmd,
-            env: raw.env,
-            exposed_ports,
-            volumes: raw.volumes,
-            labels: raw.labels,
-            layers,
-        }),
-        _ => Err(errs),
-    }
+    reference.map(|reference| ValidSpec {
+        reference,
+        build: raw.build,
+        architecture: raw.architecture,
+        user: raw.user,
+        workdir: raw.workdir,
+        entrypoint: raw.entrypoint,
+        cmd: raw.cmd,
+        env: raw.env,
+        exposed_ports,
+        volumes: raw.volumes,
+        labels: raw.labels,
+        layers,
+    })
 }
 
 /// An octal permission string such as `"0755"` or `"644"`.
@@ -575,7 +473,7 @@ layers:
 
     #[test]
     fn good_spec_parses() {
-        let s = parse(GOOD).expect("valid spec");
+        let s = parse(GOOD, Path::new("image.yaml")).expect("valid spec");
         assert_eq!(s.reference.familiar(), "imgforge/classifier:0.1.0");
         assert_eq!(s.exposed_ports, ["8000/tcp", "53/udp"]);
         assert_eq!(s.layers[0].files[0].mode, Some(0o755));
@@ -584,7 +482,7 @@ layers:
     #[test]
     fn unknown_key_is_rejected_by_name() {
         let text = GOOD.replace("mode: \"0755\"", "mdoe: \"0755\"");
-        let err = format!("{:#}", parse(&text).unwrap_err());
+        let err = format!("{:#}", parse(&text, Path::new("image.yaml")).unwrap_err());
         assert!(err.contains("unknown field `mdoe`"), "{err}");
     }
 
@@ -594,10 +492,11 @@ layers:
             .replace("uid: 10001", "uid: 0")
             .replace("dest: /app/classifier", "dest: /app/../etc/x")
             .replace("8000,", "70000,");
-        let err = format!("{:#}", parse(&text).unwrap_err());
-        assert!(err.contains("user: uid and gid"), "{err}");
-        assert!(err.contains("layers[0].files[0].dest"), "{err}");
-        assert!(err.contains("expose[0]"), "{err}");
+        let err = format!("{:#}", parse(&text, Path::new("image.yaml")).unwrap_err());
+        assert!(err.contains("error[user]: uid and gid"), "{err}");
+        assert!(err.contains("error[layers.0.files.0.dest]"), "{err}");
+        assert!(err.contains("--> image.yaml:"), "{err}");
+        assert!(err.contains("error[expose.0]"), "{err}");
     }
 
     #[test]

@@ -6,9 +6,7 @@ pub mod accel;
 pub mod disk;
 pub mod qmp;
 pub mod serial;
-pub mod status;
-
-use std::collections::BTreeMap;
+pub use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -18,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+pub use crate::status::{State, Status};
 pub use accel::Accel;
-pub use status::{State, Status};
 
 use serial::{SerialState, Watcher};
 

@@ -44,6 +44,12 @@ pub struct Report {
 }
 
 impl Report {
+    pub fn single(entry: Entry) -> Report {
+        Report {
+            entries: vec![entry],
+        }
+    }
+
     pub fn push(&mut self, entry: Entry) {
         self.entries.push(entry);
     }

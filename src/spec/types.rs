@@ -14,7 +14,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(message: impl Into<String>, help: impl Into<String>) -> Self {
+    pub fn new(message: impl Into<String>, help: impl Into<String>) -> Self {
         Problem {
             message: message.into(),
             help: help.into(),
@@ -22,7 +22,7 @@ impl Problem {
     }
 }
 
-type Parsed<T> = Result<T, Problem>;
+pub type Parsed<T> = Result<T, Problem>;
 
 macro_rules! string_newtype {
     ($(#[$meta:meta])* $name:ident) => {
@@ -326,11 +326,29 @@ impl Serialize for SshPublicKey {
     }
 }
 
-string_newtype!(
-    /// A container image reference: `[registry/]path[:tag][@sha256:digest]`, the
-    /// grammar of the distribution reference, lower-case repository.
-    ImageRef
-);
+/// A container image reference: `[registry/]path[:tag][@sha256:digest]`, the grammar of
+/// the distribution reference (lower-case repository). One type for what users give
+/// (`--image`) and what `imgforge pack` writes and reads back.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageRef {
+    text: String,
+    domain: Option<String>,
+    path: String,
+    tag: Option<String>,
+    digest: Option<String>,
+}
+
+impl Serialize for ImageRef {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(&self.text)
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
 
 impl ImageRef {
     pub fn parse(s: &str) -> Parsed<Self> {
@@ -349,11 +367,7 @@ impl ImageRef {
         };
         if let Some(d) = digest {
             let hex = d.strip_prefix("sha256:").unwrap_or("");
-            if hex.len() != 64
-                || !hex
-                    .chars()
-                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-            {
+            if hex.len() != 64 || !hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
                 return Err(Problem::new(
                     format!("the digest {d:?} is not sha256:<64 lower-case hex>"),
                     help,
@@ -370,67 +384,124 @@ impl ImageRef {
             None => (name_tag, None),
         };
         if let Some(tag) = tag {
-            let ok = !tag.is_empty()
-                && tag.len() <= 128
-                && tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-                && tag
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            let b = tag.as_bytes();
+            let ok = !b.is_empty()
+                && b.len() <= 128
+                && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
             if !ok {
                 return Err(Problem::new(
                     format!("the tag {tag:?} is not valid"),
-                    "tags are 1-128 of letters, digits, '_', '.', '-'",
+                    "tags are 1-128 of letters, digits, '_', '.', '-', not starting with '.' or '-'",
                 ));
             }
         }
-        let mut components = name.split('/').peekable();
-        let first = components.peek().copied().unwrap_or("");
-        let has_registry = name.contains('/')
-            && (first.contains('.') || first.contains(':') || first == "localhost");
-        if has_registry {
-            components.next();
-            let (host, port) = match first.split_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (first, None),
-            };
-            let host_ok = !host.is_empty()
-                && host.split('.').all(|l| {
-                    !l.is_empty()
-                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                        && !l.starts_with('-')
-                });
-            let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
-            if !host_ok || !port_ok {
+        let mut parts: Vec<&str> = name.split('/').collect();
+        let first = parts[0];
+        let domain = if parts.len() > 1
+            && (first.contains('.') || first.contains(':') || first == "localhost")
+        {
+            if !valid_registry(first) {
                 return Err(Problem::new(
                     format!("the registry {first:?} is not a host[:port]"),
                     help,
                 ));
             }
-        }
-        let mut any = false;
-        for comp in components {
-            any = true;
-            let ok = !comp.is_empty()
-                && comp.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && comp.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && comp.chars().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
-                });
-            if !ok {
-                return Err(Problem::new(
-                    format!("the path component {comp:?} is not valid"),
-                    "repository names use lower-case letters, digits and single '.', '_', '-' separators",
-                ));
-            }
-        }
-        if !any {
+            parts.remove(0);
+            Some(first.to_owned())
+        } else {
+            None
+        };
+        if let Some(bad) = parts.iter().find(|p| !valid_path_component(p)) {
             return Err(Problem::new(
-                "the image reference has no repository name",
-                help,
+                format!("the path component {bad:?} is not valid"),
+                "repository names are lower-case letters and digits, separated by '.', '_', '__' or '-'",
             ));
         }
-        Ok(ImageRef(s.to_owned()))
+        Ok(ImageRef {
+            text: s.to_owned(),
+            domain,
+            path: parts.join("/"),
+            tag: tag.map(str::to_owned),
+            digest: digest.map(str::to_owned),
+        })
     }
+
+    /// The reference as given.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The tag, `latest` when none is given.
+    pub fn tag(&self) -> &str {
+        self.tag.as_deref().unwrap_or("latest")
+    }
+
+    pub fn digest(&self) -> Option<&str> {
+        self.digest.as_deref()
+    }
+
+    /// The short form Docker prints and `RepoTags` holds (`imgforge/classifier:0.1.0`).
+    pub fn familiar(&self) -> String {
+        match self.domain.as_deref() {
+            None | Some("docker.io") => {
+                let path = self.path.strip_prefix("library/").unwrap_or(&self.path);
+                format!("{path}:{}", self.tag())
+            }
+            Some(d) => format!("{d}/{}:{}", self.path, self.tag()),
+        }
+    }
+
+    /// The fully qualified form containerd stores (`docker.io/imgforge/classifier:0.1.0`).
+    pub fn normalized(&self) -> String {
+        let domain = self.domain.as_deref().unwrap_or("docker.io");
+        if domain == "docker.io" && !self.path.contains('/') {
+            format!("docker.io/library/{}:{}", self.path, self.tag())
+        } else {
+            format!("{domain}/{}:{}", self.path, self.tag())
+        }
+    }
+}
+
+fn valid_registry(d: &str) -> bool {
+    let (host, port) = match d.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (d, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        });
+    host_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n != 0))
+}
+
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
+fn valid_path_component(p: &str) -> bool {
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let b = p.as_bytes();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &p[start..i];
+        if !(matches!(sep, "." | "_" | "__") || sep.bytes().all(|c| c == b'-')) {
+            return false;
+        }
+    }
+    true
 }
 
 /// A TCP port, 1–65535.
@@ -669,6 +740,32 @@ impl BodySize {
                 "use a number with an optional k, m or g, e.g. 20m",
             ))
         }
+    }
+}
+
+string_newtype!(
+    /// A container memory limit as Docker takes it: a number with k, m or g, at least 6m.
+    MemorySize
+);
+
+impl MemorySize {
+    pub fn parse(s: &str) -> Parsed<Self> {
+        let help = "use a number with k, m or g, e.g. 512m or 1g (Docker's minimum is 6m)";
+        let lower = s.to_ascii_lowercase();
+        let (digits, shift) = match lower.chars().last() {
+            Some('k') => (&lower[..lower.len() - 1], 10),
+            Some('m') => (&lower[..lower.len() - 1], 20),
+            Some('g') => (&lower[..lower.len() - 1], 30),
+            _ => return Err(Problem::new("not a size with a unit", help)),
+        };
+        let n: u64 = match digits.parse() {
+            Ok(n) if digits.len() <= 6 && digits.chars().all(|c| c.is_ascii_digit()) => n,
+            _ => return Err(Problem::new("not a size", help)),
+        };
+        if n << shift < 6 << 20 {
+            return Err(Problem::new("below Docker's minimum of 6m", help));
+        }
+        Ok(MemorySize(lower))
     }
 }
 

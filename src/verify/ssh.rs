@@ -11,14 +11,20 @@ use std::time::{Duration, Instant};
 
 use super::{short, Checks, Target, VerifyOptions};
 
-/// Run on the server after login. Fixed text: nothing from the user is pasted in.
-/// Each section prints `@@name`, its output, then `@@rc <exit code>`.
-const SCRIPT: &str = r#"echo @@user; id -un; echo "@@rc $?"
+/// Run on the server after login. Fixed text (the status path is imgforge's own layout):
+/// nothing from the user is pasted in. Each section prints `@@name`, its output, then
+/// `@@rc <exit code>`.
+fn script() -> String {
+    format!(
+        r#"echo @@user; id -un; echo "@@rc $?"
 echo @@sshd; sudo -n sshd -T 2>&1; echo "@@rc $?"
 echo @@cloud-init; cloud-init status --format json 2>&1; echo "@@rc $?"
 echo @@units; systemctl --failed --plain --no-legend --no-pager 2>&1; echo "@@rc $?"
-echo @@status; cat /var/lib/imgforge/status.json 2>&1; echo "@@rc $?"
-"#;
+echo @@status; cat {} 2>&1; echo "@@rc $?"
+"#,
+        crate::render::layout().status
+    )
+}
 
 /// One section of the script's output.
 #[derive(Debug, Clone)]
@@ -111,7 +117,7 @@ impl Ssh {
         run_with_timeout(cmd, self.timeout)
     }
 
-    /// Logs in as the admin with the key and runs [`SCRIPT`].
+    /// Logs in as the admin with the key and runs [`script()`].
     pub fn login(&self) -> Login {
         let mut cmd = Command::new("ssh");
         cmd.args(&self.common);
@@ -119,7 +125,7 @@ impl Ssh {
         cmd.arg("-T")
             .arg(self.destination(&self.user))
             .arg("--")
-            .arg(SCRIPT);
+            .arg(script());
         let out = self.run(&mut cmd);
         let result = if out.success {
             Ok(parse_sections(&out.stdout))
@@ -504,30 +510,23 @@ fn failed_units_result(section: &Section) -> Result<String, String> {
 }
 
 fn imgforge_status_result(section: &Section, tls: bool) -> Result<String, String> {
+    let path = &crate::render::layout().status;
     if section.rc != Some(0) {
-        return Err(format!(
-            "reading /var/lib/imgforge/status.json: {}",
-            short(&section.output, 100)
-        ));
+        return Err(format!("reading {path}: {}", short(&section.output, 100)));
     }
-    let v: serde_json::Value = serde_json::from_str(&section.output)
-        .map_err(|e| format!("/var/lib/imgforge/status.json is not JSON: {e}"))?;
-    let field = |k: &str| v.get(k).and_then(|s| s.as_str()).unwrap_or("").to_string();
-    let state = field("state");
-    let cert = field("certificate");
-    let bad_steps: Vec<String> = v
-        .get("steps")
-        .and_then(|s| s.as_object())
-        .map(|m| {
-            m.iter()
-                .filter(|(_, s)| s.as_str() == Some("failed") || s.as_str() == Some("pending"))
-                .map(|(k, s)| format!("{k} {}", s.as_str().unwrap_or("")))
-                .collect()
-        })
-        .unwrap_or_default();
+    let st = crate::status::Status::parse(&section.output)
+        .map_err(|e| format!("{path} is not a status document: {e}"))?;
+    let cert = st.certificate.as_deref().unwrap_or("");
+    let bad_steps: Vec<String> = st
+        .steps
+        .iter()
+        .filter(|(_, s)| matches!(s.as_str(), "failed" | "pending"))
+        .map(|(k, s)| format!("{k} {s}"))
+        .collect();
     let cert_ok = !tls || cert == "ok";
-    if state == "ready" && cert_ok {
-        Ok(format!("state ready, certificate {cert}"))
+    let state = format!("{:?}", st.state).to_lowercase();
+    if st.is_ready() && cert_ok {
+        Ok(format!("state {state}, certificate {cert}"))
     } else {
         let mut msg = format!("state {state}, certificate {cert}");
         if tls && cert != "ok" {
@@ -535,6 +534,9 @@ fn imgforge_status_result(section: &Section, tls: bool) -> Result<String, String
         }
         if !bad_steps.is_empty() {
             msg.push_str(&format!("; steps: {}", bad_steps.join(", ")));
+        }
+        if let Some(e) = &st.error {
+            msg.push_str(&format!("; error: {e}"));
         }
         Err(msg)
     }
@@ -583,13 +585,12 @@ mod tests {
             output: json.into(),
             rc: Some(0),
         };
-        let ready = r#"{"imgforge":1,"state":"ready","certificate":"ok","steps":{"nginx":"ok"}}"#;
+        let ready = r#"{"version":1,"state":"ready","certificate":"ok","health":"ok","steps":{"nginx":"ok"},"cloud_init":{"status":"done","errors":[]}}"#;
         assert!(imgforge_status_result(&s(ready), true).is_ok());
-        let pending = r#"{"imgforge":1,"state":"ready","certificate":"pending","steps":{}}"#;
+        let pending = r#"{"version":1,"state":"ready","certificate":"pending","steps":{},"cloud_init":{"status":"done","errors":[]}}"#;
         assert!(imgforge_status_result(&s(pending), true).is_err());
         assert!(imgforge_status_result(&s(pending), false).is_ok());
-        let failed =
-            r#"{"imgforge":1,"state":"failed","certificate":"ok","steps":{"docker":"failed"}}"#;
+        let failed = r#"{"version":1,"state":"failed","certificate":"ok","steps":{"docker":"failed"},"cloud_init":{"status":"done","errors":[]}}"#;
         let e = imgforge_status_result(&s(failed), true).unwrap_err();
         assert!(e.contains("docker failed"), "{e}");
     }

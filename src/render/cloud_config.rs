@@ -11,6 +11,7 @@ pub struct CloudConfig {
     pub ssh_pwauth: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssh_keys: Option<HostKeys>,
+    pub ssh_genkeytypes: Vec<&'static str>,
     pub manage_etc_hosts: &'static str,
     pub write_files: Vec<WriteFile>,
     /// Each command an argument list: cloud-init quotes every item.
@@ -38,6 +39,9 @@ pub struct HostKeys {
 #[derive(Debug, Clone, Serialize)]
 pub struct WriteFile {
     pub path: String,
+    /// `gz+b64` when the content is gzipped and base64-encoded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<&'static str>,
     pub content: String,
     pub owner: &'static str,
     /// Octal, as a string: YAML would read a bare 0644 as a number.
@@ -48,9 +52,18 @@ impl WriteFile {
     pub fn new(path: &str, content: String, permissions: &'static str) -> Self {
         WriteFile {
             path: path.to_owned(),
+            encoding: None,
             content,
             owner: "root:root",
             permissions,
+        }
+    }
+
+    /// A file whose content is gzipped and base64-encoded ([`super::gzip_base64`]).
+    pub fn gz_b64(path: &str, content: String, permissions: &'static str) -> Self {
+        WriteFile {
+            encoding: Some("gz+b64"),
+            ..WriteFile::new(path, content, permissions)
         }
     }
 }

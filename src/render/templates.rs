@@ -76,11 +76,6 @@ impl Templates {
             None => embedded_text(name),
         }
     }
-
-    /// The names of the embedded files.
-    pub fn names() -> Vec<String> {
-        Embedded::iter().map(|n| n.to_string()).collect()
-    }
 }
 
 fn embedded_text(name: &str) -> Result<String> {

@@ -6,9 +6,9 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::DockerManifest;
 use crate::spec::{ImageRef, Sha256Hex};
 
 pub struct BundleInfo {
@@ -16,13 +16,6 @@ pub struct BundleInfo {
     pub image: ImageRef,
     /// sha256 of the whole archive file.
     pub sha256: Sha256Hex,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct DockerManifest {
-    #[serde(default)]
-    repo_tags: Option<Vec<String>>,
 }
 
 /// Reads the image name from `path`'s manifest.json and hashes the file.

@@ -6,8 +6,10 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use base64::Engine;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Provider {
+    #[default]
     Generic,
     Aws,
     Azure,
@@ -102,18 +104,38 @@ pub struct Packaged {
     pub bytes: Vec<u8>,
     pub decoded_len: usize,
     pub binary: bool,
+    /// Set when the user-data was gzipped to fit the provider's limit without being asked.
+    pub note: Option<String>,
 }
 
-/// Packages `text` for `provider`, or says (exit code 2) why it cannot be.
+/// Packages `text` for `provider`, or says (exit code 2) why it cannot be. Over the
+/// provider's limit and allowed to, it gzips by itself and says so in [`Packaged::note`].
 pub fn package(text: &str, provider: Provider, enc: Encoding) -> Result<Packaged> {
     let limits = provider.limits();
-    let base64 = enc.base64 || limits.base64_required;
     if enc.gzip && !limits.gzip_ok {
         return Err(crate::exit::usage(format!(
             "--gzip: {}'s user-data field takes text, so compressed user-data cannot reach cloud-init; render without --gzip",
             limits.name
         )));
     }
+    let plain = encode(text, &limits, enc)?;
+    if fits(&plain, &limits) || enc.gzip || !limits.gzip_ok {
+        return check_fits(plain, &limits, enc);
+    }
+    let gzipped = encode(text, &limits, Encoding { gzip: true, ..enc })?;
+    let mut packaged = check_fits(gzipped, &limits, Encoding { gzip: true, ..enc })?;
+    packaged.note = Some(format!(
+        "the user-data is {} bytes, over {}'s limit of {} bytes: gzipped it to {} bytes (cloud-init decompresses it)",
+        plain.decoded_len,
+        limits.name,
+        limits.max_bytes.unwrap_or_default(),
+        packaged.decoded_len
+    ));
+    Ok(packaged)
+}
+
+fn encode(text: &str, limits: &Limits, enc: Encoding) -> Result<Packaged> {
+    let base64 = enc.base64 || limits.base64_required;
     let decoded = if enc.gzip {
         gzip(text.as_bytes())?
     } else {
@@ -129,33 +151,41 @@ pub fn package(text: &str, provider: Provider, enc: Encoding) -> Result<Packaged
     } else {
         decoded
     };
-    if let Some(max) = limits.max_bytes {
-        let counted = match limits.basis {
-            Basis::Decoded => decoded_len,
-            Basis::Encoded => base64::engine::general_purpose::STANDARD
-                .encode(vec![0; decoded_len])
-                .len(),
-        };
-        if counted > max {
-            let hint = if enc.gzip {
-                "trim the config (fewer or shorter env values, no CA bundle), or use a baked image (`imgforge build`)".to_string()
-            } else if limits.gzip_ok {
-                let gz = gzip(text.as_bytes())?.len();
-                format!("pass --gzip (cloud-init decompresses it; {gz} bytes compressed)")
-            } else {
-                "use a baked image (`imgforge build`), or trim the config".to_string()
-            };
-            return Err(crate::exit::usage(format!(
-                "the user-data is {counted} bytes, over {}'s limit of {max} bytes; {hint}",
-                limits.name
-            )));
-        }
-    }
     Ok(Packaged {
         bytes,
         decoded_len,
         binary: enc.gzip && !base64,
+        note: None,
     })
+}
+
+/// The size the provider counts.
+fn counted(p: &Packaged, limits: &Limits) -> usize {
+    match limits.basis {
+        Basis::Decoded => p.decoded_len,
+        Basis::Encoded => p.decoded_len.div_ceil(3) * 4,
+    }
+}
+
+fn fits(p: &Packaged, limits: &Limits) -> bool {
+    limits.max_bytes.is_none_or(|max| counted(p, limits) <= max)
+}
+
+fn check_fits(p: Packaged, limits: &Limits, enc: Encoding) -> Result<Packaged> {
+    if fits(&p, limits) {
+        return Ok(p);
+    }
+    let hint = if enc.gzip || limits.gzip_ok {
+        "trim the config (fewer or shorter env values, no CA bundle), or use a baked image (`imgforge build`)"
+    } else {
+        "use a baked image (`imgforge build`), or trim the config"
+    };
+    Err(crate::exit::usage(format!(
+        "the user-data is {} bytes, over {}'s limit of {} bytes; {hint}",
+        counted(&p, limits),
+        limits.name,
+        limits.max_bytes.unwrap_or_default()
+    )))
 }
 
 /// gzip at a pinned level with no timestamp or name: the same text gives the same bytes.
@@ -177,13 +207,15 @@ mod tests {
     };
 
     #[test]
-    fn aws_refuses_oversized_raw_and_suggests_gzip() {
+    fn aws_gzips_oversized_user_data_by_itself_and_says_so() {
         let text = "#cloud-config\n".to_string() + &"# padding line\n".repeat(1200);
-        let err = package(&text, Provider::Aws, PLAIN)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("over AWS EC2's limit of 16384 bytes"), "{err}");
-        assert!(err.contains("--gzip"), "{err}");
+        let auto = package(&text, Provider::Aws, PLAIN).unwrap();
+        assert!(auto.binary && auto.decoded_len < 16 * 1024);
+        let note = auto.note.unwrap();
+        assert!(
+            note.contains("over AWS EC2's limit of 16384 bytes"),
+            "{note}"
+        );
         let ok = package(
             &text,
             Provider::Aws,
@@ -193,7 +225,24 @@ mod tests {
             },
         )
         .unwrap();
-        assert!(ok.binary && ok.decoded_len < 16 * 1024);
+        assert!(ok.binary && ok.decoded_len < 16 * 1024 && ok.note.is_none());
+    }
+
+    #[test]
+    fn too_big_even_gzipped_is_a_usage_error_naming_the_limit() {
+        // Hashes do not compress: 40 KB of their base64.
+        use sha2::Digest;
+        let mut block = sha2::Sha256::digest(b"seed").to_vec();
+        let mut bytes = Vec::new();
+        while bytes.len() < 30_000 {
+            block = sha2::Sha256::digest(&block).to_vec();
+            bytes.extend_from_slice(&block);
+        }
+        let noise = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let text = format!("#cloud-config\n# {noise}\n");
+        let err = package(&text, Provider::Aws, PLAIN).unwrap_err();
+        assert_eq!(crate::exit::code_for(&err), 2);
+        assert!(err.to_string().contains("limit of 16384 bytes"), "{err}");
     }
 
     #[test]

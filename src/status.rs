@@ -1,5 +1,7 @@
-//! The status lines a deployed VM prints on its serial console
-//! (`imgforge-status: <compact JSON>`), read leniently: the guest writes them.
+//! status.json, the deployment's record on the VM (written by the VM program,
+//! `guest/imgforge_vm/status.py`): read from the serial console line
+//! (`imgforge-status: <compact JSON>`) by `imgforge boot`, and over SSH by `verify`
+//! and `status`. Versioned; read leniently (unknown fields ignored, missing ones empty).
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
@@ -7,19 +9,75 @@ use serde::{Deserialize, Serialize};
 /// What starts a status line on the serial console.
 pub const STATUS_PREFIX: &str = "imgforge-status:";
 
-/// One `imgforge-status:` report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The document version this imgforge reads (`version` in status.json).
+pub const VERSION: u32 = 1;
+
+/// One status document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     #[serde(default)]
-    pub imgforge: u32,
+    pub version: u32,
     pub state: State,
     #[serde(default)]
     pub boot_id: String,
     #[serde(default)]
+    pub updated: String,
+    #[serde(default)]
     pub steps: IndexMap<String, String>,
     #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
     pub certificate: Option<String>,
+    #[serde(default)]
+    pub certificate_detail: Option<String>,
+    #[serde(default)]
+    pub health: Option<String>,
     pub cloud_init: CloudInit,
+    /// The SSH host public keys (`type base64`), as the VM's console reported them.
+    #[serde(default)]
+    pub host_keys: Vec<String>,
+    /// What runs now.
+    #[serde(default)]
+    pub app: Option<AppVersion>,
+    /// The last deploys, oldest first.
+    #[serde(default)]
+    pub deploys: Vec<Deploy>,
+}
+
+/// The version of the app a slot runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppVersion {
+    pub slot: String,
+    pub image: String,
+    pub image_id: String,
+    pub version: String,
+    #[serde(default)]
+    pub since: Option<String>,
+}
+
+/// One deploy (first boot, deploy or rollback) and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deploy {
+    pub kind: String,
+    pub version: String,
+    pub image: String,
+    #[serde(default)]
+    pub image_id: String,
+    pub slot: String,
+    pub started: String,
+    #[serde(default)]
+    pub finished: Option<String>,
+    pub result: String,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The new container's last log lines, when it failed.
+    #[serde(default)]
+    pub log: Vec<String>,
+    /// Seconds from start to healthy, and from healthy to traffic on it.
+    #[serde(default)]
+    pub healthy_s: Option<f64>,
+    #[serde(default)]
+    pub switch_s: Option<f64>,
 }
 
 /// The deployment's overall state.
@@ -80,6 +138,13 @@ impl Status {
     }
 }
 
+impl Status {
+    /// Parses status.json's text.
+    pub fn parse(text: &str) -> Result<Status, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
 /// Parses a serial console line carrying a status report. The prefix may come after other
 /// console output on the same line (kernel messages interleave); anything that is not a
 /// well-formed report gives `None`.
@@ -93,7 +158,7 @@ pub fn parse_status_line(line: &str) -> Option<Status> {
 mod tests {
     use super::*;
 
-    const READY: &str = r#"imgforge-status: {"imgforge":1,"state":"ready","boot_id":"b1","steps":{"docker":"ok","certbot":"skipped"},"certificate":"disabled","cloud_init":{"status":"done","errors":[]}}"#;
+    const READY: &str = r#"imgforge-status: {"version":1,"state":"ready","boot_id":"b1","steps":{"docker":"ok","certbot":"skipped"},"certificate":"disabled","cloud_init":{"status":"done","errors":[]}}"#;
 
     #[test]
     fn parses_a_ready_line() {
@@ -113,7 +178,7 @@ mod tests {
 
     #[test]
     fn reports_failed_steps_and_errors() {
-        let line = r#"imgforge-status: {"imgforge":1,"state":"failed","boot_id":"b","steps":{"a":"ok","nginx":"failed","c":"failed"},"certificate":"pending","cloud_init":{"status":"error","errors":["('scripts_user', RuntimeError())"]}}"#;
+        let line = r#"imgforge-status: {"version":1,"state":"failed","boot_id":"b","steps":{"a":"ok","nginx":"failed","c":"failed"},"certificate":"pending","cloud_init":{"status":"error","errors":["('scripts_user', RuntimeError())"]}}"#;
         let s = parse_status_line(line).expect("status");
         assert_eq!(s.failed_steps(), ["nginx", "c"]);
         assert_eq!(s.cloud_init_errors(), ["('scripts_user', RuntimeError())"]);
@@ -122,12 +187,27 @@ mod tests {
 
     #[test]
     fn running_or_pending_is_not_settled() {
-        let running = r#"imgforge-status: {"imgforge":1,"state":"pending","steps":{},"cloud_init":{"status":"running","errors":[]}}"#;
+        let running = r#"imgforge-status: {"version":1,"state":"pending","steps":{},"cloud_init":{"status":"running","errors":[]}}"#;
         let s = parse_status_line(running).expect("status");
         assert!(!s.is_finished() && !s.is_settled());
         let pending_done = running.replace("running", "done");
         let s = parse_status_line(&pending_done).expect("status");
         assert!(s.is_finished() && !s.is_settled());
+    }
+
+    #[test]
+    fn the_vm_programs_fixture_parses_with_every_field() {
+        // guest/tests/fixtures/status-v1.json is written by the VM program's own test
+        // (guest/tests/test_status.py): both sides hold the same document.
+        let text = include_str!("../guest/tests/fixtures/status-v1.json");
+        let s = Status::parse(text).unwrap();
+        assert_eq!(s.version, VERSION);
+        assert!(s.is_ready(), "{s:?}");
+        assert_eq!(s.steps.keys().next().map(String::as_str), Some("firewall"));
+        assert_eq!(s.host_keys.len(), 1);
+        let app = s.app.as_ref().expect("app");
+        assert_eq!((app.slot.as_str(), app.version.as_str()), ("blue", "0.1.0"));
+        assert_eq!(s.deploys.last().map(|d| d.result.as_str()), Some("ok"));
     }
 
     #[test]

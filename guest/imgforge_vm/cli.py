@@ -1,0 +1,52 @@
+"""imgforge-vm COMMAND: what systemd, cloud-init and `imgforge deploy` call on the VM."""
+
+import argparse
+import sys
+
+from . import firstboot
+from .app import Apps, healthy
+from .backup import backup
+from .cert import Certificate
+from .context import Ctx
+from .dockerfw import block_metadata
+from .report import report
+from .system import Failed, log
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="imgforge-vm", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("deploy", help="first boot: run every step of the deployment")
+    sub.add_parser("cert", help="one certificate attempt, if one is due")
+    sub.add_parser("backup", help="archive the data directory")
+    sub.add_parser("report", help="record cloud-init's result and the app's health")
+    sub.add_parser("docker-firewall", help="block containers from the metadata service")
+    s = sub.add_parser("run-slot", help="run a slot's container (imgforge-app@.service)")
+    s.add_argument("slot", choices=["blue", "green"])
+    s = sub.add_parser("wait-healthy", help="wait for a slot's health path")
+    s.add_argument("slot", choices=["blue", "green"])
+    s.add_argument("--timeout", type=int, default=120)
+    args = p.parse_args(argv)
+
+    ctx = Ctx.load(firstboot.STEP_NAMES)
+    try:
+        if args.command == "deploy":
+            return 0 if firstboot.deploy(ctx) else 1
+        if args.command == "cert":
+            Certificate(ctx).attempt()
+        elif args.command == "backup":
+            apps = Apps(ctx)
+            slot = apps.active()
+            backup(ctx, ctx.paths.container(slot) if slot else None)
+        elif args.command == "report":
+            report(ctx)
+        elif args.command == "docker-firewall":
+            log("metadata block: " + block_metadata())
+        elif args.command == "run-slot":
+            Apps(ctx).exec_slot(args.slot)
+        elif args.command == "wait-healthy":
+            return 0 if healthy(Apps(ctx).health_url(args.slot), args.timeout) else 1
+    except Failed as e:
+        print(f"imgforge-vm: error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,47 @@
+"""Each boot: cloud-init's verdict, the app's health and the host keys, into status.json."""
+
+import glob
+import json
+import os
+import time
+
+from .app import Apps, healthy
+
+# cloud-init's result appears when its last stage ends; a first boot that installs
+# packages can take long, but not this long.
+CLOUD_INIT_WAIT = 5400
+HEALTH_WAIT = 180
+
+
+def cloud_init_result(path, timeout, interval=2.0):
+    """cloud-init's status for this boot, from result.json (on tmpfs, so per boot).
+    `cloud-init status --wait` can return early once an earlier stage had an error."""
+    end = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > end:
+            return {"status": "error", "errors": [f"cloud-init did not finish within {timeout} s"]}
+        time.sleep(interval)
+    try:
+        with open(path) as f:
+            errors = json.load(f)["v1"]["errors"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        errors = [f"reading {path}: {e}"]
+    return {"status": "error" if errors else "done", "errors": [str(e) for e in errors]}
+
+
+def host_keys(pattern="/etc/ssh/ssh_host_*_key.pub"):
+    """The SSH host public keys, so that imgforge can pin them from the console."""
+    keys = []
+    for path in sorted(glob.glob(pattern)):
+        with open(path) as f:
+            parts = f.read().split()
+        if len(parts) >= 2:
+            keys.append(f"{parts[0]} {parts[1]}")
+    return keys
+
+
+def report(ctx, result_path="/run/cloud-init/result.json"):
+    ci = cloud_init_result(result_path, CLOUD_INIT_WAIT)
+    slot = Apps(ctx).active()
+    ok = slot is not None and healthy(Apps(ctx).health_url(slot), HEALTH_WAIT, interval=2)
+    ctx.update(cloud_init=ci, health="ok" if ok else "failed", host_keys=host_keys())

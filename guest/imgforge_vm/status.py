@@ -1,0 +1,79 @@
+"""status.json: what the deployment did, as one versioned document.
+
+imgforge reads it from outside (the serial console line `imgforge-status: {...}`, or the
+file over SSH); its Rust twin is `imgforge::status::Status`. A new field is added without
+a version change; a field that changes meaning gets a new version.
+"""
+
+import fcntl
+import json
+import os
+import time
+
+from .system import log, write_atomic
+
+VERSION = 1
+PREFIX = "imgforge-status: "
+DONE = ("ok", "skipped")
+
+
+def new(step_names):
+    return {"version": VERSION, "steps": {s: "pending" for s in step_names},
+            "certificate": "pending", "health": "pending",
+            "cloud_init": {"status": "running", "errors": []}}
+
+
+def derive_state(st):
+    """failed if anything failed; ready when every step and the health check are done."""
+    values = list(st["steps"].values()) + [st.get("health", "pending")]
+    if "failed" in values or st["cloud_init"]["status"] == "error":
+        return "failed"
+    if all(v in DONE for v in values):
+        return "ready"
+    return "pending"
+
+
+def dumps(st):
+    """status.json's text: steps stay in the order they run."""
+    return json.dumps(st, indent=2) + "\n"
+
+
+def read(paths):
+    try:
+        with open(paths.status) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def update(paths, step_names, steps=None, **fields):
+    """Merges steps and fields into status.json under a lock, derives the state and
+    prints the document on the console. Returns the new document."""
+    os.makedirs(paths.state_dir, exist_ok=True)
+    with open(os.path.join(paths.state_dir, ".status.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        st = read(paths) or new(step_names)
+        if st.get("version") != VERSION:
+            st = dict(new(step_names), previous_version=st.get("version"))
+        st["steps"].update(steps or {})
+        st.update(fields)
+        try:
+            with open(paths.boot_id) as f:
+                st["boot_id"] = f.read().strip()
+        except OSError:
+            st["boot_id"] = ""
+        st["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        st["state"] = derive_state(st)
+        write_atomic(paths.status, dumps(st), 0o644)
+    announce(paths, st)
+    return st
+
+
+def announce(paths, st):
+    line = PREFIX + json.dumps(st, separators=(",", ":"))
+    try:
+        with open(paths.console, "a") as console:
+            console.write(line + "\n")
+        log(f"status: {st['state']}, certificate {st.get('certificate')}")
+    except OSError:
+        print(line, flush=True)

@@ -1,0 +1,131 @@
+"""Running commands, writing files and downloading, each bounded in time and size."""
+
+import hashlib
+import os
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive", NEEDRESTART_MODE="a",
+           PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+# Every command ends within this many seconds unless its caller says otherwise.
+DEFAULT_TIMEOUT = 600
+
+
+class Failed(Exception):
+    """A step's work failed; the message says what and why, for status.json."""
+
+
+def log(msg):
+    print("imgforge: " + msg, flush=True)
+
+
+def run(*argv, timeout=DEFAULT_TIMEOUT, env=None, check=True, capture=False):
+    """Runs argv (never through a shell). Raises Failed on a non-zero exit or a timeout."""
+    log("run: " + " ".join(argv))
+    try:
+        proc = subprocess.run(argv, env=env or ENV, timeout=timeout, text=True,
+                              stdout=subprocess.PIPE if capture else None,
+                              stderr=subprocess.PIPE if capture else None)
+    except subprocess.TimeoutExpired:
+        raise Failed(f"{argv[0]} did not finish within {timeout} s") from None
+    except OSError as e:
+        raise Failed(f"{argv[0]}: {e.strerror}") from None
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or "").strip().splitlines()[-3:] if capture else []
+        raise Failed(f"{' '.join(argv[:3])} exited {proc.returncode}" +
+                     (": " + " / ".join(detail) if detail else ""))
+    return proc
+
+
+def out(*argv, timeout=DEFAULT_TIMEOUT):
+    """The standard output of argv, which must succeed."""
+    return run(*argv, timeout=timeout, capture=True).stdout
+
+
+def retry(what, fn, tries=6, delay=5, max_delay=60):
+    """Calls fn until it returns, at most `tries` times, backing off between tries."""
+    for i in range(tries):
+        try:
+            return fn()
+        except Exception as e:  # the last error is raised, with its own message
+            if i == tries - 1:
+                raise
+            log(f"{what} failed ({e}); retry in {delay}s")
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+
+def write_atomic(path, data, mode=0o644):
+    """Writes data (str or bytes) to path: mode set before anything is written, then renamed."""
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".imgforge-")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(url, dest, max_bytes, sha256=None, timeout=30, deadline=1800, context=None):
+    """Streams url into dest, hashing as it goes. Each read waits at most `timeout` s, the
+    whole transfer `deadline` s; more than max_bytes or a wrong sha256 is an error and
+    leaves nothing at dest."""
+    part = dest + ".part"
+    end = time.monotonic() + deadline
+    h = hashlib.sha256()
+    size = 0
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+            declared = resp.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise Failed(f"{url} is {declared} bytes, over the limit of {max_bytes}")
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                while True:
+                    if time.monotonic() > end:
+                        raise Failed(f"downloading {url} took over {deadline} s")
+                    block = resp.read(1 << 20)
+                    if not block:
+                        break
+                    size += len(block)
+                    if size > max_bytes:
+                        raise Failed(f"{url} sent over {max_bytes} bytes")
+                    h.update(block)
+                    f.write(block)
+        got = h.hexdigest()
+        if sha256 is not None and got != sha256:
+            raise Failed(f"{url} has sha256 {got}, expected {sha256}")
+        os.replace(part, dest)
+        return got
+    except (OSError, ValueError) as e:
+        # Timeouts, refused connections, HTTP errors: one kind of failure, with its cause.
+        raise Failed(f"downloading {url}: {e}") from None
+    finally:
+        if os.path.exists(part):
+            os.remove(part)
+
+
+def fetch(url, max_bytes, timeout=15, context=None):
+    """A small response body, at most max_bytes."""
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+        body = resp.read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise Failed(f"{url} sent over {max_bytes} bytes")
+    return body

@@ -1,0 +1,104 @@
+"""A VM's directory tree in a temporary directory, and a recorder for commands."""
+
+import http.server
+import json
+import os
+import shutil
+import tempfile
+import threading
+from unittest import mock
+
+from imgforge_vm import firstboot
+from imgforge_vm.context import Ctx
+from imgforge_vm.layout import Layout
+
+CONF = {
+    "version": 1, "domain": "api.example.com", "tls": True, "email": "ops@example.com",
+    "acme_server": None, "acme_ca_bundle": False, "admin_user": "deploy",
+    "image": "imgforge/classifier:0.1.0", "bundle": {"kind": "registry"},
+    "docker_source": "docker-ce", "offline": False, "data_dir": "/srv/app/data",
+    "data_path": "/app/data", "container_port": 8000, "health_path": "/health",
+    "max_body_size": "10m", "backup_keep": 7, "app": {"memory": "1g", "pids_limit": 512},
+}
+
+
+class Vm:
+    """A layout rooted in a temporary directory, with /proc's boot id in place."""
+
+    def __init__(self, **conf):
+        self.root = tempfile.mkdtemp(prefix="imgforge-vm-test-")
+        self.paths = Layout.load(self.root)
+        os.makedirs(os.path.dirname(self.paths.boot_id))
+        with open(self.paths.boot_id, "w") as f:
+            f.write("boot-1\n")
+        os.makedirs(os.path.dirname(self.paths.console))
+        c = dict(CONF, **conf)
+        c["data_dir"] = self.root + c["data_dir"]
+        self.ctx = Ctx(c, self.paths, firstboot.STEP_NAMES)
+
+    def console_lines(self):
+        with open(self.paths.console) as f:
+            return f.read().splitlines()
+
+    def status(self):
+        with open(self.paths.status) as f:
+            return json.load(f)
+
+    def cleanup(self):
+        shutil.rmtree(self.root)
+
+
+class Docker:
+    """Stands in for the commands the program runs: records each argv; `docker image
+    inspect` answers with an image per reference."""
+
+    def __init__(self):
+        self.calls = []
+        self.images = {}
+
+    def add_image(self, ref, image_id, version):
+        self.images[ref] = {"Id": image_id, "Config": {
+            "User": "10001:10001", "Labels": {"org.opencontainers.image.version": version}}}
+
+    def run(self, *argv, **kw):
+        self.calls.append(list(argv))
+        return mock.Mock(returncode=0, stdout="", stderr="")
+
+    def out(self, *argv, **kw):
+        self.calls.append(list(argv))
+        if argv[:3] == ("docker", "image", "inspect"):
+            return json.dumps(self.images[argv[-1]])
+        return ""
+
+    def ran(self, *prefix):
+        return [c for c in self.calls if c[:len(prefix)] == list(prefix)]
+
+
+class Server:
+    """A loopback HTTP server with the given handler class."""
+
+    def __init__(self, handler):
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/file"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def serving(body):
+    """A Server that answers every GET with body."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    return Server(Handler)

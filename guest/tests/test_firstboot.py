@@ -1,0 +1,96 @@
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+from unittest import mock
+
+from imgforge_vm import firstboot
+from imgforge_vm.system import Failed
+
+from .support import Vm, serving
+
+
+class Steps(unittest.TestCase):
+    def test_the_firewall_comes_before_anything_that_can_fail(self):
+        self.assertEqual(firstboot.STEP_NAMES[0], "firewall")
+        self.assertLess(firstboot.STEP_NAMES.index("firewall"),
+                        firstboot.STEP_NAMES.index("packages"))
+
+    def test_a_failed_step_is_recorded_and_stops_the_rest(self):
+        vm = Vm()
+        ran = []
+
+        def ok(name):
+            return lambda ctx: ran.append(name)
+
+        def boom(ctx):
+            raise Failed("bundle has sha256 x, expected y")
+
+        steps = [("firewall", ok("firewall")), ("packages", ok("packages")),
+                 ("image", boom), ("app", ok("app"))]
+        try:
+            self.assertFalse(firstboot.run_steps(vm.ctx, steps))
+            st = vm.status()
+            self.assertEqual(ran, ["firewall", "packages"])
+            self.assertEqual(st["steps"]["firewall"], "ok")
+            self.assertEqual(st["steps"]["image"], "failed")
+            self.assertEqual(st["steps"]["app"], "pending")
+            self.assertEqual(st["state"], "failed")
+            self.assertIn("expected y", st["error"])
+        finally:
+            vm.cleanup()
+
+    def test_offline_names_what_the_image_lacks(self):
+        vm = Vm(offline=True)
+        try:
+            with mock.patch.object(firstboot.shutil, "which", lambda n: None if n == "nginx" else "/x"):
+                with self.assertRaises(Failed) as e:
+                    firstboot.packages(vm.ctx)
+            self.assertIn("lacks nginx", str(e.exception))
+        finally:
+            vm.cleanup()
+
+
+class DockerKey(unittest.TestCase):
+    """apt trusts exactly the pinned key, whatever else the downloaded file holds."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.home = os.path.join(self.dir, "gnupg")
+        os.mkdir(self.home, 0o700)
+        self.fprs = [self.make_key(f"Key {n} <k{n}@example.com>") for n in (1, 2)]
+        armored = subprocess.run(["gpg", "--homedir", self.home, "--armor", "--export", *self.fprs],
+                                 check=True, capture_output=True).stdout
+        self.server = serving(armored)
+
+    def tearDown(self):
+        self.server.close()
+        shutil.rmtree(self.dir)
+
+    def make_key(self, uid):
+        subprocess.run(["gpg", "--homedir", self.home, "--batch", "--passphrase", "",
+                        "--quick-gen-key", uid, "ed25519", "sign", "never"],
+                       check=True, capture_output=True)
+        out = subprocess.run(["gpg", "--homedir", self.home, "--with-colons", "--list-keys", uid],
+                             check=True, capture_output=True, text=True).stdout
+        return next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
+
+    def keys_in(self, keyring):
+        out = subprocess.run(["gpg", "--show-keys", "--with-colons", keyring],
+                             check=True, capture_output=True, text=True).stdout
+        return [line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:")]
+
+    def test_a_file_with_two_keys_yields_only_the_pinned_one(self):
+        keyring = os.path.join(self.dir, "docker.gpg")
+        firstboot.docker_keyring(self.server.url, keyring, fingerprint=self.fprs[1])
+        self.assertEqual(self.keys_in(keyring), [self.fprs[1]])
+
+    def test_a_file_without_the_pinned_key_is_refused(self):
+        keyring = os.path.join(self.dir, "docker.gpg")
+        with self.assertRaises(Failed):
+            firstboot.docker_keyring(self.server.url, keyring, fingerprint="0" * 40)
+        self.assertFalse(os.path.exists(keyring))
+
+    def test_the_pin_is_dockers_published_fingerprint(self):
+        self.assertEqual(firstboot.DOCKER_KEY, "9DC858229FC7DD38854AE2D88D81803C0EBFCD88")

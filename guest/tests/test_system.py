@@ -1,0 +1,106 @@
+import hashlib
+import http.server
+import os
+import tempfile
+import time
+import unittest
+
+from imgforge_vm.system import Failed, download, run
+
+from .support import Server
+
+
+BODY = os.urandom(300_000)
+
+
+class Serve(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY)
+
+    def log_message(self, *args):
+        pass
+
+
+class Stall(Serve):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY[:1000])
+        self.wfile.flush()
+        time.sleep(5)
+
+
+class Endless(Serve):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        try:
+            for _ in range(100):
+                self.wfile.write(BODY)
+        except OSError:
+            pass  # the client stopped reading, as it should
+
+
+class Download(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.dest = os.path.join(self.dir, "bundle.tar")
+
+    def fetch(self, handler, **kw):
+        server = Server(handler)
+        try:
+            return download(server.url, self.dest, **kw)
+        finally:
+            server.close()
+
+    def assertNothingLeft(self):
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_a_good_download_is_hashed_while_streaming(self):
+        want = hashlib.sha256(BODY).hexdigest()
+        self.assertEqual(self.fetch(Serve, max_bytes=1 << 20, sha256=want), want)
+        with open(self.dest, "rb") as f:
+            self.assertEqual(f.read(), BODY)
+
+    def test_a_wrong_sha256_leaves_nothing(self):
+        with self.assertRaises(Failed) as e:
+            self.fetch(Serve, max_bytes=1 << 20, sha256="0" * 64)
+        self.assertIn("expected " + "0" * 64, str(e.exception))
+        self.assertNothingLeft()
+
+    def test_a_declared_size_over_the_cap_is_refused_before_reading(self):
+        with self.assertRaises(Failed) as e:
+            self.fetch(Serve, max_bytes=1000)
+        self.assertIn("over the limit of 1000", str(e.exception))
+        self.assertNothingLeft()
+
+    def test_an_undeclared_stream_stops_at_the_cap(self):
+        with self.assertRaises(Failed) as e:
+            self.fetch(Endless, max_bytes=1 << 20)
+        self.assertIn("sent over", str(e.exception))
+        self.assertNothingLeft()
+
+    def test_a_stalled_server_times_out(self):
+        started = time.monotonic()
+        with self.assertRaises(Failed) as e:
+            self.fetch(Stall, max_bytes=1 << 20, timeout=1)
+        self.assertIn("timed out", str(e.exception))
+        self.assertLess(time.monotonic() - started, 4.5)
+        self.assertNothingLeft()
+
+
+class Run(unittest.TestCase):
+    def test_a_command_over_its_time_is_a_failure_not_a_hang(self):
+        with self.assertRaises(Failed) as e:
+            run("sleep", "5", timeout=0.5)
+        self.assertIn("did not finish within 0.5 s", str(e.exception))
+
+    def test_a_failing_command_says_its_exit_code_and_stderr(self):
+        with self.assertRaises(Failed) as e:
+            run("sh", "-c", "echo boom >&2; exit 3", capture=True)
+        self.assertIn("exited 3", str(e.exception))
+        self.assertIn("boom", str(e.exception))

@@ -1,0 +1,224 @@
+//! Spec → user-data: the cloud-config (users, the files written onto the VM from
+//! `templates/`, the VM program) and the one command that runs the deployment on first
+//! boot; then packaging for a provider. [`user_data`] is the one entry point `render`,
+//! `seed` and `build` share.
+
+mod cloud_config;
+pub mod program;
+mod provider;
+mod templates;
+pub mod vm;
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use serde_json::json;
+
+pub use cloud_config::{CloudConfig, HostKeys, User, WriteFile, HEADER};
+pub use provider::{package, Encoding, Packaged, Provider};
+pub use templates::Templates;
+pub use vm::{layout, Layout, VmConfig};
+
+use crate::keys::KeyPair;
+use crate::spec::{DockerSource, Spec};
+
+/// The rendered user-data, and the `known_hosts` line when a host key was generated.
+pub struct UserData {
+    pub text: String,
+    pub known_hosts: Option<String>,
+}
+
+/// Renders `spec` as cloud-init user-data (`#cloud-config` text). With `spec.host_key`,
+/// a new host key is generated and its `known_hosts` line returned.
+pub fn user_data(spec: &Spec, templates: &Templates) -> Result<UserData> {
+    let (cloud_config, known_hosts) = cloud_config(spec, templates)?;
+    let text = cloud_config.to_user_data()?;
+    check_parses_back(&text)?;
+    Ok(UserData { text, known_hosts })
+}
+
+fn cloud_config(spec: &Spec, templates: &Templates) -> Result<(CloudConfig, Option<String>)> {
+    let layout = layout();
+    let config = VmConfig::new(spec);
+    let vars = json!({ "config": &config, "layout": layout });
+    let t = |name: &str| templates.render(name, &vars);
+    let unit = |name: &str| format!("/etc/systemd/system/{name}");
+
+    let mut files = vec![
+        WriteFile::new(
+            &layout.config,
+            serde_json::to_string_pretty(&config)? + "\n",
+            "0600",
+        ),
+        WriteFile::new(&layout.app_env, env_file(spec), "0600"),
+        WriteFile::new(
+            "/etc/ssh/sshd_config.d/00-imgforge.conf",
+            t("sshd-hardening.conf.hbs")?,
+            "0644",
+        ),
+        WriteFile::new("/etc/docker/daemon.json", docker_daemon_json()?, "0644"),
+        WriteFile::new(
+            "/etc/apt/apt.conf.d/20auto-upgrades",
+            t("20auto-upgrades.hbs")?,
+            "0644",
+        ),
+        WriteFile::new(
+            "/etc/nginx/conf.d/imgforge.conf",
+            t("nginx-http.conf.hbs")?,
+            "0644",
+        ),
+        WriteFile::new(&layout.nginx_site, t("nginx-site.conf.hbs")?, "0644"),
+        WriteFile::new(
+            &unit("imgforge-app@.service"),
+            t("imgforge-app@.service.hbs")?,
+            "0644",
+        ),
+        WriteFile::new(
+            &unit("imgforge-docker-firewall.service"),
+            t("imgforge-docker-firewall.service.hbs")?,
+            "0644",
+        ),
+        WriteFile::new(
+            &unit("imgforge-backup.service"),
+            t("imgforge-backup.service.hbs")?,
+            "0644",
+        ),
+        WriteFile::new(
+            &unit("imgforge-backup.timer"),
+            t("imgforge-backup.timer.hbs")?,
+            "0644",
+        ),
+        WriteFile::new(
+            &unit("imgforge-report.service"),
+            t("imgforge-report.service.hbs")?,
+            "0644",
+        ),
+    ];
+    if spec.docker_source == DockerSource::DockerCe && !spec.offline {
+        files.push(WriteFile::new(
+            "/etc/apt/apt.conf.d/51imgforge-docker",
+            t("51imgforge-docker.hbs")?,
+            "0644",
+        ));
+    }
+    if let Some(tls) = &spec.tls {
+        files.push(WriteFile::new(
+            &unit("imgforge-cert.service"),
+            t("imgforge-cert.service.hbs")?,
+            "0644",
+        ));
+        files.push(WriteFile::new(
+            &unit("imgforge-cert.timer"),
+            t("imgforge-cert.timer.hbs")?,
+            "0644",
+        ));
+        if let Some(ca) = &tls.ca_bundle {
+            files.push(WriteFile::new(
+                &layout.acme_ca,
+                ca.as_str().to_owned(),
+                "0644",
+            ));
+            files.push(WriteFile::new(
+                &unit("certbot.service.d/imgforge-ca.conf"),
+                t("certbot-ca.conf.hbs")?,
+                "0644",
+            ));
+        }
+    }
+    files.push(WriteFile::gz_b64(
+        &layout.program,
+        gzip_base64(&program::zipapp())?,
+        "0755",
+    ));
+
+    let (ssh_keys, known_hosts) = if spec.host_key {
+        let pair = KeyPair::generate("imgforge host key")?;
+        let public = pair.public_openssh()?;
+        let domain = spec.domain.as_ref().map_or("VM_ADDRESS", |d| d.as_str());
+        let line = crate::keys::known_hosts_line(domain, &public);
+        let keys = HostKeys {
+            ed25519_private: pair.private_openssh()?.to_string(),
+            ed25519_public: public,
+        };
+        (Some(keys), Some(line))
+    } else {
+        (None, None)
+    };
+
+    let cloud_config = CloudConfig {
+        users: vec![User {
+            name: spec.admin_user.as_str().to_owned(),
+            groups: "sudo".into(),
+            shell: "/bin/bash".into(),
+            // The admin has no password (lock_passwd), so sudo cannot ask for one.
+            sudo: "ALL=(ALL) NOPASSWD:ALL".into(),
+            lock_passwd: true,
+            ssh_authorized_keys: spec.ssh_keys.iter().map(|k| k.to_openssh()).collect(),
+        }],
+        disable_root: true,
+        ssh_pwauth: false,
+        ssh_keys,
+        // sshd serves the ed25519 key only: no time spent making keys nobody uses.
+        ssh_genkeytypes: vec!["ed25519"],
+        manage_etc_hosts: "localhost",
+        write_files: files,
+        runcmd: vec![vec![layout.program.clone(), "deploy".to_owned()]],
+        final_message: format!(
+            "imgforge: cloud-init finished after $UPTIME seconds; deployment status in {}",
+            layout.status
+        ),
+    };
+    Ok((cloud_config, known_hosts))
+}
+
+/// Docker's env-file: one `NAME=VALUE` a line, the value taken literally to the end
+/// of the line (validated: no line breaks, no NUL).
+fn env_file(spec: &Spec) -> String {
+    let mut out = String::from(
+        "# Generated by imgforge: the app container's environment (docker --env-file).\n",
+    );
+    for (name, value) in &spec.app.env {
+        out.push_str(&format!("{name}={value}\n"));
+    }
+    out
+}
+
+fn docker_daemon_json() -> Result<String> {
+    let daemon = json!({
+        "log-driver": "json-file",
+        "log-opts": { "max-size": "10m", "max-file": "5" },
+        // Containers keep running while dockerd restarts (an upgrade of Docker itself).
+        "live-restore": true,
+        // No container process gains privileges (setuid binaries, file capabilities).
+        "no-new-privileges": true,
+    });
+    Ok(serde_json::to_string_pretty(&daemon).context("serializing daemon.json")? + "\n")
+}
+
+/// gzip at a pinned level with no timestamp or name, then base64: the same input gives
+/// the same text.
+pub fn gzip_base64(data: &[u8]) -> Result<String> {
+    let mut enc = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::best());
+    enc.write_all(data).context("compressing")?;
+    let gz = enc.finish().context("compressing")?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(gz))
+}
+
+/// Checks what imgforge generated, not what the user gave: the text starts with
+/// `#cloud-config` and parses back to a document with the deployment in it.
+fn check_parses_back(text: &str) -> Result<()> {
+    anyhow::ensure!(
+        text.starts_with("#cloud-config\n"),
+        "internal error: generated user-data does not start with #cloud-config"
+    );
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)
+        .context("internal error: generated user-data does not parse as YAML")?;
+    anyhow::ensure!(
+        value.get("runcmd").is_some() && value.get("write_files").is_some(),
+        "internal error: generated user-data lost its runcmd or write_files"
+    );
+    Ok(())
+}

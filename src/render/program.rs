@@ -1,0 +1,176 @@
+//! The VM program (`guest/`, Python) as one executable file: a zip of its modules with a
+//! `#!/usr/bin/python3` line in front, which python3 runs as it would a script. Stored
+//! (not compressed: the user-data gzips it), sorted, with fixed times, so the same
+//! sources give the same bytes. Comments and docstrings are left out ([`minify`]): the
+//! user-data has to fit providers' 16 KB limits, and the source is in the repository.
+
+use rust_embed::RustEmbed;
+
+#[derive(RustEmbed)]
+#[folder = "guest/"]
+#[include = "__main__.py"]
+#[include = "imgforge_vm/*.py"]
+#[include = "imgforge_vm/*.json"]
+struct Sources;
+
+const SHEBANG: &[u8] = b"#!/usr/bin/python3\n";
+/// 1980-01-01 00:00, the earliest time a zip can hold.
+const DOS_DATE: u16 = (1 << 5) | 1;
+
+/// The program's file names, sorted.
+pub fn files() -> Vec<String> {
+    let mut names: Vec<String> = Sources::iter().map(|n| n.into_owned()).collect();
+    names.sort();
+    names
+}
+
+/// One source file as shipped: `.py` files minified.
+pub fn shipped(name: &str) -> Vec<u8> {
+    let data = Sources::get(name)
+        .map(|f| f.data.into_owned())
+        .unwrap_or_default();
+    match (name.ends_with(".py"), std::str::from_utf8(&data)) {
+        (true, Ok(text)) => minify(text).into_bytes(),
+        _ => data,
+    }
+}
+
+/// Drops blank lines, comment lines and docstrings (a docstring becomes `pass`, so a body
+/// that was only a docstring stays a body). Relies on the program's one convention,
+/// checked by a test: triple quotes appear only where a docstring starts and ends.
+pub fn minify(src: &str) -> String {
+    let mut out = String::with_capacity(src.len());
+    let mut lines = src.lines();
+    while let Some(line) = lines.next() {
+        let code = line.trim_start();
+        let indent = &line[..line.len() - code.len()];
+        if code.is_empty() || code.starts_with('#') {
+            continue;
+        }
+        if let Some(rest) = code.strip_prefix("\"\"\"") {
+            if !rest.contains("\"\"\"") {
+                for inner in lines.by_ref() {
+                    if inner.contains("\"\"\"") {
+                        break;
+                    }
+                }
+            }
+            out.push_str(indent);
+            out.push_str("pass\n");
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The program: the shebang line, then the zip.
+pub fn zipapp() -> Vec<u8> {
+    let mut out = SHEBANG.to_vec();
+    let mut central = Vec::new();
+    let names = files();
+    for name in &names {
+        let data = shipped(name);
+        let crc = crc32fast::hash(&data);
+        let offset = out.len() as u32;
+        // Local file header.
+        out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        out.extend_from_slice(&20u16.to_le_bytes()); // version needed
+        out.extend_from_slice(&0u16.to_le_bytes()); // flags
+        out.extend_from_slice(&0u16.to_le_bytes()); // stored
+        out.extend_from_slice(&0u16.to_le_bytes()); // time
+        out.extend_from_slice(&DOS_DATE.to_le_bytes());
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes()); // extra
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&data);
+        // Its central directory entry.
+        central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+        central.extend_from_slice(&((3u16 << 8) | 20).to_le_bytes()); // made by: Unix
+        central.extend_from_slice(&20u16.to_le_bytes());
+        central.extend_from_slice(&0u16.to_le_bytes());
+        central.extend_from_slice(&0u16.to_le_bytes());
+        central.extend_from_slice(&0u16.to_le_bytes());
+        central.extend_from_slice(&DOS_DATE.to_le_bytes());
+        central.extend_from_slice(&crc.to_le_bytes());
+        central.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        central.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        central.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        central.extend_from_slice(&[0; 6]); // extra, comment, disk number
+        central.extend_from_slice(&0u16.to_le_bytes()); // internal attributes
+        central.extend_from_slice(&((0o100644u32) << 16).to_le_bytes());
+        central.extend_from_slice(&offset.to_le_bytes());
+        central.extend_from_slice(name.as_bytes());
+    }
+    let central_offset = out.len() as u32;
+    out.extend_from_slice(&central);
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // disk numbers
+    out.extend_from_slice(&(names.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(names.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(central.len() as u32).to_le_bytes());
+    out.extend_from_slice(&central_offset.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_program_holds_its_entry_point_modules_and_layout_but_no_tests() {
+        let names = files();
+        assert!(names.contains(&"__main__.py".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"imgforge_vm/cli.py".to_string()),
+            "{names:?}"
+        );
+        assert!(names.contains(&"imgforge_vm/layout.json".to_string()));
+        assert!(names.iter().all(|n| !n.starts_with("tests/")), "{names:?}");
+    }
+
+    #[test]
+    fn minify_keeps_code_and_turns_docstrings_into_pass() {
+        let src = "\"\"\"Module.\n\nMore.\n\"\"\"\n# comment\nimport os\n\n\nclass E(Exception):\n    \"\"\"Only a docstring.\"\"\"\n\n\ndef f():\n    \"\"\"Doc.\n    more\n    \"\"\"\n    return '#not a comment'  # trailing\n";
+        assert_eq!(
+            minify(src),
+            "pass\nimport os\nclass E(Exception):\n    pass\ndef f():\n    pass\n    return '#not a comment'  # trailing\n"
+        );
+    }
+
+    #[test]
+    fn triple_quotes_appear_only_as_docstrings() {
+        // minify's one assumption about the program's source.
+        for name in files().iter().filter(|n| n.ends_with(".py")) {
+            let text = String::from_utf8(Sources::get(name).unwrap().data.into_owned()).unwrap();
+            let mut in_docstring = false;
+            for (i, line) in text.lines().enumerate() {
+                let code = line.trim_start();
+                let quotes = line.matches("\"\"\"").count();
+                if in_docstring {
+                    in_docstring = quotes == 0;
+                    continue;
+                }
+                if quotes > 0 {
+                    assert!(
+                        code.starts_with("\"\"\""),
+                        "{name}:{}: triple quotes that do not start a docstring",
+                        i + 1
+                    );
+                    in_docstring = quotes == 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_same_sources_give_the_same_bytes() {
+        assert_eq!(zipapp(), zipapp());
+        assert!(zipapp().starts_with(SHEBANG));
+    }
+}

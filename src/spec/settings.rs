@@ -1,0 +1,411 @@
+//! The deployment's settings as the user writes them: one struct that is both the
+//! command-line flags (clap) and `imgforge.yaml` (serde), so the two cannot drift. Flags
+//! win over the file. Each scalar setting is described once in [`Setting`] below: its
+//! flag, its key, its default and its parser.
+
+use std::path::PathBuf;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Deserializer};
+
+use super::types::*;
+use super::DockerSource;
+
+/// The deployment, as flags or as the config file. Every field is optional: a missing
+/// one takes its default, or is an error when it has none.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[command(next_help_heading = "Deployment")]
+pub struct Settings {
+    /// Config file (see `imgforge init`); flags override its values
+    #[arg(long, short = 'c', value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Domain the API is served on; its DNS A/AAAA record points at the VM
+    #[arg(long, value_name = "NAME")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub domain: Option<String>,
+    /// E-mail for the certificate account (expiry notices)
+    #[arg(long, value_name = "ADDRESS")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub email: Option<String>,
+    #[command(flatten)]
+    #[serde(default)]
+    pub admin: AdminSettings,
+    #[command(flatten)]
+    #[serde(default)]
+    pub app: AppSettings,
+    /// Serve plain HTTP only (no domain or certificate yet)
+    #[arg(long)]
+    #[serde(skip)]
+    pub no_tls: bool,
+    #[command(flatten)]
+    #[serde(default)]
+    pub tls: TlsSettings,
+    /// Where Docker comes from [default: docker-ce]
+    #[arg(long, value_enum, value_name = "SOURCE")]
+    pub docker_source: Option<DockerSource>,
+    /// Install nothing at boot: the image already carries the packages
+    #[arg(long)]
+    #[serde(default)]
+    pub offline: bool,
+    #[command(flatten)]
+    #[serde(default)]
+    pub backup: BackupSettings,
+    /// Pre-generate the VM's SSH host key and print its known_hosts line
+    #[arg(long)]
+    #[serde(default)]
+    pub host_key: bool,
+    /// Directory of templates that replace the built-in ones, file by file
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+    /// How `imgforge render` packages the user-data (its own flags; a key here too).
+    #[arg(skip)]
+    #[serde(default)]
+    pub user_data: UserDataSettings,
+}
+
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AdminSettings {
+    /// Admin user name [default: deploy]
+    #[arg(long = "user", value_name = "NAME")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub user: Option<String>,
+    /// Admin's SSH public key file (repeatable) [default: ~/.ssh/id_ed25519.pub]
+    #[arg(long = "ssh-key", value_name = "FILE.pub")]
+    #[serde(default)]
+    pub ssh_key_files: Vec<PathBuf>,
+    /// Public keys written out in full (config file only).
+    #[arg(skip)]
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AppSettings {
+    /// Container image to run [default: the project's classifier]
+    #[arg(long, value_name = "REF")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub image: Option<String>,
+    /// Port the container listens on [default: 8000]
+    #[arg(long = "app-port", value_name = "PORT")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub port: Option<String>,
+    /// Host directory for the app's data [default: /srv/app/data]
+    #[arg(long, value_name = "DIR")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub data_dir: Option<String>,
+    /// Where the data directory is mounted in the container [default: /app/data]
+    #[arg(long, value_name = "DIR")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub data_path: Option<String>,
+    /// Environment variable for the container (repeatable)
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = EnvItem::from_flag)]
+    #[serde(default, deserialize_with = "env_map")]
+    pub env: Vec<EnvItem>,
+    /// The app's health endpoint [default: /health]
+    #[arg(long, value_name = "PATH")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub health_path: Option<String>,
+    /// Largest request body nginx passes to the app [default: 10m]
+    #[arg(long, value_name = "SIZE")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub max_body_size: Option<String>,
+    /// Memory limit of the app's container [default: 1g]
+    #[arg(long = "app-memory", value_name = "SIZE")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub memory: Option<String>,
+    #[command(flatten)]
+    #[serde(default)]
+    pub bundle: BundleSettings,
+}
+
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BundleSettings {
+    /// Fetch the image as an OCI bundle from this https URL instead of a registry
+    #[arg(
+        long = "bundle-url",
+        id = "bundle_url",
+        value_name = "URL",
+        requires = "bundle_sha256"
+    )]
+    #[serde(default, deserialize_with = "scalar")]
+    pub url: Option<String>,
+    /// sha256 of the bundle at --bundle-url
+    #[arg(long = "bundle-sha256", id = "bundle_sha256", value_name = "HEX")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TlsSettings {
+    /// `tls.enabled: false` in the file is `--no-tls`.
+    #[arg(skip)]
+    pub enabled: Option<bool>,
+    /// ACME directory URL (staging or a private CA) [default: Let's Encrypt]
+    #[arg(long = "acme-server", value_name = "URL")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub acme_server: Option<String>,
+    /// PEM bundle to trust for an ACME server that is not publicly trusted
+    #[arg(long = "acme-ca-bundle", value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BackupSettings {
+    /// Daily data backups to keep [default: 7]
+    #[arg(long = "backup-keep", value_name = "N")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub keep: Option<String>,
+}
+
+/// `imgforge render`'s packaging of the user-data: flags of render, keys under `user-data:`.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[command(next_help_heading = "User-data")]
+pub struct UserDataSettings {
+    /// Fit the user-data to this provider's limit and encoding [default: generic]
+    #[arg(long, value_enum)]
+    pub provider: Option<crate::render::Provider>,
+    /// gzip the user-data (cloud-init decompresses it)
+    #[arg(long)]
+    #[serde(default)]
+    pub gzip: bool,
+    /// base64-encode the output
+    #[arg(long)]
+    #[serde(default)]
+    pub base64: bool,
+}
+
+/// One `--env NAME=VALUE` or `app.env` entry, as given. A file value that is not a
+/// string is kept (as YAML) so the report can show it and ask for quotes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvItem {
+    pub name: String,
+    pub value: Result<String, String>,
+}
+
+impl EnvItem {
+    fn from_flag(s: &str) -> Result<EnvItem, String> {
+        match s.split_once('=') {
+            Some((name, value)) => Ok(EnvItem {
+                name: name.to_owned(),
+                value: Ok(value.to_owned()),
+            }),
+            None => Err("expected NAME=VALUE, e.g. --env MODEL_DIR=/app/model".into()),
+        }
+    }
+}
+
+/// A scalar as text: `port: 8000` and `port: "8000"` read the same. Mappings and lists
+/// are errors.
+fn scalar<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde_yaml_ng::Value;
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s)),
+        Value::Number(n) => Ok(Some(n.to_string())),
+        Value::Bool(b) => Ok(Some(b.to_string())),
+        _ => Err(serde::de::Error::custom(
+            "expected a single value, not a list or mapping",
+        )),
+    }
+}
+
+fn env_map<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<EnvItem>, D::Error> {
+    let map = IndexMap::<String, serde_yaml_ng::Value>::deserialize(d)?;
+    Ok(map
+        .into_iter()
+        .map(|(name, value)| {
+            let value = match value {
+                serde_yaml_ng::Value::String(s) => Ok(s),
+                other => Err(serde_yaml_ng::to_string(&other)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()),
+            };
+            EnvItem { name, value }
+        })
+        .collect())
+}
+
+/// One scalar setting: where the user gives it, what it defaults to, how it is parsed.
+pub struct Setting<T> {
+    pub flag: &'static str,
+    /// Its dotted path in imgforge.yaml.
+    pub key: &'static str,
+    pub default: Option<&'static str>,
+    pub get: fn(&Settings) -> Option<&str>,
+    pub parse: fn(&str) -> Result<T, Problem>,
+}
+
+pub const DEFAULT_IMAGE: &str = "imgforge/classifier:0.1.0";
+
+pub const DOMAIN: Setting<Domain> = Setting {
+    flag: "--domain",
+    key: "domain",
+    default: None,
+    get: |s| s.domain.as_deref(),
+    parse: Domain::parse,
+};
+pub const EMAIL: Setting<Email> = Setting {
+    flag: "--email",
+    key: "email",
+    default: None,
+    get: |s| s.email.as_deref(),
+    parse: Email::parse,
+};
+pub const USER: Setting<Username> = Setting {
+    flag: "--user",
+    key: "admin.user",
+    default: Some("deploy"),
+    get: |s| s.admin.user.as_deref(),
+    parse: Username::parse,
+};
+pub const IMAGE: Setting<ImageRef> = Setting {
+    flag: "--image",
+    key: "app.image",
+    default: Some(DEFAULT_IMAGE),
+    get: |s| s.app.image.as_deref(),
+    parse: ImageRef::parse,
+};
+pub const APP_PORT: Setting<Port> = Setting {
+    flag: "--app-port",
+    key: "app.port",
+    default: Some("8000"),
+    get: |s| s.app.port.as_deref(),
+    parse: Port::parse,
+};
+pub const DATA_DIR: Setting<UnixPath> = Setting {
+    flag: "--data-dir",
+    key: "app.data-dir",
+    default: Some("/srv/app/data"),
+    get: |s| s.app.data_dir.as_deref(),
+    parse: UnixPath::parse,
+};
+pub const DATA_PATH: Setting<UnixPath> = Setting {
+    flag: "--data-path",
+    key: "app.data-path",
+    default: Some("/app/data"),
+    get: |s| s.app.data_path.as_deref(),
+    parse: UnixPath::parse,
+};
+pub const HEALTH_PATH: Setting<UrlPath> = Setting {
+    flag: "--health-path",
+    key: "app.health-path",
+    default: Some("/health"),
+    get: |s| s.app.health_path.as_deref(),
+    parse: UrlPath::parse,
+};
+/// The classifier refuses bodies over 10 MiB itself; nginx stops them first.
+pub const MAX_BODY_SIZE: Setting<BodySize> = Setting {
+    flag: "--max-body-size",
+    key: "app.max-body-size",
+    default: Some("10m"),
+    get: |s| s.app.max_body_size.as_deref(),
+    parse: BodySize::parse,
+};
+pub const APP_MEMORY: Setting<MemorySize> = Setting {
+    flag: "--app-memory",
+    key: "app.memory",
+    default: Some("1g"),
+    get: |s| s.app.memory.as_deref(),
+    parse: MemorySize::parse,
+};
+pub const BUNDLE_URL: Setting<HttpsUrl> = Setting {
+    flag: "--bundle-url",
+    key: "app.bundle.url",
+    default: None,
+    get: |s| s.app.bundle.url.as_deref(),
+    parse: HttpsUrl::parse,
+};
+pub const BUNDLE_SHA256: Setting<Sha256Hex> = Setting {
+    flag: "--bundle-sha256",
+    key: "app.bundle.sha256",
+    default: None,
+    get: |s| s.app.bundle.sha256.as_deref(),
+    parse: Sha256Hex::parse,
+};
+pub const ACME_SERVER: Setting<HttpsUrl> = Setting {
+    flag: "--acme-server",
+    key: "tls.acme-server",
+    default: None,
+    get: |s| s.tls.acme_server.as_deref(),
+    parse: HttpsUrl::parse,
+};
+pub const BACKUP_KEEP: Setting<u32> = Setting {
+    flag: "--backup-keep",
+    key: "backup.keep",
+    default: Some("7"),
+    get: |s| s.backup.keep.as_deref(),
+    parse: |s| match s.parse::<u32>() {
+        Ok(n @ 1..=365) => Ok(n),
+        _ => Err(Problem::new(
+            "not a backup count",
+            "keep between 1 and 365 daily archives",
+        )),
+    },
+};
+
+/// Every scalar setting's flag and key (for the tests that hold flags, keys and
+/// `imgforge init`'s starter file together).
+pub const NAMES: &[(&str, &str)] = &[
+    (DOMAIN.flag, DOMAIN.key),
+    (EMAIL.flag, EMAIL.key),
+    (USER.flag, USER.key),
+    (IMAGE.flag, IMAGE.key),
+    (APP_PORT.flag, APP_PORT.key),
+    (DATA_DIR.flag, DATA_DIR.key),
+    (DATA_PATH.flag, DATA_PATH.key),
+    (HEALTH_PATH.flag, HEALTH_PATH.key),
+    (MAX_BODY_SIZE.flag, MAX_BODY_SIZE.key),
+    (APP_MEMORY.flag, APP_MEMORY.key),
+    (BUNDLE_URL.flag, BUNDLE_URL.key),
+    (BUNDLE_SHA256.flag, BUNDLE_SHA256.key),
+    (ACME_SERVER.flag, ACME_SERVER.key),
+    (BACKUP_KEEP.flag, BACKUP_KEEP.key),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    #[test]
+    fn every_setting_names_a_real_flag_and_a_key_of_the_starter_file() {
+        let cmd = Flags::command();
+        let longs: Vec<String> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .collect();
+        let starter = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(include_str!(
+            "../../templates/imgforge.yaml"
+        ))
+        .unwrap();
+        let starter_keys = super::super::positions(include_str!("../../templates/imgforge.yaml"));
+        for (flag, key) in NAMES {
+            assert!(longs.contains(&flag.to_string()), "{flag} is not a flag");
+            // The key parses in the file, and the starter file shows it (commented or not).
+            let text = include_str!("../../templates/imgforge.yaml");
+            let leaf = key.rsplit('.').next().unwrap();
+            assert!(
+                starter_keys.contains_key(*key)
+                    || text.contains(&format!("# {leaf}:"))
+                    || text.contains(&format!("#   {leaf}:")),
+                "{key} is not in imgforge init's starter file"
+            );
+        }
+        let _: Settings = serde_yaml_ng::from_value(starter).unwrap();
+    }
+}
