@@ -18,7 +18,7 @@ pub const EXIT_QEMU: u8 = 4;
 const AFTER_HELP: &str = "\
 The base disk is never written: the VM runs on a qcow2 overlay in the run
 directory, next to serial.log, qemu.log and boot.json (ports and pid).
-Guest ports 22, 80, 443 and 8000 are forwarded from free 127.0.0.1 ports.
+Guest ports 22, 80, 443, 8000 and 8001 are forwarded from free 127.0.0.1 ports.
 
 Exit codes: 0 ready, 1 deployment failed, 2 bad usage, 3 timed out,
 4 QEMU exited or could not start.";
@@ -102,6 +102,12 @@ pub fn run(args: Args) -> Result<()> {
     let mut progress = ProgressPrinter::new();
     let outcome = vm.wait_until(timeout, &Status::is_settled, &mut |p| progress.show(p));
 
+    // The host keys the VM reported on its console: SSH to it can be authenticated.
+    match vm.write_known_hosts() {
+        Ok(Some(path)) => println!("  known_hosts {} (verify --boot uses it)", path.display()),
+        Ok(None) => {}
+        Err(e) => eprintln!("imgforge: warning: writing known_hosts: {e:#}"),
+    }
     let result = match outcome {
         Ok(status) => report_status(&vm, &status),
         Err(WaitError::Timeout { waited }) => {

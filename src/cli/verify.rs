@@ -74,7 +74,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let target = match (&args.boot, &args.host) {
+    let (target, boot_known_hosts) = match (&args.boot, &args.host) {
         (Some(boot), _) => Target::from_boot_json(boot)?,
         (None, Some(host)) => {
             let mut t = Target::direct(host.clone());
@@ -91,14 +91,14 @@ pub fn run(args: Args) -> Result<()> {
                     })
                     .collect();
             }
-            t
+            (t, None)
         }
         (None, None) => return Err(crate::exit::usage("give --host or --boot")),
     };
     let mut opts = VerifyOptions::new(args.domain, args.user);
     opts.identity = args.identity;
     opts.ca_bundle = args.ca_bundle;
-    opts.known_hosts = args.known_hosts;
+    opts.known_hosts = args.known_hosts.or(boot_known_hosts);
     opts.tls = !args.no_tls;
     opts.skip = args.skip.into_iter().collect();
     opts.timeout = Duration::from_secs(args.timeout.max(1));

@@ -21,10 +21,15 @@ pub use accel::Accel;
 
 use serial::{SerialState, Watcher};
 
-/// Guest ports always forwarded. 8000 is a probe: from outside it must not answer.
-pub const DEFAULT_FORWARDS: [u16; 4] = [22, 80, 443, 8000];
+/// Guest ports always forwarded. 8000 and 8001 (the app's two slots) are probes: from
+/// outside they must not answer.
+pub const DEFAULT_FORWARDS: [u16; 5] = [22, 80, 443, 8000, 8001];
+/// The guest ports that must not answer from outside.
+pub const PROBE_PORTS: [u16; 2] = [8000, 8001];
 /// Name of the file `imgforge boot` writes in its run directory.
 pub const BOOT_JSON: &str = "boot.json";
+/// The known_hosts file `imgforge boot` writes in the run directory.
+pub const KNOWN_HOSTS: &str = "known_hosts";
 
 /// What to boot and how.
 #[derive(Debug, Clone)]
@@ -111,6 +116,10 @@ pub struct BootInfo {
     pub serial_log: PathBuf,
     pub overlay: PathBuf,
     pub host: String,
+    /// Where `imgforge boot` writes the guest's SSH host keys as a known_hosts file once
+    /// the guest reports them on its serial console (a channel no one else can speak on).
+    #[serde(default)]
+    pub known_hosts: Option<PathBuf>,
 }
 
 impl BootInfo {
@@ -226,6 +235,7 @@ impl Vm {
                         serial_log: serial_log.clone(),
                         overlay: overlay.clone(),
                         host: "127.0.0.1".to_string(),
+                        known_hosts: Some(run_dir.join(KNOWN_HOSTS)),
                     };
                     let mut vm = Vm {
                         child: Some(child),
@@ -293,6 +303,28 @@ impl Vm {
     }
 
     /// The last status report of the current boot, if any.
+    /// Writes the host keys the guest reported on its console as a known_hosts file
+    /// (`[127.0.0.1]:PORT key`), so SSH to the guest can be authenticated. Returns the
+    /// file, or `None` while no report named any key.
+    pub fn write_known_hosts(&self) -> Result<Option<PathBuf>> {
+        let Some(status) = self.latest_status() else {
+            return Ok(None);
+        };
+        if status.host_keys.is_empty() {
+            return Ok(None);
+        }
+        let mut text = String::new();
+        for key in &status.host_keys {
+            text.push_str(&format!(
+                "[{}]:{} {key}\n",
+                self.info.host, self.info.ssh_port
+            ));
+        }
+        let path = self.run_dir.join(KNOWN_HOSTS);
+        crate::fsutil::write_file_atomic(&path, text.as_bytes(), 0o644)?;
+        Ok(Some(path))
+    }
+
     pub fn latest_status(&self) -> Option<Status> {
         let st = self.watcher.lock();
         st.statuses(st.current_boot()).last()

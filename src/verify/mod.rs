@@ -11,17 +11,14 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::exit::usage;
 
 /// Ports that commonly leak from a Docker host (app ports, the Docker API, a
 /// registry); on a real server none of them may be reachable.
-pub const COMMON_PROBE_PORTS: [u16; 5] = [8000, 8080, 2375, 2376, 5000];
-
-/// The guest port the app listens on, bound to 127.0.0.1 on the VM.
-pub const APP_PORT: u16 = 8000;
+pub const COMMON_PROBE_PORTS: [u16; 6] = [8000, 8001, 8080, 2375, 2376, 5000];
 
 /// Where the server is and how to reach its ports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -67,46 +64,32 @@ impl Target {
         }
     }
 
-    /// The VM started by `imgforge boot`, from its `boot.json`.
-    pub fn from_boot_json(path: &Path) -> Result<Target> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading boot file {}", path.display()))
-            .map_err(|e| usage(format!("{e:#}")))?;
-        let boot: BootJson = serde_json::from_str(&text)
-            .map_err(|e| usage(format!("parsing boot file {}: {e}", path.display())))?;
-        let forward = |guest: u16| boot.forwards.get(&guest.to_string()).copied();
-        let probe_ports = match forward(APP_PORT) {
-            Some(connect) => vec![ProbePort {
-                port: APP_PORT,
-                connect,
-            }],
-            None => {
-                return Err(usage(format!(
-                    "boot file {} has no forward for guest port {APP_PORT}",
-                    path.display()
-                )))
+    /// The VM started by `imgforge boot`, from its `boot.json`, and the known_hosts file
+    /// boot wrote from the host keys the VM reported on its console, when there is one.
+    pub fn from_boot_json(path: &Path) -> Result<(Target, Option<PathBuf>)> {
+        let boot = crate::qemu::BootInfo::read(path).map_err(|e| usage(format!("{e:#}")))?;
+        let mut probe_ports = Vec::new();
+        for port in crate::qemu::PROBE_PORTS {
+            match boot.host_port(port) {
+                Some(connect) => probe_ports.push(ProbePort { port, connect }),
+                None => {
+                    return Err(usage(format!(
+                        "boot file {} has no forward for guest port {port}",
+                        path.display()
+                    )))
+                }
             }
-        };
-        Ok(Target {
-            host: boot.host.unwrap_or_else(|| "127.0.0.1".to_string()),
+        }
+        let target = Target {
+            host: boot.host,
             ssh_port: boot.ssh_port,
             http_port: boot.http_port,
             https_port: boot.https_port,
             probe_ports,
             forwarded: true,
-        })
+        };
+        Ok((target, boot.known_hosts.filter(|p| p.exists())))
     }
-}
-
-/// The part of `boot.json` (see the boot protocol) that verify reads.
-#[derive(Debug, Deserialize)]
-struct BootJson {
-    ssh_port: u16,
-    http_port: u16,
-    https_port: u16,
-    #[serde(default)]
-    forwards: std::collections::BTreeMap<String, u16>,
-    host: Option<String>,
 }
 
 /// Groups of checks that can be skipped together.
@@ -186,6 +169,9 @@ pub struct Report {
     pub domain: String,
     /// True when no check failed.
     pub ok: bool,
+    /// True when the SSH host key was checked against a known_hosts file: without it, a
+    /// man in the middle would pass every SSH check.
+    pub host_authenticated: bool,
     pub checks: Vec<Check>,
 }
 
@@ -212,6 +198,9 @@ impl Report {
                 Status::Skipped => "skipped",
             };
             let _ = writeln!(out, "  {status:<7}  {:<width$}  {}", c.name, c.detail);
+        }
+        if !self.host_authenticated {
+            out.push_str("WARNING: the host was NOT authenticated: no known_hosts file pinned its SSH host key, so these results could come from a machine in the middle. Pass --known-hosts (the line `imgforge render --host-key` printed, the known_hosts file `imgforge boot` wrote, or one saved from a connection you trust).\n");
         }
         let _ = writeln!(
             out,
@@ -299,10 +288,14 @@ pub fn verify(target: &Target, opts: &VerifyOptions) -> Result<Report> {
     }
 
     let checks = checks.0;
+    let host_authenticated = checks
+        .iter()
+        .any(|c| c.name == "ssh.host_key" && c.status == Status::Ok);
     Ok(Report {
         host: target.host.clone(),
         domain: opts.domain.clone(),
         ok: checks.iter().all(|c| c.status != Status::Failed),
+        host_authenticated,
         checks,
     })
 }
@@ -413,6 +406,7 @@ mod tests {
             host: "h".into(),
             domain: "d.test".into(),
             ok: false,
+            host_authenticated: false,
             checks: vec![
                 Check {
                     name: "a".into(),
@@ -433,5 +427,11 @@ mod tests {
             "{text}"
         );
         assert_eq!(r.failed().count(), 1);
+        assert!(text.contains("NOT authenticated"), "{text}");
+        let pinned = Report {
+            host_authenticated: true,
+            ..r
+        };
+        assert!(!pinned.to_text().contains("NOT authenticated"));
     }
 }

@@ -8,6 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
 
+use crate::common::{pseudo_random, sha256_file};
 use assert_cmd::Command;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -54,25 +55,6 @@ fn fixture() -> tempfile::TempDir {
     let labels: String = (0..1000).map(|i| format!("class number {i}\n")).collect();
     fs::write(root.join("dist/model/labels.txt"), labels).unwrap();
     dir
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-fn sha256_file(path: &Path) -> String {
-    format!(
-        "sha256:{}",
-        hex::encode(Sha256::digest(fs::read(path).unwrap()))
-    )
 }
 
 /// Runs a successful pack and returns the digest it printed.

@@ -251,31 +251,3 @@ fn iso9660_seed_is_labelled_cidata_and_reproducible() {
         assert!(fs::read(&dst).unwrap() == expected, "{} differs", f.name);
     }
 }
-
-/// Benchmark, not a pass/fail test: `cargo test --release --test seed -- --ignored
-/// --nocapture seed_throughput` prints how long a seed with a 40 MiB bundle takes.
-#[test]
-#[ignore]
-fn seed_throughput() {
-    let dir = tempfile::tempdir().unwrap();
-    let bundle = dir.path().join("bundle.oci.tar");
-    fs::write(&bundle, payload(40 * 1024 * 1024)).unwrap();
-    let files = [
-        SeedFile::bytes("user-data", "#cloud-config\n"),
-        SeedFile::bytes("meta-data", "instance-id: bench\n"),
-        SeedFile::path("bundle.oci.tar", &bundle),
-    ];
-    for (format, name) in [(SeedFormat::Vfat, "vfat"), (SeedFormat::Iso9660, "iso9660")] {
-        let out = dir.path().join(format!("seed.{name}"));
-        let start = std::time::Instant::now();
-        write_seed(&out, &files, format).unwrap();
-        let took = start.elapsed();
-        let size = fs::metadata(&out).unwrap().len();
-        eprintln!(
-            "{name}: 40 MiB bundle -> {} MiB image in {:.0} ms ({:.0} MiB/s)",
-            size / (1024 * 1024),
-            took.as_secs_f64() * 1000.0,
-            40.0 / took.as_secs_f64()
-        );
-    }
-}

@@ -464,23 +464,33 @@ fn boot_json_gives_the_forwarded_ports() {
         dir.path(),
         "boot.json",
         r#"{"pid":1,"ssh_port":2222,"http_port":8080,"https_port":8443,
-            "forwards":{"22":2222,"80":8080,"443":8443,"8000":18000,"15000":15000},
-            "serial_log":"serial.log","overlay":"overlay.qcow2","host":"127.0.0.1"}"#,
+            "forwards":{"22":2222,"80":8080,"443":8443,"8000":18000,"8001":18001,"15000":15000},
+            "serial_log":"serial.log","overlay":"overlay.qcow2","host":"127.0.0.1",
+            "known_hosts":"kh"}"#,
     );
-    let t = Target::from_boot_json(&boot).unwrap();
+    let (t, known_hosts) = Target::from_boot_json(&boot).unwrap();
     assert_eq!((t.ssh_port, t.http_port, t.https_port), (2222, 8080, 8443));
     assert_eq!(
         t.probe_ports,
-        vec![ProbePort {
-            port: 8000,
-            connect: 18000
-        }]
+        vec![
+            ProbePort {
+                port: 8000,
+                connect: 18000
+            },
+            ProbePort {
+                port: 8001,
+                connect: 18001
+            }
+        ]
     );
     assert!(t.forwarded);
+    // The VM has not reported its host keys yet: no file, nothing pinned.
+    assert_eq!(known_hosts, None);
     let no_probe = write(
         dir.path(),
         "boot2.json",
-        r#"{"ssh_port":1,"http_port":2,"https_port":3,"forwards":{}}"#,
+        r#"{"pid":1,"ssh_port":1,"http_port":2,"https_port":3,"forwards":{},
+            "serial_log":"s","overlay":"o","host":"127.0.0.1"}"#,
     );
     let err = Target::from_boot_json(&no_probe).unwrap_err();
     assert_eq!(imgforge::exit::code_for(&err), imgforge::exit::USAGE);
