@@ -1,14 +1,27 @@
 //! Finding the root filesystem in a raw disk image: the partition table (GPT behind a
 //! protective MBR, or a plain MBR, or none at all) and the ext2/3/4 superblocks in it.
+//!
+//! Everything here is read from an image that may be damaged or hostile: every number
+//! taken from it is checked before it is used as an offset, a length or a count, and a
+//! partition that does not fit where it claims to be is an error.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 /// The label Ubuntu's cloud images give their root filesystem.
 pub const ROOT_LABEL: &str = "cloudimg-rootfs";
+
+/// The most GPT entries read (the usual table has 128).
+const MAX_GPT_ENTRIES: u32 = 16384;
+/// The largest GPT entry array read, in bytes (the usual one is 16 KiB).
+const MAX_GPT_ARRAY_BYTES: u64 = 2 << 20;
+/// The largest GPT entry; entries are 128 bytes times a power of two.
+const MAX_GPT_ENTRY_SIZE: u32 = 4096;
+/// MBR entries count in 512-byte sectors.
+const MBR_SECTOR: u64 = 512;
 
 /// A partition (or the whole disk, when it has no partition table).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +63,9 @@ pub enum Table {
 }
 
 /// Reads the partition table of a raw disk image. Damage that makes the table
-/// unreadable is an error; a disk with no table at all gives one whole-disk entry.
+/// unreadable is an error, and so is a partition that does not lie within the disk
+/// (`disk_size` bytes) or overlaps the table itself; a disk with no table at all gives
+/// one whole-disk entry. Every partition returned lies within the disk.
 pub fn partitions(
     disk: &mut (impl Read + Seek),
     disk_size: u64,
@@ -72,21 +87,30 @@ pub fn partitions(
                 return Ok((Table::Gpt, parts));
             }
         }
-        anyhow::bail!("the protective MBR announces a GPT, but no valid GPT header is at LBA 1");
+        bail!("the protective MBR announces a GPT, but no valid GPT header is at LBA 1");
     }
+    let sectors = disk_size / MBR_SECTOR;
     let mut parts = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
+    for (i, e) in (1u32..).zip(&entries) {
         let kind = e[4];
-        let start = u64::from(u32_le(&e[8..12])) * 512;
-        let len = u64::from(u32_le(&e[12..16])) * 512;
+        let start = u64::from(u32_le(&e[8..12]));
+        let count = u64::from(u32_le(&e[12..16]));
         // Empty slots and extended partitions (logical ones are not followed).
-        if kind == 0 || len == 0 || matches!(kind, 0x05 | 0x0F | 0x85) {
+        if kind == 0 || count == 0 || matches!(kind, 0x05 | 0x0F | 0x85) {
             continue;
         }
+        if start == 0 {
+            bail!("MBR partition {i} starts at sector 0, over the partition table");
+        }
+        // Both are below 2^32: neither the sum nor the products overflow.
+        let last = start + count - 1;
+        if last >= sectors {
+            bail!("MBR partition {i} ends at sector {last}, beyond the disk's {sectors} sectors");
+        }
         parts.push(Partition {
-            number: i as u32 + 1,
-            offset: start,
-            size: len,
+            number: i,
+            offset: start * MBR_SECTOR,
+            size: count * MBR_SECTOR,
             name: String::new(),
         });
     }
@@ -113,58 +137,89 @@ fn gpt(
     sector: u64,
     disk_size: u64,
 ) -> Result<Option<Vec<Partition>>> {
+    // `sector` is 512 or 4096: the casts and products on it below cannot overflow.
+    let sectors = disk_size / sector;
     let mut header = vec![0u8; sector as usize];
     if !read_at(disk, sector, &mut header)? || &header[0..8] != b"EFI PART" {
         return Ok(None);
     }
-    let header_size = u32_le(&header[12..16]) as usize;
-    if !(92..=sector as usize).contains(&header_size) {
-        anyhow::bail!("GPT header size {header_size} is out of range");
+    let header_size = u32_le(&header[12..16]);
+    if !(92..=sector).contains(&u64::from(header_size)) {
+        bail!("GPT header size {header_size} is out of range (92 to {sector} bytes)");
     }
-    let mut check = header[..header_size].to_vec();
+    let mut check = header[..header_size as usize].to_vec();
     check[16..20].fill(0);
     if crc32fast::hash(&check) != u32_le(&header[16..20]) {
-        anyhow::bail!("the GPT header checksum does not match: the partition table is damaged");
+        bail!("the GPT header checksum does not match: the partition table is damaged");
     }
     let entries_lba = u64_le(&header[72..80]);
-    let count = u32_le(&header[80..84]) as usize;
-    let entry_size = u32_le(&header[84..88]) as usize;
-    if !(128..=4096).contains(&entry_size) || count > 16384 {
-        anyhow::bail!(
-            "GPT declares {count} entries of {entry_size} bytes: not a table this tool reads"
+    let count = u32_le(&header[80..84]);
+    let entry_size = u32_le(&header[84..88]);
+    if !(128..=MAX_GPT_ENTRY_SIZE).contains(&entry_size) || !entry_size.is_power_of_two() {
+        bail!(
+            "GPT entries of {entry_size} bytes: not a table this tool reads (entries are 128 bytes times a power of two, at most {MAX_GPT_ENTRY_SIZE})"
         );
     }
-    let mut table = vec![0u8; count * entry_size];
-    if !read_at(disk, entries_lba * sector, &mut table)? {
-        anyhow::bail!(
-            "the GPT partition entries at LBA {entries_lba} lie past the end of the disk"
+    if count > MAX_GPT_ENTRIES {
+        bail!(
+            "GPT declares {count} entries: not a table this tool reads (at most {MAX_GPT_ENTRIES})"
         );
+    }
+    // At most 2^14 entries of 2^12 bytes: no overflow.
+    let table_bytes = u64::from(count) * u64::from(entry_size);
+    if table_bytes > MAX_GPT_ARRAY_BYTES {
+        bail!(
+            "GPT declares {count} entries of {entry_size} bytes ({table_bytes} bytes): more than the {MAX_GPT_ARRAY_BYTES} bytes this tool reads"
+        );
+    }
+    let table_sectors = table_bytes.div_ceil(sector);
+    if entries_lba < 2 {
+        bail!("the GPT partition entries at LBA {entries_lba} overlap the MBR or the GPT header");
+    }
+    let entries_end = entries_lba
+        .checked_add(table_sectors)
+        .filter(|&end| end <= sectors)
+        .with_context(|| {
+            format!(
+                "the GPT partition entries at LBA {entries_lba} ({table_sectors} sectors) lie past the end of the disk's {sectors} sectors"
+            )
+        })?;
+    let mut table = vec![0u8; table_bytes as usize];
+    if !read_at(disk, entries_lba * sector, &mut table)? {
+        bail!("the GPT partition entries at LBA {entries_lba} lie past the end of the disk");
     }
     if crc32fast::hash(&table) != u32_le(&header[88..92]) {
-        anyhow::bail!("the GPT partition entries checksum does not match: the table is damaged");
+        bail!("the GPT partition entries checksum does not match: the table is damaged");
     }
     let mut parts = Vec::new();
-    for (i, e) in table.chunks_exact(entry_size).enumerate() {
+    for (i, e) in (1u32..).zip(table.chunks_exact(entry_size as usize)) {
         if e[0..16].iter().all(|&b| b == 0) {
             continue;
         }
         let first = u64_le(&e[32..40]);
         let last = u64_le(&e[40..48]);
         if last < first {
-            continue;
+            bail!("GPT partition {i} ends at sector {last}, before its first sector {first}");
         }
-        let offset = first.saturating_mul(sector);
-        let size = (last - first + 1).saturating_mul(sector);
-        if offset.saturating_add(size) > disk_size {
-            anyhow::bail!("GPT partition {} ends past the end of the disk", i + 1);
+        if last >= sectors {
+            bail!("GPT partition {i} ends at sector {last}, beyond the disk's {sectors} sectors");
         }
+        if first < 2 || (first < entries_end && last >= entries_lba) {
+            bail!(
+                "GPT partition {i} (sectors {first} to {last}) overlaps the partition table (sectors 0 and 1, and {entries_lba} to {})",
+                entries_end - 1
+            );
+        }
+        // last < sectors = disk_size / sector: neither product overflows.
+        let offset = first * sector;
+        let size = (last - first + 1) * sector;
         let name: Vec<u16> = e[56..128]
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .take_while(|&c| c != 0)
             .collect();
         parts.push(Partition {
-            number: i as u32 + 1,
+            number: i,
             offset,
             size,
             name: String::from_utf16_lossy(&name),
@@ -208,6 +263,8 @@ pub fn probe_ext4(disk: &mut (impl Read + Seek), part: &Partition) -> Result<Opt
 
 /// The root filesystem of a raw disk image: the ext4 partition labelled
 /// `cloudimg-rootfs`, else the largest ext4 partition. `None` when there is none.
+/// Errors about the table and the filesystems name the partition, not the file: the
+/// caller knows what the user calls it.
 pub fn find_root(raw: &Path) -> Result<(Table, Option<RootFs>)> {
     let mut file =
         File::open(raw).with_context(|| format!("opening disk image {}", raw.display()))?;
@@ -215,13 +272,13 @@ pub fn find_root(raw: &Path) -> Result<(Table, Option<RootFs>)> {
         .metadata()
         .with_context(|| format!("reading the size of {}", raw.display()))?
         .len();
-    let (table, parts) = partitions(&mut file, size)
-        .with_context(|| format!("reading the partition table of {}", raw.display()))?;
+    let (table, parts) = partitions(&mut file, size).context("reading the partition table")?;
     let mut found = Vec::new();
     for part in parts {
-        if let Some(fs) = probe_ext4(&mut file, &part)
-            .with_context(|| format!("reading partition {} of {}", part.number, raw.display()))?
-        {
+        if let Some(fs) = probe_ext4(&mut file, &part).with_context(|| match part.number {
+            0 => "reading the filesystem on the whole disk".to_string(),
+            n => format!("reading partition {n}"),
+        })? {
             found.push(RootFs {
                 partition: part,
                 fs,
@@ -269,14 +326,19 @@ mod tests {
 
     /// An in-memory GPT disk with partitions given as (first LBA, last LBA, name).
     fn gpt_disk(sectors: usize, parts: &[(u64, u64, &str)]) -> Vec<u8> {
-        let mut disk = vec![0u8; sectors * SECTOR];
+        gpt_disk_sized(SECTOR, sectors, parts)
+    }
+
+    /// A GPT disk of `sectors` logical blocks of `sector` bytes: the header at LBA 1,
+    /// 128 entries of 128 bytes from LBA 2.
+    fn gpt_disk_sized(sector: usize, sectors: usize, parts: &[(u64, u64, &str)]) -> Vec<u8> {
+        let mut disk = vec![0u8; sectors * sector];
         // Protective MBR.
         disk[446 + 4] = 0xEE;
         disk[510] = 0x55;
         disk[511] = 0xAA;
-        let mut table = vec![0u8; 128 * 128];
         for (i, (first, last, name)) in parts.iter().enumerate() {
-            let e = &mut table[i * 128..(i + 1) * 128];
+            let e = &mut disk[2 * sector + i * 128..2 * sector + (i + 1) * 128];
             e[0] = 0xAF; // any non-zero type GUID
             e[32..40].copy_from_slice(&first.to_le_bytes());
             e[40..48].copy_from_slice(&last.to_le_bytes());
@@ -284,18 +346,67 @@ mod tests {
                 e[56 + 2 * j..58 + 2 * j].copy_from_slice(&c.to_le_bytes());
             }
         }
-        disk[2 * SECTOR..2 * SECTOR + table.len()].copy_from_slice(&table);
-        let h = &mut disk[SECTOR..2 * SECTOR];
+        let h = &mut disk[sector..2 * sector];
         h[0..8].copy_from_slice(b"EFI PART");
         h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
         h[12..16].copy_from_slice(&92u32.to_le_bytes());
         h[72..80].copy_from_slice(&2u64.to_le_bytes());
         h[80..84].copy_from_slice(&128u32.to_le_bytes());
         h[84..88].copy_from_slice(&128u32.to_le_bytes());
-        h[88..92].copy_from_slice(&crc32fast::hash(&table).to_le_bytes());
-        let crc = crc32fast::hash(&h[..92]);
-        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        reseal(&mut disk, sector);
         disk
+    }
+
+    /// Recomputes the GPT checksums after the header or entries were changed: the
+    /// entries' when the header's (possibly hostile) numbers still locate them in
+    /// `disk`, then the header's when its size is sane.
+    fn reseal(disk: &mut [u8], sector: usize) {
+        if disk.len() < 2 * sector {
+            return;
+        }
+        let h = sector;
+        let lba = u64::from_le_bytes(disk[h + 72..h + 80].try_into().unwrap());
+        let count = u32::from_le_bytes(disk[h + 80..h + 84].try_into().unwrap()) as usize;
+        let size = u32::from_le_bytes(disk[h + 84..h + 88].try_into().unwrap()) as usize;
+        let start = usize::try_from(lba)
+            .ok()
+            .and_then(|l| l.checked_mul(sector));
+        let end = count
+            .checked_mul(size)
+            .filter(|&n| n <= 64 << 20)
+            .and_then(|n| start?.checked_add(n));
+        if let (Some(start), Some(end)) = (start, end) {
+            if end <= disk.len() {
+                let crc = crc32fast::hash(&disk[start..end]);
+                disk[h + 88..h + 92].copy_from_slice(&crc.to_le_bytes());
+            }
+        }
+        let header_size = u32::from_le_bytes(disk[h + 12..h + 16].try_into().unwrap()) as usize;
+        if (92..=sector).contains(&header_size) {
+            disk[h + 16..h + 20].fill(0);
+            let crc = crc32fast::hash(&disk[h..h + header_size]);
+            disk[h + 16..h + 20].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+
+    /// Overwrites the little-endian field of `width` bytes at `at` with `value`.
+    fn put(disk: &mut [u8], at: usize, width: usize, value: u64) {
+        disk[at..at + width].copy_from_slice(&value.to_le_bytes()[..width]);
+    }
+
+    /// Sets an MBR slot.
+    fn mbr_entry(disk: &mut [u8], slot: usize, kind: u8, start: u32, len: u32) {
+        let e = &mut disk[446 + slot * 16..462 + slot * 16];
+        e[4] = kind;
+        e[8..12].copy_from_slice(&start.to_le_bytes());
+        e[12..16].copy_from_slice(&len.to_le_bytes());
+    }
+
+    fn table_error(disk: &[u8]) -> String {
+        match partitions(&mut Cursor::new(disk), disk.len() as u64) {
+            Ok(parts) => panic!("a hostile table was accepted: {parts:?}"),
+            Err(e) => format!("{e:#}"),
+        }
     }
 
     fn put_ext4(disk: &mut [u8], offset: usize, label: &str, blocks: u32) {
@@ -358,14 +469,8 @@ mod tests {
         let mut disk = vec![0u8; 300 * SECTOR];
         disk[510] = 0x55;
         disk[511] = 0xAA;
-        let entry = |disk: &mut Vec<u8>, slot: usize, kind: u8, start: u32, len: u32| {
-            let e = &mut disk[446 + slot * 16..462 + slot * 16];
-            e[4] = kind;
-            e[8..12].copy_from_slice(&start.to_le_bytes());
-            e[12..16].copy_from_slice(&len.to_le_bytes());
-        };
-        entry(&mut disk, 0, 0x83, 10, 100);
-        entry(&mut disk, 1, 0x05, 110, 100);
+        mbr_entry(&mut disk, 0, 0x83, 10, 100);
+        mbr_entry(&mut disk, 1, 0x05, 110, 100);
         put_ext4(&mut disk, 10 * SECTOR, "root", 25);
         let (table, parts) = partitions(&mut Cursor::new(&disk), disk.len() as u64).unwrap();
         assert_eq!(table, Table::Mbr);
@@ -391,5 +496,132 @@ mod tests {
         assert!(probe_ext4(&mut Cursor::new(&zeros), &parts[0])
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn a_4k_sector_gpt_is_read() {
+        let disk = gpt_disk_sized(4096, 64, &[(6, 63, "cloudimg-rootfs")]);
+        let (table, parts) = partitions(&mut Cursor::new(&disk), disk.len() as u64).unwrap();
+        assert_eq!(table, Table::Gpt);
+        assert_eq!(parts[0].offset, 6 * 4096);
+        assert_eq!(parts[0].size, 58 * 4096);
+    }
+
+    #[test]
+    fn hostile_gpt_headers_are_errors() {
+        let h = SECTOR;
+        // (field offset in the header, width, value, what the error says)
+        let cases: &[(usize, usize, u64, &str)] = &[
+            (12, 4, 0, "header size 0"),
+            (12, 4, u64::from(u32::MAX), "header size 4294967295"),
+            (72, 8, u64::MAX, "past the end"),
+            // entries_lba * 512 overflows u64.
+            (72, 8, u64::MAX / 512 + 1, "past the end"),
+            (72, 8, 200, "past the end"),
+            (72, 8, 0, "overlap"),
+            (72, 8, 1, "overlap"),
+            (84, 4, 0, "entries of 0 bytes"),
+            (84, 4, 8, "entries of 8 bytes"),
+            (84, 4, 129, "entries of 129 bytes"),
+            (84, 4, 8192, "entries of 8192 bytes"),
+            (84, 4, u64::from(u32::MAX), "entries of 4294967295 bytes"),
+            (80, 4, u64::from(u32::MAX), "4294967295 entries"),
+            (80, 4, 16385, "16385 entries"),
+        ];
+        for &(at, width, value, needle) in cases {
+            let mut disk = gpt_disk(200, &[(40, 99, "root")]);
+            put(&mut disk, h + at, width, value);
+            reseal(&mut disk, SECTOR);
+            let err = table_error(&disk);
+            assert!(err.contains(needle), "{at}={value}: {err}");
+        }
+        // Within each limit, but too many bytes in all.
+        let mut disk = gpt_disk(200, &[(40, 99, "root")]);
+        put(&mut disk, h + 80, 4, 16384);
+        put(&mut disk, h + 84, 4, 4096);
+        reseal(&mut disk, SECTOR);
+        let err = table_error(&disk);
+        assert!(err.contains("more than the 2097152 bytes"), "{err}");
+    }
+
+    #[test]
+    fn gpt_partitions_must_lie_within_the_disk_and_outside_the_table() {
+        let cases: &[(u64, u64, &str)] = &[
+            (
+                100,
+                50,
+                "GPT partition 2 ends at sector 50, before its first sector 100",
+            ),
+            (
+                40,
+                200,
+                "GPT partition 2 ends at sector 200, beyond the disk's 200 sectors",
+            ),
+            (40, u64::MAX, "beyond the disk's 200 sectors"),
+            // last - first + 1 overflows u64.
+            (0, u64::MAX, "beyond the disk's 200 sectors"),
+            (u64::MAX - 1, u64::MAX, "beyond the disk's 200 sectors"),
+            (u64::MAX, u64::MAX, "beyond the disk's 200 sectors"),
+            (0, 99, "overlaps the partition table"),
+            (1, 99, "overlaps the partition table"),
+            (33, 99, "overlaps the partition table"),
+            (10, 20, "overlaps the partition table"),
+        ];
+        for &(first, last, needle) in cases {
+            let disk = gpt_disk(200, &[(34, 39, "ok"), (first, last, "bad")]);
+            let err = table_error(&disk);
+            assert!(err.contains(needle), "{first}..{last}: {err}");
+        }
+        // The last sector of the disk is still in it.
+        let disk = gpt_disk(200, &[(34, 199, "all")]);
+        let (_, parts) = partitions(&mut Cursor::new(&disk), disk.len() as u64).unwrap();
+        assert_eq!(parts[0].offset + parts[0].size, disk.len() as u64);
+        // With 4 KiB sectors the bound is in 4 KiB sectors, not 512-byte ones.
+        let disk = gpt_disk_sized(4096, 64, &[(6, 64, "root")]);
+        let err = table_error(&disk);
+        assert!(
+            err.contains("ends at sector 64, beyond the disk's 64 sectors"),
+            "{err}"
+        );
+        // first * 4096 overflows u64.
+        let disk = gpt_disk_sized(4096, 64, &[(u64::MAX / 4096 + 1, u64::MAX, "root")]);
+        let err = table_error(&disk);
+        assert!(err.contains("beyond the disk's 64 sectors"), "{err}");
+    }
+
+    #[test]
+    fn mbr_partitions_must_lie_within_the_disk() {
+        let cases: &[(u32, u32, &str)] = &[
+            (
+                10,
+                291,
+                "MBR partition 2 ends at sector 300, beyond the disk's 300 sectors",
+            ),
+            (299, 2, "ends at sector 300, beyond"),
+            (u32::MAX, u32::MAX, "ends at sector 8589934589, beyond"),
+            (300, 1, "ends at sector 300, beyond"),
+            (
+                0,
+                100,
+                "MBR partition 2 starts at sector 0, over the partition table",
+            ),
+        ];
+        for &(start, len, needle) in cases {
+            let mut disk = vec![0u8; 300 * SECTOR];
+            disk[510] = 0x55;
+            disk[511] = 0xAA;
+            mbr_entry(&mut disk, 0, 0x83, 1, 9);
+            mbr_entry(&mut disk, 1, 0x83, start, len);
+            let err = table_error(&disk);
+            assert!(err.contains(needle), "{start}+{len}: {err}");
+        }
+        // Up to the last sector is fine.
+        let mut disk = vec![0u8; 300 * SECTOR];
+        disk[510] = 0x55;
+        disk[511] = 0xAA;
+        mbr_entry(&mut disk, 0, 0x83, 10, 290);
+        let (table, parts) = partitions(&mut Cursor::new(&disk), disk.len() as u64).unwrap();
+        assert_eq!(table, Table::Mbr);
+        assert_eq!(parts[0].offset + parts[0].size, disk.len() as u64);
     }
 }
