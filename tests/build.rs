@@ -682,6 +682,39 @@ fn a_base_whose_partitions_leave_the_disk_is_refused_and_leaves_nothing() {
     );
 }
 
+#[test]
+fn a_root_filesystem_larger_than_its_partition_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, offs) = make_disk(
+        dir.path(),
+        "overlap.raw",
+        "gpt",
+        &[
+            Part {
+                mib: 8,
+                ext4_label: None,
+            },
+            Part {
+                mib: 8,
+                ext4_label: Some("data"),
+            },
+        ],
+    );
+    // A root filesystem made 16 MiB in partition 1's 8 MiB: it spans partition 2, and
+    // debugfs, which knows only its offset, would write wherever its blocks are.
+    run(Command::new("mkfs.ext4")
+        .env("E2FSPROGS_FAKE_TIME", "1600000000")
+        .args(["-q", "-F", "-b", "1024", "-L", "cloudimg-rootfs", "-E"])
+        .arg(format!("offset={}", offs[0]))
+        .arg(&base)
+        .arg("16384k"));
+    assert_refused(
+        dir.path(),
+        &base,
+        "partition 1: the ext4 filesystem is 16384 blocks of 1024 bytes (16777216 bytes), larger than the 8388608 bytes it lies in",
+    );
+}
+
 /// Boot tier helpers: the tiny busybox web app, packed with `imgforge pack`.
 const WEBAPP_SPEC: &str = r#"name: imgforge/webapp:test
 architecture: amd64

@@ -179,7 +179,7 @@ pub fn build(plan: &BuildPlan, progress: &mut dyn FnMut(&str)) -> Result<BuildRe
         root.partition.name,
         root.fs.label,
         root.partition.offset,
-        human(root.fs.blocks * root.fs.block_size),
+        human(root.fs.bytes()),
         human(stats.available_bytes())
     ));
     if stats.features.iter().any(|f| f == "needs_recovery") || stats.state != "clean" {

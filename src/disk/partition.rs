@@ -3,7 +3,9 @@
 //!
 //! Everything here is read from an image that may be damaged or hostile: every number
 //! taken from it is checked before it is used as an offset, a length or a count, and a
-//! partition that does not fit where it claims to be is an error.
+//! partition or filesystem that does not fit where it claims to be is an error. The
+//! filesystem's size matters most: e2fsprogs is given only the partition's offset and
+//! trusts the superblock's block count for the rest.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -20,6 +22,8 @@ const MAX_GPT_ENTRIES: u32 = 16384;
 const MAX_GPT_ARRAY_BYTES: u64 = 2 << 20;
 /// The largest GPT entry; entries are 128 bytes times a power of two.
 const MAX_GPT_ENTRY_SIZE: u32 = 4096;
+/// ext2/3/4 block sizes are 1 KiB << s_log_block_size, at most 64 KiB.
+const MAX_LOG_BLOCK_SIZE: u32 = 6;
 /// MBR entries count in 512-byte sectors.
 const MBR_SECTOR: u64 = 512;
 
@@ -44,6 +48,14 @@ pub struct Ext4Super {
     pub blocks: u64,
     /// Last write time (seconds since the epoch), 0 when never written.
     pub write_time: u64,
+}
+
+impl Ext4Super {
+    /// The filesystem's size in bytes. [`probe_ext4`] only returns filesystems that fit
+    /// in their partition, so this does not saturate for those.
+    pub fn bytes(&self) -> u64 {
+        self.blocks.saturating_mul(self.block_size)
+    }
 }
 
 /// A partition holding an ext2/3/4 filesystem.
@@ -228,27 +240,44 @@ fn gpt(
     Ok(Some(parts))
 }
 
-/// The ext2/3/4 superblock at the start of `part`, if there is one.
+/// The ext2/3/4 superblock at the start of `part`, if there is one. A superblock whose
+/// block size is out of range, or whose filesystem would not fit in `part`, is an error:
+/// e2fsprogs would read and write past the partition's end.
 pub fn probe_ext4(disk: &mut (impl Read + Seek), part: &Partition) -> Result<Option<Ext4Super>> {
     if part.size < 2048 {
         return Ok(None);
     }
     let mut sb = [0u8; 1024];
-    if !read_at(disk, part.offset + 1024, &mut sb)? {
+    let Some(at) = part.offset.checked_add(1024) else {
+        return Ok(None);
+    };
+    if !read_at(disk, at, &mut sb)? {
         return Ok(None);
     }
     if u16::from_le_bytes([sb[56], sb[57]]) != 0xEF53 {
         return Ok(None);
     }
     let log = u32_le(&sb[24..28]);
-    if log > 6 {
-        return Ok(None);
+    if log > MAX_LOG_BLOCK_SIZE {
+        bail!(
+            "the ext4 superblock gives a block size of 2^(10+{log}) bytes: ext4 blocks are 1 KiB to 64 KiB"
+        );
     }
     let block_size = 1024u64 << log;
     let incompat = u32_le(&sb[96..100]);
     let mut blocks = u64::from(u32_le(&sb[4..8]));
     if incompat & 0x80 != 0 {
         blocks |= u64::from(u32_le(&sb[0x150..0x154])) << 32;
+    }
+    if blocks == 0 {
+        bail!("the ext4 superblock gives the filesystem 0 blocks");
+    }
+    let bytes = u128::from(blocks) * u128::from(block_size);
+    if bytes > u128::from(part.size) {
+        bail!(
+            "the ext4 filesystem is {blocks} blocks of {block_size} bytes ({bytes} bytes), larger than the {} bytes it lies in",
+            part.size
+        );
     }
     let write_time = u64::from(u32_le(&sb[48..52])) | (u64::from(sb[0x274]) << 32);
     let label_bytes = &sb[120..136];
@@ -290,7 +319,7 @@ pub fn find_root(raw: &Path) -> Result<(Table, Option<RootFs>)> {
         found
             .iter()
             .enumerate()
-            .max_by_key(|(_, r)| r.fs.blocks * r.fs.block_size)
+            .max_by_key(|(_, r)| r.fs.bytes())
             .map(|(i, _)| i)
     });
     Ok((table, pick.map(|i| found.swap_remove(i))))
@@ -445,8 +474,9 @@ mod tests {
     #[test]
     fn the_labelled_root_wins_over_a_larger_ext4() {
         let mut disk = gpt_disk(400, &[(40, 99, "a"), (100, 149, "b"), (150, 399, "c")]);
-        put_ext4(&mut disk, 40 * SECTOR, ROOT_LABEL, 10);
-        put_ext4(&mut disk, 150 * SECTOR, "data", 60);
+        // 4 KiB blocks: 7 fit in partition a's 60 sectors, 31 in c's 250.
+        put_ext4(&mut disk, 40 * SECTOR, ROOT_LABEL, 7);
+        put_ext4(&mut disk, 150 * SECTOR, "data", 31);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.raw");
         std::fs::write(&path, &disk).unwrap();
@@ -471,7 +501,7 @@ mod tests {
         disk[511] = 0xAA;
         mbr_entry(&mut disk, 0, 0x83, 10, 100);
         mbr_entry(&mut disk, 1, 0x05, 110, 100);
-        put_ext4(&mut disk, 10 * SECTOR, "root", 25);
+        put_ext4(&mut disk, 10 * SECTOR, "root", 12);
         let (table, parts) = partitions(&mut Cursor::new(&disk), disk.len() as u64).unwrap();
         assert_eq!(table, Table::Mbr);
         assert_eq!(parts.len(), 1);
@@ -623,5 +653,68 @@ mod tests {
         let (table, parts) = partitions(&mut Cursor::new(&disk), disk.len() as u64).unwrap();
         assert_eq!(table, Table::Mbr);
         assert_eq!(parts[0].offset + parts[0].size, disk.len() as u64);
+    }
+
+    #[test]
+    fn hostile_ext4_superblocks_are_errors() {
+        let part = Partition {
+            number: 1,
+            offset: 10 * SECTOR as u64,
+            size: 100 * SECTOR as u64,
+            name: String::new(),
+        };
+        let sb = 10 * SECTOR + 1024;
+        let probe = |disk: &[u8]| match probe_ext4(&mut Cursor::new(disk), &part) {
+            Ok(fs) => panic!("a hostile superblock was accepted: {fs:?}"),
+            Err(e) => format!("{e:#}"),
+        };
+        let fresh = || {
+            let mut disk = vec![0u8; 300 * SECTOR];
+            put_ext4(&mut disk, 10 * SECTOR, "root", 12);
+            disk
+        };
+        // 12 blocks of 4 KiB fit in 51200 bytes.
+        assert!(probe_ext4(&mut Cursor::new(&fresh()), &part)
+            .unwrap()
+            .is_some());
+
+        for log in [7u64, 22, 54, 63, 64, u64::from(u32::MAX)] {
+            let mut disk = fresh();
+            put(&mut disk, sb + 24, 4, log);
+            let err = probe(&disk);
+            assert!(err.contains("block size of 2^(10+"), "log {log}: {err}");
+        }
+        for blocks in [13u64, u64::from(u32::MAX)] {
+            let mut disk = fresh();
+            put(&mut disk, sb + 4, 4, blocks);
+            let err = probe(&disk);
+            assert!(
+                err.contains("larger than the 51200 bytes"),
+                "{blocks}: {err}"
+            );
+        }
+        let mut disk = fresh();
+        put(&mut disk, sb + 4, 4, 0);
+        assert!(probe(&disk).contains("0 blocks"));
+        // 64-bit block counts: blocks * block size overflows u64.
+        let mut disk = fresh();
+        put(&mut disk, sb + 96, 4, 0x80);
+        put(&mut disk, sb + 0x150, 4, u64::from(u32::MAX));
+        put(&mut disk, sb + 24, 4, 6);
+        let err = probe(&disk);
+        assert!(err.contains("larger than the 51200 bytes"), "{err}");
+
+        // find_root names the partition.
+        let mut disk = gpt_disk(200, &[(40, 99, "a"), (100, 199, "b")]);
+        put_ext4(&mut disk, 40 * SECTOR, "small", 7);
+        put_ext4(&mut disk, 100 * SECTOR, "big", 13);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.raw");
+        std::fs::write(&path, &disk).unwrap();
+        let err = format!("{:#}", find_root(&path).unwrap_err());
+        assert!(
+            err.contains("partition 2: the ext4 filesystem is 13 blocks of 4096 bytes (53248 bytes), larger than the 51200 bytes"),
+            "{err}"
+        );
     }
 }
