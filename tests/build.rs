@@ -715,6 +715,31 @@ fn a_root_filesystem_larger_than_its_partition_is_refused_and_leaves_nothing() {
     );
 }
 
+#[test]
+fn a_root_superblock_claiming_more_free_blocks_than_blocks_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, offs) = make_disk(
+        dir.path(),
+        "free.raw",
+        "gpt",
+        &[Part {
+            mib: 8,
+            ext4_label: Some("cloudimg-rootfs"),
+        }],
+    );
+    // dumpe2fs reports what the superblock says: 2^64 - 1 free blocks.
+    run(Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg("ssv free_blocks_count 18446744073709551615")
+        .arg(device(&base, offs[0])));
+    assert_refused(
+        dir.path(),
+        &base,
+        "the root filesystem's superblock is inconsistent (18446744073709551615 free blocks",
+    );
+}
+
 /// Boot tier helpers: the tiny busybox web app, packed with `imgforge pack`.
 const WEBAPP_SPEC: &str = r#"name: imgforge/webapp:test
 architecture: amd64

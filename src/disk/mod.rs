@@ -172,7 +172,28 @@ pub fn build(plan: &BuildPlan, progress: &mut dyn FnMut(&str)) -> Result<BuildRe
         )));
     };
     let device = ext4::device(work.path(), root.partition.offset)?;
-    let stats = ext4::stats(&device)?;
+    let stats = ext4::stats(&device).map_err(|e| {
+        if crate::exit::code_for(&e) == crate::exit::USAGE {
+            e
+        } else {
+            usage(format!(
+                "base image {}: reading its root filesystem: {e:#}",
+                base.display()
+            ))
+        }
+    })?;
+    // dumpe2fs reads the same superblock: numbers that disagree with it, or more free
+    // blocks than there are, mean a damaged one.
+    if stats.block_size != root.fs.block_size || stats.free_blocks > root.fs.blocks {
+        return Err(usage(format!(
+            "base image {}: the root filesystem's superblock is inconsistent ({} free blocks of {} bytes; {} blocks of {} bytes in all): run e2fsck on the base first",
+            base.display(),
+            stats.free_blocks,
+            stats.block_size,
+            root.fs.blocks,
+            root.fs.block_size
+        )));
+    }
     progress(&format!(
         "root filesystem: partition {} {:?} label {:?} at byte {}, {}, {} available",
         root.partition.number,
@@ -225,8 +246,14 @@ pub fn build(plan: &BuildPlan, progress: &mut dyn FnMut(&str)) -> Result<BuildRe
                 meta.len()
             }
         };
-        written += len;
-        needed += len.div_ceil(stats.block_size) * stats.block_size + len / 100;
+        // Saturating: a sum that wrapped would let an oversized write through.
+        written = written.saturating_add(len);
+        needed = needed
+            .saturating_add(
+                len.div_ceil(stats.block_size)
+                    .saturating_mul(stats.block_size),
+            )
+            .saturating_add(len / 100);
         staged.push((f, name, len));
     }
     if needed > stats.available_bytes() {
