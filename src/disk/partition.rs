@@ -349,6 +349,7 @@ fn u64_le(b: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::io::Cursor;
 
     const SECTOR: usize = 512;
@@ -716,5 +717,165 @@ mod tests {
             err.contains("partition 2: the ext4 filesystem is 13 blocks of 4096 bytes (53248 bytes), larger than the 51200 bytes"),
             "{err}"
         );
+    }
+
+    /// Numbers that tend to break sector and size arithmetic.
+    fn interesting() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            Just(1),
+            Just(2),
+            Just(33),
+            Just(34),
+            Just(128),
+            Just(199),
+            Just(200),
+            Just(4096),
+            Just(u64::from(u32::MAX)),
+            Just(u64::MAX),
+            Just(u64::MAX / 512 + 1),
+            Just(u64::MAX / 4096 + 1),
+            0u64..1024,
+            any::<u64>(),
+        ]
+    }
+
+    /// The fields of `disk` (a GPT disk with `sector`-byte sectors and ext4s at LBA 40
+    /// and 100, or a plain MBR one) that the parser reads, as (offset, width).
+    fn fields(sector: usize) -> Vec<(usize, usize)> {
+        let mut f = vec![(510, 1), (511, 1)];
+        for slot in 0..4 {
+            let e = 446 + slot * 16;
+            f.extend([(e + 4, 1), (e + 8, 4), (e + 12, 4)]);
+        }
+        let h = sector;
+        f.extend([(h, 1), (h + 12, 4), (h + 72, 8), (h + 80, 4), (h + 84, 4)]);
+        for i in 0..4 {
+            let e = 2 * sector + i * 128;
+            f.extend([(e, 1), (e + 32, 8), (e + 40, 8)]);
+        }
+        for part in [40, 100] {
+            let sb = part * sector + 1024;
+            f.extend([
+                (sb + 4, 4),
+                (sb + 24, 4),
+                (sb + 56, 2),
+                (sb + 96, 4),
+                (sb + 0x150, 4),
+            ]);
+        }
+        f
+    }
+
+    /// A valid disk to mutate: GPT (512-byte or 4 KiB sectors) or MBR, two ext4s.
+    fn valid_disk(kind: u8) -> (Vec<u8>, usize) {
+        match kind {
+            0 | 1 => {
+                let sector = if kind == 0 { 512 } else { 4096 };
+                let mut disk = gpt_disk_sized(sector, 160, &[(40, 99, "a"), (100, 159, "b")]);
+                put_ext4(&mut disk, 40 * sector, "a", (60 * sector / 4096) as u32);
+                put_ext4(
+                    &mut disk,
+                    100 * sector,
+                    ROOT_LABEL,
+                    (60 * sector / 4096) as u32,
+                );
+                (disk, sector)
+            }
+            _ => {
+                let mut disk = vec![0u8; 160 * SECTOR];
+                disk[510] = 0x55;
+                disk[511] = 0xAA;
+                mbr_entry(&mut disk, 0, 0x83, 40, 60);
+                mbr_entry(&mut disk, 1, 0x83, 100, 60);
+                put_ext4(&mut disk, 40 * SECTOR, "a", 7);
+                put_ext4(&mut disk, 100 * SECTOR, ROOT_LABEL, 7);
+                (disk, SECTOR)
+            }
+        }
+    }
+
+    /// What must hold whatever the disk holds: no panic (the caller), and every
+    /// partition and filesystem returned lies within the disk and its partition.
+    fn check_invariants(disk: &[u8]) -> Result<(), TestCaseError> {
+        let size = disk.len() as u64;
+        let Ok((table, parts)) = partitions(&mut Cursor::new(disk), size) else {
+            return Ok(());
+        };
+        for p in &parts {
+            let end = p.offset.checked_add(p.size);
+            prop_assert!(end.is_some_and(|e| e <= size), "{p:?} past {size}");
+            match table {
+                Table::Gpt => prop_assert!(p.offset >= 1024 && p.size > 0, "{p:?}"),
+                Table::Mbr => prop_assert!(p.offset >= 512 && p.size > 0, "{p:?}"),
+                Table::None => prop_assert!(p.offset == 0 && p.size == size, "{p:?}"),
+            }
+            if let Ok(Some(fs)) = probe_ext4(&mut Cursor::new(disk), p) {
+                prop_assert!((1024..=65536).contains(&fs.block_size), "{fs:?}");
+                prop_assert!(
+                    u128::from(fs.blocks) * u128::from(fs.block_size) <= u128::from(p.size),
+                    "{fs:?} in {p:?}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Valid tables with some of the numbers the parser reads replaced, the
+        /// checksums usually made to match again so the numbers reach the parser,
+        /// the disk sometimes cut short.
+        #[test]
+        fn mutated_tables_never_panic_nor_leave_the_disk(
+            kind in 0u8..3,
+            edits in prop::collection::vec((any::<prop::sample::Index>(), interesting()), 1..6),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+            reseal_crcs in prop::bool::weighted(0.9),
+            cut in prop::option::weighted(0.2, any::<prop::sample::Index>()),
+        ) {
+            let (mut disk, sector) = valid_disk(kind);
+            let f = fields(sector);
+            for (i, value) in edits {
+                let (at, width) = f[i.index(f.len())];
+                put(&mut disk, at, width, value);
+            }
+            for (i, x) in flips {
+                let at = i.index(4 * sector);
+                disk[at] ^= x;
+            }
+            if reseal_crcs {
+                reseal(&mut disk, sector);
+            }
+            if let Some(cut) = cut {
+                disk.truncate(cut.index(disk.len() + 1));
+            }
+            check_invariants(&disk)?;
+        }
+
+        /// Random bytes behind a boot signature: random MBR entries, or a GPT header
+        /// that locates up to 12 random entries, with checksums made to match.
+        #[test]
+        fn random_tables_never_panic_nor_leave_the_disk(
+            mut disk in prop::collection::vec(any::<u8>(), 0..24 * 512),
+            gpt in any::<bool>(),
+            count in 0u64..12,
+        ) {
+            if disk.len() >= 1024 {
+                disk[510] = 0x55;
+                disk[511] = 0xAA;
+                if gpt {
+                    disk[446 + 4] = 0xEE;
+                    disk[512..520].copy_from_slice(b"EFI PART");
+                    put(&mut disk, 512 + 12, 4, 92);
+                    put(&mut disk, 512 + 72, 8, 2);
+                    put(&mut disk, 512 + 80, 4, count);
+                    put(&mut disk, 512 + 84, 4, 128);
+                    reseal(&mut disk, 512);
+                }
+            }
+            check_invariants(&disk)?;
+        }
     }
 }
