@@ -20,8 +20,11 @@ pub struct FsStats {
 
 impl FsStats {
     /// Bytes an unprivileged writer could still use: free minus root's reserve.
+    /// Saturates: the counts come from the image.
     pub fn available_bytes(&self) -> u64 {
-        self.free_blocks.saturating_sub(self.reserved_blocks) * self.block_size
+        self.free_blocks
+            .saturating_sub(self.reserved_blocks)
+            .saturating_mul(self.block_size)
     }
 }
 
@@ -96,8 +99,12 @@ fn parse_stats(text: &str) -> Result<FsStats> {
         v.parse()
             .with_context(|| format!("{name:?} is {v:?}, not a number"))
     };
+    let block_size = number("Block size")?;
+    if !(1024..=65536).contains(&block_size) || !block_size.is_power_of_two() {
+        bail!("a block size of {block_size} bytes: ext4 blocks are 1 KiB to 64 KiB");
+    }
     Ok(FsStats {
-        block_size: number("Block size")?,
+        block_size,
         free_blocks: number("Free blocks")?,
         reserved_blocks: number("Reserved block count").unwrap_or(0),
         state: field("Filesystem state").unwrap_or("").to_string(),
@@ -222,6 +229,15 @@ Block size:               1024
         assert!(s.features.iter().any(|f| f == "64bit"));
         assert_eq!(s.available_bytes(), (52180 - 3072) * 1024);
         assert!(parse_stats("Block size: 4096\n").is_err());
+        for bad in ["0", "512", "3072", "131072"] {
+            let err = parse_stats(&format!("Block size: {bad}\nFree blocks: 1\n")).unwrap_err();
+            assert!(err.to_string().contains("1 KiB to 64 KiB"), "{bad}: {err}");
+        }
+        let huge = FsStats {
+            free_blocks: u64::MAX,
+            ..s
+        };
+        assert_eq!(huge.available_bytes(), u64::MAX);
     }
 
     #[test]

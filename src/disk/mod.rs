@@ -14,12 +14,6 @@ use anyhow::{bail, Context, Result};
 
 use crate::exit::usage;
 
-/// Where the deployment's cloud-config goes: cloud-init's system configuration, merged
-/// with whatever the provider's datasource brings (its network config, its SSH keys).
-pub const CLOUD_CFG_PATH: &str = "/etc/cloud/cloud.cfg.d/90-imgforge.cfg";
-/// Where a baked OCI bundle goes (`Bundle::File`).
-pub const BUNDLE_PATH: &str = "/var/lib/imgforge/bundle.oci.tar";
-
 /// Room kept free beyond the files themselves: extent blocks, directory growth and
 /// a little for the first boot before the root filesystem is grown.
 const MARGIN_BYTES: u64 = 4 << 20;
@@ -172,14 +166,35 @@ pub fn build(plan: &BuildPlan, progress: &mut dyn FnMut(&str)) -> Result<BuildRe
         )));
     };
     let device = ext4::device(work.path(), root.partition.offset)?;
-    let stats = ext4::stats(&device)?;
+    let stats = ext4::stats(&device).map_err(|e| {
+        if crate::exit::code_for(&e) == crate::exit::USAGE {
+            e
+        } else {
+            usage(format!(
+                "base image {}: reading its root filesystem: {e:#}",
+                base.display()
+            ))
+        }
+    })?;
+    // dumpe2fs reads the same superblock: numbers that disagree with it, or more free
+    // blocks than there are, mean a damaged one.
+    if stats.block_size != root.fs.block_size || stats.free_blocks > root.fs.blocks {
+        return Err(usage(format!(
+            "base image {}: the root filesystem's superblock is inconsistent ({} free blocks of {} bytes; {} blocks of {} bytes in all): run e2fsck on the base first",
+            base.display(),
+            stats.free_blocks,
+            stats.block_size,
+            root.fs.blocks,
+            root.fs.block_size
+        )));
+    }
     progress(&format!(
         "root filesystem: partition {} {:?} label {:?} at byte {}, {}, {} available",
         root.partition.number,
         root.partition.name,
         root.fs.label,
         root.partition.offset,
-        human(root.fs.blocks * root.fs.block_size),
+        human(root.fs.bytes()),
         human(stats.available_bytes())
     ));
     if stats.features.iter().any(|f| f == "needs_recovery") || stats.state != "clean" {
@@ -225,8 +240,14 @@ pub fn build(plan: &BuildPlan, progress: &mut dyn FnMut(&str)) -> Result<BuildRe
                 meta.len()
             }
         };
-        written += len;
-        needed += len.div_ceil(stats.block_size) * stats.block_size + len / 100;
+        // Saturating: a sum that wrapped would let an oversized write through.
+        written = written.saturating_add(len);
+        needed = needed
+            .saturating_add(
+                len.div_ceil(stats.block_size)
+                    .saturating_mul(stats.block_size),
+            )
+            .saturating_add(len / 100);
         staged.push((f, name, len));
     }
     if needed > stats.available_bytes() {
@@ -488,8 +509,8 @@ mod tests {
 
     #[test]
     fn guest_paths_are_checked_before_reaching_debugfs() {
-        assert!(check_guest_path(CLOUD_CFG_PATH).is_ok());
-        assert!(check_guest_path(BUNDLE_PATH).is_ok());
+        assert!(check_guest_path(&crate::render::layout().system_cloud_config).is_ok());
+        assert!(check_guest_path(&crate::render::layout().baked_bundle).is_ok());
         for bad in [
             "relative",
             "/a b",

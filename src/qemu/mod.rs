@@ -671,6 +671,7 @@ mod tests {
             "serial_log",
             "overlay",
             "host",
+            "known_hosts",
         ];
         expected.sort_unstable();
         assert_eq!(keys, expected);

@@ -542,3 +542,139 @@ fn unsupported_formats_missing_inputs_and_tools_are_usage_errors() {
         .unwrap();
     assert_usage_error(&out, "qemu-utils");
 }
+
+/// Rewrites a field of the primary GPT of `disk` (512-byte sectors) and makes both
+/// checksums match again, as a hostile image would: `entry` 0-based, `at` the offset
+/// in that entry.
+fn patch_gpt_entry(disk: &Path, entry: usize, at: usize, value: u64) {
+    let mut d = fs::read(disk).unwrap();
+    let u32_at = |d: &[u8], i: usize| u32::from_le_bytes(d[i..i + 4].try_into().unwrap());
+    let h = 512;
+    let lba = u64::from_le_bytes(d[h + 72..h + 80].try_into().unwrap()) as usize;
+    let (count, size) = (u32_at(&d, h + 80) as usize, u32_at(&d, h + 84) as usize);
+    let e = lba * 512 + entry * size + at;
+    d[e..e + 8].copy_from_slice(&value.to_le_bytes());
+    let crc = crc32fast::hash(&d[lba * 512..lba * 512 + count * size]);
+    d[h + 88..h + 92].copy_from_slice(&crc.to_le_bytes());
+    let header_size = u32_at(&d, h + 12) as usize;
+    d[h + 16..h + 20].fill(0);
+    let crc = crc32fast::hash(&d[h..h + header_size]);
+    d[h + 16..h + 20].copy_from_slice(&crc.to_le_bytes());
+    fs::write(disk, d).unwrap();
+}
+
+/// Builds from a hostile base: exit 2 with `needle` in the message, and nothing in the
+/// output directory, the work file included.
+fn assert_refused(dir: &Path, base: &Path, needle: &str) {
+    let out_dir = dir.join("out");
+    fs::create_dir_all(&out_dir).unwrap();
+    for format in ["raw", "qcow2"] {
+        let out = build(
+            base,
+            &out_dir.join(format!("x.{format}")),
+            &["--format", format],
+            &key(dir),
+        );
+        assert_usage_error(&out, needle);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&base.display().to_string()), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            dir_entries(&out_dir).is_empty(),
+            "{:?}",
+            dir_entries(&out_dir)
+        );
+    }
+}
+
+#[test]
+fn a_base_whose_partitions_leave_the_disk_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = || Part {
+        mib: 8,
+        ext4_label: Some("cloudimg-rootfs"),
+    };
+
+    // GPT: the root partition's last LBA (entry offset 40) past the disk's 10 MiB.
+    let (gpt, _) = make_disk(dir.path(), "gpt.raw", "gpt", &[root()]);
+    patch_gpt_entry(&gpt, 0, 40, 10 * MIB / 512 + 100);
+    assert_refused(
+        dir.path(),
+        &gpt,
+        "GPT partition 1 ends at sector 20580, beyond the disk's 20480 sectors",
+    );
+    // A last LBA before the first.
+    let (gpt, _) = make_disk(dir.path(), "gpt2.raw", "gpt", &[root()]);
+    patch_gpt_entry(&gpt, 0, 40, 100);
+    assert_refused(dir.path(), &gpt, "before its first sector 2048");
+
+    // MBR: the root partition's sector count (at 446 + 12) runs past the disk; its
+    // filesystem is intact, so only the table's bound refuses it.
+    let (mbr, _) = make_disk(dir.path(), "mbr.raw", "dos", &[root()]);
+    let mut d = fs::read(&mbr).unwrap();
+    d[446 + 12..446 + 16].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    fs::write(&mbr, d).unwrap();
+    assert_refused(
+        dir.path(),
+        &mbr,
+        "MBR partition 1 ends at sector 1073743871, beyond the disk's 20480 sectors",
+    );
+}
+
+#[test]
+fn a_root_filesystem_larger_than_its_partition_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, offs) = make_disk(
+        dir.path(),
+        "overlap.raw",
+        "gpt",
+        &[
+            Part {
+                mib: 8,
+                ext4_label: None,
+            },
+            Part {
+                mib: 8,
+                ext4_label: Some("data"),
+            },
+        ],
+    );
+    // A root filesystem made 16 MiB in partition 1's 8 MiB: it spans partition 2, and
+    // debugfs, which knows only its offset, would write wherever its blocks are.
+    run(Command::new("mkfs.ext4")
+        .env("E2FSPROGS_FAKE_TIME", "1600000000")
+        .args(["-q", "-F", "-b", "1024", "-L", "cloudimg-rootfs", "-E"])
+        .arg(format!("offset={}", offs[0]))
+        .arg(&base)
+        .arg("16384k"));
+    assert_refused(
+        dir.path(),
+        &base,
+        "partition 1: the ext4 filesystem is 16384 blocks of 1024 bytes (16777216 bytes), larger than the 8388608 bytes it lies in",
+    );
+}
+
+#[test]
+fn a_root_superblock_claiming_more_free_blocks_than_blocks_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, offs) = make_disk(
+        dir.path(),
+        "free.raw",
+        "gpt",
+        &[Part {
+            mib: 8,
+            ext4_label: Some("cloudimg-rootfs"),
+        }],
+    );
+    // dumpe2fs reports what the superblock says: 2^64 - 1 free blocks.
+    run(Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg("ssv free_blocks_count 18446744073709551615")
+        .arg(device(&base, offs[0])));
+    assert_refused(
+        dir.path(),
+        &base,
+        "the root filesystem's superblock is inconsistent (18446744073709551615 free blocks",
+    );
+}

@@ -313,7 +313,11 @@ fn skopeo_reads_it_as_oci_archive_and_docker_archive() {
         for l in layers {
             // skopeo verified each blob against its digest while copying; check it kept them.
             let d = l["digest"].as_str().unwrap();
-            assert_eq!(sha256_file(&dest.join(&d[7..])), d, "{transport} blob");
+            assert_eq!(
+                format!("sha256:{}", sha256_file(&dest.join(&d[7..]))),
+                d,
+                "{transport} blob"
+            );
         }
     }
 }
