@@ -7,7 +7,9 @@ version the same way. State lives in app.json: which record each slot runs, whic
 is active, the version before it (the rollback target) and the deploy history.
 """
 
+import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -18,8 +20,13 @@ from .system import Failed, log, out, run, write_atomic
 
 SLOTS = ("blue", "green")
 HISTORY = 20
-DRAIN_SECONDS = 5
+# The longest an old slot keeps serving requests it had when traffic switched.
+DRAIN_SECONDS = 30
 LOG_LINES = 20
+
+
+class Refused(Failed):
+    """The request cannot be done as asked (another deploy runs, bad input): exit 2."""
 
 
 def other(slot):
@@ -52,6 +59,26 @@ def upstream_conf(port):
             f"    server 127.0.0.1:{int(port)};\n"
             "    keepalive 8;\n"
             "}\n")
+
+
+def draining():
+    """nginx workers from before the switch that still finish requests."""
+    for path in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(path, "rb") as f:
+                if b"worker process is shutting down" in f.read():
+                    return True
+        except OSError:
+            pass
+    return False
+
+
+def drain(seconds):
+    """Waits (at most `seconds`) until nginx's old workers have finished with the old slot."""
+    end = time.monotonic() + seconds
+    time.sleep(min(1.0, seconds))
+    while time.monotonic() < end and draining():
+        time.sleep(0.5)
 
 
 def healthy(url, timeout, interval=1.0):
@@ -105,18 +132,24 @@ class Apps:
                 "env_file": env_file, "user": (info.get("Config") or {}).get("User") or ""}
 
     # -- deploys -----------------------------------------------------------------
-    def deploy(self, record, kind="deploy", health_timeout=60, drain=DRAIN_SECONDS):
-        """Runs record in the idle slot and switches traffic to it once healthy. Raises
-        Failed (nothing switched, the old version still serving) if it never is."""
+    @contextlib.contextmanager
+    def locked(self):
+        """One deploy at a time on this VM; a second one is refused at once."""
         os.makedirs(self.paths.state_dir, exist_ok=True)
         with open(self.paths.under("state_dir", "deploy.lock"), "w") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                raise Failed("another deploy is running on this VM; try again when it ends") from None
-            return self._deploy(record, kind, health_timeout, drain)
+                raise Refused("another deploy is running on this VM; try again when it ends") from None
+            yield
 
-    def _deploy(self, record, kind, health_timeout, drain):
+    def deploy(self, record, kind="deploy", health_timeout=60, drain_s=DRAIN_SECONDS):
+        """Runs record in the idle slot and switches traffic to it once healthy. Raises
+        Failed (nothing switched, the old version still serving) if it never is. The
+        caller holds `locked()`."""
+        return self._deploy(record, kind, health_timeout, drain_s)
+
+    def _deploy(self, record, kind, health_timeout, drain_s):
         st = self.load()
         old = st["active"]
         slot = other(old) if old else SLOTS[0]
@@ -153,7 +186,7 @@ class Apps:
         st["active"] = slot
         self.save(st)
         if old:
-            time.sleep(drain)
+            drain(drain_s)
             run("systemctl", "stop", unit(old), check=False)
         self.prune_images(st)
         self.finish(st, dict(entry, result="ok", healthy_s=round(healthy_after, 2),
@@ -177,11 +210,20 @@ class Apps:
             raise
         run("systemctl", "reload", "nginx.service")
 
-    def rollback(self, health_timeout=60):
+    def rollback(self, health_timeout=60, drain_s=DRAIN_SECONDS):
         st = self.load()
         if not st.get("previous"):
-            raise Failed("there is no previous version to roll back to")
-        return self.deploy(st["previous"], kind="rollback", health_timeout=health_timeout)
+            raise Refused("there is no previous version to roll back to")
+        return self.deploy(st["previous"], "rollback", health_timeout, drain_s)
+
+    def env_text(self):
+        """The environment the running version has."""
+        st = self.load()
+        rec = st["running"].get(st["active"]) if st.get("active") else None
+        if not rec:
+            return ""
+        with open(rec["env_file"]) as f:
+            return f.read()
 
     def own_data_dir(self, record):
         """The data directory belongs to the user the image runs as, when it is numeric."""

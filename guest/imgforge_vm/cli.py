@@ -3,8 +3,10 @@
 import argparse
 import sys
 
-from . import firstboot
-from .app import Apps, healthy
+import json
+
+from . import firstboot, remote
+from .app import Apps, Refused, healthy
 from .backup import backup
 from .cert import Certificate
 from .context import Ctx
@@ -21,6 +23,9 @@ def main(argv=None):
     sub.add_parser("backup", help="archive the data directory")
     sub.add_parser("report", help="record cloud-init's result and the app's health")
     sub.add_parser("docker-firewall", help="block containers from the metadata service")
+    sub.add_parser("deploy-version", help="deploy the version stdin describes, blue-green")
+    sub.add_parser("rollback", help="back to the version before, blue-green")
+    sub.add_parser("status", help="status.json, the certificate, disk use (JSON)")
     s = sub.add_parser("run-slot", help="run a slot's container (imgforge-app@.service)")
     s.add_argument("slot", choices=["blue", "green"])
     s = sub.add_parser("wait-healthy", help="wait for a slot's health path")
@@ -42,10 +47,18 @@ def main(argv=None):
             report(ctx)
         elif args.command == "docker-firewall":
             log("metadata block: " + block_metadata())
+        elif args.command in ("deploy-version", "rollback"):
+            fn = remote.deploy_version if args.command == "deploy-version" else remote.rollback
+            print(json.dumps(fn(ctx, sys.stdin.buffer)), flush=True)
+        elif args.command == "status":
+            print(json.dumps(remote.report(ctx)), flush=True)
         elif args.command == "run-slot":
             Apps(ctx).exec_slot(args.slot)
         elif args.command == "wait-healthy":
             return 0 if healthy(Apps(ctx).health_url(args.slot), args.timeout) else 1
+    except Refused as e:
+        print(f"imgforge-vm: error: {e}", file=sys.stderr)
+        return 2
     except Failed as e:
         print(f"imgforge-vm: error: {e}", file=sys.stderr)
         return 1

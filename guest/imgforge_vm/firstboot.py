@@ -154,7 +154,8 @@ def app(ctx):
     with open(ctx.paths.app_env) as f:
         env_text = f.read()
     apps = Apps(ctx)
-    apps.deploy(apps.record(ctx.conf["image"], env_text), kind="first-boot", health_timeout=300)
+    with apps.locked():
+        apps.deploy(apps.record(ctx.conf["image"], env_text), kind="first-boot", health_timeout=300)
 
 
 def nginx(ctx):

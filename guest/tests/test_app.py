@@ -60,7 +60,8 @@ class Deploys(unittest.TestCase):
             return f.read()
 
     def deploy(self, ref, env="A=1\n", **kw):
-        return self.apps.deploy(self.apps.record(ref, env), **kw)
+        with self.apps.locked():
+            return self.apps.deploy(self.apps.record(ref, env), **kw)
 
     def test_first_deploy_goes_to_blue_then_the_next_to_green(self):
         self.assertEqual(self.deploy("app:1", kind="first-boot"), "blue")
@@ -98,7 +99,8 @@ class Deploys(unittest.TestCase):
     def test_rollback_returns_to_the_version_before(self):
         self.deploy("app:1")
         self.deploy("app:2", env="A=2\n")
-        self.assertEqual(self.apps.rollback(), "blue")
+        with self.apps.locked():
+            self.assertEqual(self.apps.rollback(), "blue")
         st = self.apps.load()
         self.assertEqual(st["running"][st["active"]]["version"], "1.0")
         self.assertEqual(st["previous"]["version"], "2.0")
@@ -106,7 +108,7 @@ class Deploys(unittest.TestCase):
 
     def test_rollback_without_a_previous_version_is_an_error(self):
         self.deploy("app:1")
-        with self.assertRaises(Failed):
+        with self.assertRaises(Failed), self.apps.locked():
             self.apps.rollback()
 
     def test_environment_files_are_0600_and_unused_ones_removed(self):

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 pub mod boot;
 pub mod build;
+pub mod deploy;
 pub mod deployment;
 pub mod docs;
 pub mod init;
@@ -12,6 +13,7 @@ pub mod keygen;
 pub mod pack;
 pub mod render;
 pub mod seed;
+pub mod status;
 pub mod verify;
 
 const AFTER_HELP: &str = "\
@@ -23,6 +25,7 @@ Examples:
   imgforge seed --config imgforge.yaml --bundle classifier.oci.tar -o seed.img
   imgforge boot --disk debian.qcow2 --seed seed.img
   imgforge verify --host 127.0.0.1 --domain api.example.com
+  imgforge deploy --host api.example.com --bundle classifier-0.2.oci.tar
 
 Exit codes: 0 ok, 1 failed, 2 bad usage or bad input.";
 
@@ -53,6 +56,12 @@ pub enum Command {
     Boot(boot::Args),
     /// Check a deployed server from outside, as its owner would
     Verify(Box<verify::Args>),
+    /// Deploy a new version of the app to a running VM, blue-green
+    Deploy(Box<deploy::Args>),
+    /// Go back to the version that ran before the last deploy
+    Rollback(deploy::RollbackArgs),
+    /// Show what a deployed VM runs, its certificate and its last deploys
+    Status(status::Args),
     /// Print shell completions or the man page
     #[command(subcommand)]
     Docs(docs::Docs),
@@ -69,6 +78,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build(args) => build::run(*args),
         Command::Boot(args) => boot::run(args),
         Command::Verify(args) => verify::run(*args),
+        Command::Deploy(args) => deploy::run(*args),
+        Command::Rollback(args) => deploy::rollback(args),
+        Command::Status(args) => status::run(args),
         Command::Docs(docs) => docs::run(docs),
     }
 }

@@ -10,6 +10,7 @@
 mod common;
 
 mod baked;
+mod deploy;
 mod deployment;
 mod first_boot;
 mod minimal;

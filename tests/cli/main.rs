@@ -6,6 +6,7 @@
 mod common;
 
 mod build;
+mod deploy;
 mod pack;
 mod render;
 mod runner;

@@ -138,7 +138,7 @@ fn plain_app_server() -> u16 {
 }
 
 /// A port nothing listens on.
-fn closed_port() -> u16 {
+pub fn closed_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
@@ -498,10 +498,10 @@ fn boot_json_gives_the_forwarded_ports() {
 
 // ---- SSH against a real sshd on loopback ----
 
-struct Sshd {
+pub struct Sshd {
     child: Child,
-    port: u16,
-    host_pub: String,
+    pub port: u16,
+    pub host_pub: String,
 }
 
 impl Drop for Sshd {
@@ -511,7 +511,7 @@ impl Drop for Sshd {
     }
 }
 
-fn keygen(path: &Path) -> String {
+pub fn keygen(path: &Path) -> String {
     let st = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "imgforge-test", "-f"])
         .arg(path)
@@ -521,14 +521,14 @@ fn keygen(path: &Path) -> String {
     std::fs::read_to_string(path.with_extension("pub")).unwrap()
 }
 
-fn current_user() -> String {
+pub fn current_user() -> String {
     let out = Command::new("id").arg("-un").output().unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// Starts sshd on a free loopback port with `extra` config lines; the client key
 /// in `dir/id_ed25519` is authorized.
-fn sshd(dir: &Path, name: &str, extra: &str) -> Sshd {
+pub fn sshd(dir: &Path, name: &str, extra: &str) -> Sshd {
     let host_key = dir.join(format!("{name}_host_ed25519"));
     let host_pub = keygen(&host_key);
     let port = closed_port();

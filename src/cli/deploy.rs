@@ -1,0 +1,218 @@
+//! `imgforge deploy` and `imgforge rollback`: a new version of the app on a running VM,
+//! blue-green (the new one started beside the old, checked, then given the traffic), or
+//! back to the version before it.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use crate::remote::{send, Host};
+use crate::spec::{EnvName, EnvValue, ImageRef};
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  imgforge deploy --host api.example.com --bundle classifier-0.2.oci.tar
+  imgforge deploy --host api.example.com --image ghcr.io/acme/app:1.1 \\
+      --env-file app.env --known-hosts known_hosts
+  imgforge rollback --host api.example.com
+
+The new version starts beside the running one, on the other loopback port. Once it
+answers its health path, nginx sends new requests to it (a reload: requests in flight
+finish), the old one drains and stops. If it never gets healthy nothing switches, it is
+removed, and deploy exits 1 with its last log lines. A reboot keeps the version that
+serves. Without --env/--env-file the new version gets the running one's environment;
+with them, exactly the environment they give.")]
+pub struct Args {
+    #[command(flatten)]
+    pub host: Host,
+    /// OCI bundle to upload (`imgforge pack`); its sha256 is checked on the VM
+    #[arg(long, value_name = "FILE", required_unless_present = "image")]
+    pub bundle: Option<PathBuf>,
+    /// Image to deploy: pulled from its registry, or the name the bundle must hold
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+    /// Environment variable for the new version (repeatable)
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// File of NAME=VALUE lines for the new version (# comments)
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub timing: Timing,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Timing {
+    /// Seconds the new version has to answer its health path
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub health_timeout: u64,
+    /// Most seconds the old version keeps finishing its requests after the switch
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub drain: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub host: Host,
+    #[command(flatten)]
+    pub timing: Timing,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let env = environment(&args)?;
+    let image = match &args.image {
+        Some(i) => Some(ImageRef::parse(i).map_err(|p| {
+            crate::exit::usage(format!("--image {i:?}: {}; {}", p.message, p.help))
+        })?),
+        None => None,
+    };
+    let bundle = match &args.bundle {
+        Some(path) => {
+            let info = crate::oci::bundle::inspect(path)?;
+            if let Some(image) = &image {
+                if image.familiar() != info.image.familiar() {
+                    return Err(crate::exit::usage(format!(
+                        "--image {image} but the bundle {} holds {}",
+                        path.display(),
+                        info.image
+                    )));
+                }
+            }
+            Some((path, info))
+        }
+        None => None,
+    };
+    let started = Instant::now();
+    let name = match (&bundle, &image) {
+        (Some((_, info)), None) => {
+            // Another repository than the one running is a different app: say so first.
+            let running = args
+                .host
+                .call(&["status"], |stdin| send(stdin, &json!({}), None))?;
+            let current = running["status"]["app"]["image"].as_str().unwrap_or("");
+            if let Ok(current) = ImageRef::parse(current) {
+                if repository(&current) != repository(&info.image) {
+                    return Err(crate::exit::usage(format!(
+                        "the bundle holds {} but the VM runs {}: pass --image {} to replace the app with another one",
+                        info.image, current, info.image
+                    )));
+                }
+            }
+            info.image.to_string()
+        }
+        (Some((_, info)), Some(_)) => info.image.to_string(),
+        (None, Some(image)) => image.to_string(),
+        (None, None) => unreachable!("clap requires --bundle or --image"),
+    };
+    let mut head = json!({
+        "image": name,
+        "env": env,
+        "health_timeout": args.timing.health_timeout,
+        "drain": args.timing.drain,
+    });
+    let result = match &bundle {
+        Some((path, info)) => {
+            let mut file = std::fs::File::open(path)
+                .with_context(|| format!("opening bundle {}", path.display()))?;
+            let size = file
+                .metadata()
+                .with_context(|| format!("reading bundle {}", path.display()))?
+                .len();
+            head["bundle"] = json!({ "size": size, "sha256": info.sha256.as_str() });
+            eprintln!(
+                "imgforge: uploading {} ({size} bytes) to {}",
+                path.display(),
+                args.host.host
+            );
+            args.host.call(&["deploy-version"], |stdin| {
+                send(stdin, &head, Some(&mut file))
+            })?
+        }
+        None => args
+            .host
+            .call(&["deploy-version"], |stdin| send(stdin, &head, None))?,
+    };
+    print_result("deployed", &result, started);
+    Ok(())
+}
+
+pub fn rollback(args: RollbackArgs) -> Result<()> {
+    let started = Instant::now();
+    let head = json!({ "health_timeout": args.timing.health_timeout, "drain": args.timing.drain });
+    let result = args
+        .host
+        .call(&["rollback"], |stdin| send(stdin, &head, None))?;
+    print_result("rolled back to", &result, started);
+    Ok(())
+}
+
+fn print_result(what: &str, r: &Value, started: Instant) {
+    println!(
+        "{what} {} ({}) on the {} slot: healthy after {}s, traffic on it {}s later; {:.1}s in all",
+        r["version"].as_str().unwrap_or("?"),
+        r["image"].as_str().unwrap_or("?"),
+        r["slot"].as_str().unwrap_or("?"),
+        r["healthy_s"],
+        r["switch_s"],
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// `registry/path` without tag or digest: the same app, another version.
+fn repository(image: &ImageRef) -> String {
+    let familiar = image.familiar();
+    match familiar.rsplit_once(':') {
+        Some((repo, _)) => repo.to_owned(),
+        None => familiar,
+    }
+}
+
+/// The new version's environment file text, or `None` to keep the running one's.
+fn environment(args: &Args) -> Result<Option<String>> {
+    let mut items: Vec<(String, String, String)> = Vec::new();
+    if let Some(path) = &args.env_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| crate::exit::usage(format!("--env-file {}: {e}", path.display())))?;
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            let origin = format!("--env-file {}:{}", path.display(), i + 1);
+            let (name, value) = line
+                .split_once('=')
+                .ok_or_else(|| crate::exit::usage(format!("{origin}: expected NAME=VALUE")))?;
+            items.push((origin, name.to_owned(), value.to_owned()));
+        }
+    }
+    for item in &args.env {
+        let (name, value) = item
+            .split_once('=')
+            .ok_or_else(|| crate::exit::usage(format!("--env {item:?}: expected NAME=VALUE")))?;
+        items.push(("--env".into(), name.to_owned(), value.to_owned()));
+    }
+    if args.env_file.is_none() && args.env.is_empty() {
+        return Ok(None);
+    }
+    let mut merged: indexmap::IndexMap<String, String> = indexmap::IndexMap::new();
+    for (origin, name, value) in items {
+        let name = EnvName::parse(&name).map_err(|p| {
+            crate::exit::usage(format!("{origin}: {name:?}: {}; {}", p.message, p.help))
+        })?;
+        let value = EnvValue::parse(&value).map_err(|p| {
+            crate::exit::usage(format!(
+                "{origin}: the value of {name}: {}; {}",
+                p.message, p.help
+            ))
+        })?;
+        merged.insert(name.to_string(), value.to_string());
+    }
+    let mut text = String::from("# Written by imgforge deploy: the app's environment.\n");
+    for (name, value) in merged {
+        text.push_str(&format!("{name}={value}\n"));
+    }
+    Ok(Some(text))
+}
