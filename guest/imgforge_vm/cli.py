@@ -20,6 +20,7 @@ def main(argv=None):
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("deploy", help="first boot: run every step of the deployment")
     sub.add_parser("cert", help="one certificate attempt, if one is due")
+    sub.add_parser("dns", help="register the VM's address with its DNS provider, if due")
     sub.add_parser("backup", help="archive the data directory")
     sub.add_parser("report", help="record cloud-init's result and the app's health")
     sub.add_parser("docker-firewall", help="block containers from the metadata service")
@@ -39,6 +40,10 @@ def main(argv=None):
             return 0 if firstboot.deploy(ctx) else 1
         if args.command == "cert":
             Certificate(ctx).attempt()
+        elif args.command == "dns":
+            if ctx.conf.get("dns"):
+                from .dns import Dns
+                Dns(ctx).attempt()
         elif args.command == "backup":
             apps = Apps(ctx)
             slot = apps.active()

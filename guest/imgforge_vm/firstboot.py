@@ -176,9 +176,17 @@ def backup(ctx):
     run("systemctl", "enable", "--now", "imgforge-backup.timer")
 
 
+def dns(ctx):
+    if not ctx.conf.get("dns"):
+        return "skipped"
+    # Shipped only to VMs that register their address (see render::program).
+    from . import dns
+    return dns.start(ctx)
+
+
 STEPS = [("firewall", firewall), ("packages", packages), ("docker", docker), ("ssh", ssh),
          ("image", image), ("app", app), ("nginx", nginx), ("backup", backup),
-         ("certificate", cert.start)]
+         ("dns", dns), ("certificate", cert.start)]
 STEP_NAMES = [name for name, _ in STEPS]
 
 

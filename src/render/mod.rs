@@ -102,6 +102,23 @@ fn cloud_config(spec: &Spec, templates: &Templates) -> Result<(CloudConfig, Opti
             "0644",
         ));
     }
+    if let Some(dns) = &spec.dns {
+        files.push(WriteFile::new(
+            &layout.dns_token,
+            format!("{}\n", dns.token.expose()),
+            "0600",
+        ));
+        files.push(WriteFile::new(
+            &unit("imgforge-dns.service"),
+            t("imgforge-dns.service.hbs")?,
+            "0644",
+        ));
+        files.push(WriteFile::new(
+            &unit("imgforge-dns.timer"),
+            t("imgforge-dns.timer.hbs")?,
+            "0644",
+        ));
+    }
     if let Some(tls) = &spec.tls {
         files.push(WriteFile::new(
             &unit("imgforge-cert.service"),
@@ -117,7 +134,7 @@ fn cloud_config(spec: &Spec, templates: &Templates) -> Result<(CloudConfig, Opti
             files.push(WriteFile::new(
                 &layout.acme_ca,
                 ca.as_str().to_owned(),
-                "0644",
+                "0600",
             ));
             files.push(WriteFile::new(
                 &unit("certbot.service.d/imgforge-ca.conf"),
@@ -128,7 +145,7 @@ fn cloud_config(spec: &Spec, templates: &Templates) -> Result<(CloudConfig, Opti
     }
     files.push(WriteFile::gz_b64(
         &layout.program,
-        gzip_base64(&program::zipapp())?,
+        gzip_base64(&program::zipapp_for(spec))?,
         "0755",
     ));
 

@@ -36,15 +36,17 @@ pub fn shipped(name: &str) -> Vec<u8> {
 }
 
 /// Drops blank lines, comment lines and docstrings (a docstring becomes `pass`, so a body
-/// that was only a docstring stays a body). Relies on the program's one convention,
-/// checked by a test: triple quotes appear only where a docstring starts and ends.
+/// that was only a docstring stays a body), and indents by one space a level instead of
+/// four. Relies on the program's conventions, checked by tests: triple quotes appear only
+/// where a docstring starts and ends, and blocks are indented by four spaces.
 pub fn minify(src: &str) -> String {
     let mut out = String::with_capacity(src.len());
     let mut lines = src.lines();
     while let Some(line) = lines.next() {
-        let code = line.trim_start();
-        let indent = &line[..line.len() - code.len()];
-        if code.is_empty() || code.starts_with('#') {
+        let code = line.trim_start_matches(' ');
+        let indent = " ".repeat((line.len() - code.len()) / 4);
+        let indent = indent.as_str();
+        if code.trim().is_empty() || code.starts_with('#') {
             continue;
         }
         if let Some(rest) = code.strip_prefix("\"\"\"") {
@@ -59,18 +61,37 @@ pub fn minify(src: &str) -> String {
             out.push_str("pass\n");
             continue;
         }
-        out.push_str(line);
+        out.push_str(indent);
+        out.push_str(code);
         out.push('\n');
     }
     out
 }
 
-/// The program: the shebang line, then the zip.
+/// Modules a deployment may leave out when it does not use them: the user-data carries
+/// only what its VM runs.
+type Uses = fn(&crate::spec::Spec) -> bool;
+const OPTIONAL: &[(&str, Uses)] = &[("imgforge_vm/dns.py", |spec| spec.dns.is_some())];
+
+/// The program with every module.
 pub fn zipapp() -> Vec<u8> {
+    zip(&files())
+}
+
+/// The program for `spec`: without the optional modules it does not use.
+pub fn zipapp_for(spec: &crate::spec::Spec) -> Vec<u8> {
+    let names: Vec<String> = files()
+        .into_iter()
+        .filter(|n| OPTIONAL.iter().all(|(name, used)| n != name || used(spec)))
+        .collect();
+    zip(&names)
+}
+
+/// The shebang line, then a zip of `names`.
+fn zip(names: &[String]) -> Vec<u8> {
     let mut out = SHEBANG.to_vec();
     let mut central = Vec::new();
-    let names = files();
-    for name in &names {
+    for name in names {
         let data = shipped(name);
         let crc = crc32fast::hash(&data);
         let offset = out.len() as u32;
@@ -139,7 +160,7 @@ mod tests {
         let src = "\"\"\"Module.\n\nMore.\n\"\"\"\n# comment\nimport os\n\n\nclass E(Exception):\n    \"\"\"Only a docstring.\"\"\"\n\n\ndef f():\n    \"\"\"Doc.\n    more\n    \"\"\"\n    return '#not a comment'  # trailing\n";
         assert_eq!(
             minify(src),
-            "pass\nimport os\nclass E(Exception):\n    pass\ndef f():\n    pass\n    return '#not a comment'  # trailing\n"
+            "pass\nimport os\nclass E(Exception):\n pass\ndef f():\n pass\n return '#not a comment'  # trailing\n"
         );
     }
 

@@ -67,6 +67,15 @@ pub struct VmConfig<'a> {
     pub max_body_size: &'a str,
     pub backup_keep: u32,
     pub app: AppLimits<'a>,
+    /// The DNS provider the VM registers its address with (its token is in its own file).
+    pub dns: Option<DnsJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DnsJson<'a> {
+    pub provider: crate::spec::DnsProvider,
+    pub zone: Option<&'a str>,
+    pub api_url: Option<&'a str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -125,6 +134,11 @@ impl<'a> VmConfig<'a> {
                 memory: app.memory.as_str(),
                 pids_limit: PIDS_LIMIT,
             },
+            dns: spec.dns.as_ref().map(|d| DnsJson {
+                provider: d.provider,
+                zone: d.zone.as_ref().map(|z| z.as_str()),
+                api_url: d.api_url.as_ref().map(|u| u.as_str()),
+            }),
         }
     }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use locate::positions;
 pub use report::{Entry, Origin, Report, Severity};
-pub use settings::{Setting, Settings, UserDataSettings, DEFAULT_IMAGE};
+pub use settings::{DnsProvider, Setting, Settings, UserDataSettings, DEFAULT_IMAGE};
 pub use types::*;
 
 use settings as s;
@@ -34,6 +34,16 @@ pub struct Spec {
     pub offline: bool,
     pub backup_keep: u32,
     pub host_key: bool,
+    /// The VM registers its own address before the certificate.
+    pub dns: Option<Dns>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dns {
+    pub provider: DnsProvider,
+    pub token: DnsToken,
+    pub zone: Option<Domain>,
+    pub api_url: Option<ApiUrl>,
 }
 
 #[derive(Debug, Clone)]
@@ -308,6 +318,7 @@ impl<'a> Validator<'a> {
         let memory = self.with_default(&s::APP_MEMORY);
         let backup_keep = self.with_default(&s::BACKUP_KEEP);
         let env = self.env();
+        let dns = self.dns(domain.as_ref().and_then(|d| d.as_ref()));
         let bundle = match bundle {
             Some(b) => Some(b),
             None => self.bundle(),
@@ -347,7 +358,119 @@ impl<'a> Validator<'a> {
             offline: flags.offline || file.offline,
             backup_keep: backup_keep?,
             host_key: flags.host_key || file.host_key,
+            dns: dns?,
         })
+    }
+
+    /// `--dns`: the provider, its token (from a file only the owner reads), and the
+    /// domain it can register. `Some(None)` when no DNS registration is asked for.
+    fn dns(&mut self, domain: Option<&Domain>) -> Option<Option<Dns>> {
+        let (flags, file) = (&self.flags.dns, &self.file_settings.dns);
+        let provider = flags.provider.or(file.provider);
+        let token_file = match (&flags.token_file, &file.token_file, self.file) {
+            (Some(p), _, _) => Some((p.clone(), Origin::Flag("--dns-token-file"))),
+            (None, Some(p), Some(f)) => Some((f.resolve(p, self.home), f.origin("dns.token-file"))),
+            _ => None,
+        };
+        let zone = self.value(&s::DNS_ZONE);
+        let api_url = self.value(&s::DNS_API_URL);
+        let Some(provider) = provider else {
+            if let Some((_, origin)) = token_file {
+                self.report.error(
+                    origin,
+                    None,
+                    "a DNS token without a DNS provider",
+                    "pass --dns duckdns or --dns cloudflare too, or drop the token file",
+                );
+                return None;
+            }
+            return Some(None);
+        };
+        let mut ok = true;
+        match (provider, domain) {
+            (_, None) => {
+                self.missing(
+                    "--dns",
+                    "registering the VM's address needs its domain",
+                    "pass --domain NAME.duckdns.org or a name in your Cloudflare zone",
+                );
+                ok = false;
+            }
+            (DnsProvider::Duckdns, Some(d)) => {
+                let labels: Vec<&str> = d.as_str().split('.').collect();
+                if labels.len() != 3 || !d.as_str().ends_with(".duckdns.org") {
+                    self.report.error(Origin::Flag("--domain"), Some(d.as_str()), "DuckDNS registers NAME.duckdns.org names only", "use --domain NAME.duckdns.org (the subdomain of your DuckDNS account), or --dns cloudflare");
+                    ok = false;
+                }
+            }
+            (DnsProvider::Cloudflare, Some(d)) => {
+                if let Ok(Some(zone)) = &zone {
+                    let inside = d.as_str() == zone.as_str()
+                        || d.as_str().ends_with(&format!(".{}", zone.as_str()));
+                    if !inside {
+                        self.report.error(
+                            Origin::Flag("--dns-zone"),
+                            Some(zone.as_str()),
+                            format!("{d} is not in the zone {zone}"),
+                            "pass the zone the domain belongs to, or leave --dns-zone out",
+                        );
+                        ok = false;
+                    }
+                }
+            }
+        }
+        let token = match token_file {
+            None => {
+                self.missing("--dns-token-file", "the DNS provider needs an API token", "put the token in a file only you can read (chmod 600) and pass --dns-token-file FILE");
+                None
+            }
+            Some((path, origin)) => self.dns_token(&path, origin),
+        };
+        match (ok, token, zone, api_url) {
+            (true, Some(token), Ok(zone), Ok(api_url)) => Some(Some(Dns {
+                provider,
+                token,
+                zone,
+                api_url,
+            })),
+            _ => None,
+        }
+    }
+
+    fn dns_token(&mut self, path: &Path, origin: Origin) -> Option<DnsToken> {
+        use std::os::unix::fs::PermissionsExt;
+        let shown = path.display().to_string();
+        let read = fs::metadata(path).and_then(|m| Ok((m, fs::read_to_string(path)?)));
+        match read {
+            Err(e) => {
+                self.report.error(
+                    origin,
+                    Some(&shown),
+                    format!("reading the DNS token file {shown}: {e}"),
+                    "pass a readable file holding the token",
+                );
+                None
+            }
+            Ok((meta, _)) if meta.permissions().mode() & 0o077 != 0 => {
+                self.report.error(
+                    origin,
+                    Some(&shown),
+                    format!(
+                        "the DNS token file is readable by others (mode {:o})",
+                        meta.permissions().mode() & 0o777
+                    ),
+                    format!("chmod 600 {shown}: it holds a secret"),
+                );
+                None
+            }
+            Ok((_, text)) => match DnsToken::parse(&text) {
+                Ok(t) => Some(t),
+                Err(p) => {
+                    self.report.error(origin, Some(&shown), p.message, p.help);
+                    None
+                }
+            },
+        }
     }
 
     fn ca_bundle(&mut self) -> Result<Option<PemBundle>, ()> {

@@ -42,6 +42,9 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(default)]
     pub tls: TlsSettings,
+    #[command(flatten)]
+    #[serde(default)]
+    pub dns: DnsSettings,
     /// Where Docker comes from [default: docker-ce]
     #[arg(long, value_enum, value_name = "SOURCE")]
     pub docker_source: Option<DockerSource>,
@@ -153,6 +156,40 @@ pub struct TlsSettings {
     /// PEM bundle to trust for an ACME server that is not publicly trusted
     #[arg(long = "acme-ca-bundle", value_name = "FILE")]
     pub ca_bundle: Option<PathBuf>,
+}
+
+/// The VM registers its own address (DuckDNS, Cloudflare) before the certificate.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DnsSettings {
+    /// Register the VM's address with this DNS provider at boot
+    #[arg(long = "dns", id = "dns_provider", value_enum, value_name = "PROVIDER")]
+    pub provider: Option<DnsProvider>,
+    /// File holding the provider's API token (mode 0600; never on the command line)
+    #[arg(long = "dns-token-file", id = "dns_token_file", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Cloudflare zone of the domain [default: found from the domain]
+    #[arg(long = "dns-zone", id = "dns_zone", value_name = "ZONE")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub zone: Option<String>,
+    /// The provider's API at another address (tests: a stand-in)
+    #[arg(
+        long = "dns-api-url",
+        id = "dns_api_url",
+        value_name = "URL",
+        hide = true
+    )]
+    #[serde(default, deserialize_with = "scalar")]
+    pub api_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsProvider {
+    /// DuckDNS: free NAME.duckdns.org names
+    Duckdns,
+    /// Cloudflare: an A/AAAA record in your zone
+    Cloudflare,
 }
 
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
@@ -338,6 +375,20 @@ pub const ACME_SERVER: Setting<HttpsUrl> = Setting {
     get: |s| s.tls.acme_server.as_deref(),
     parse: HttpsUrl::parse,
 };
+pub const DNS_ZONE: Setting<Domain> = Setting {
+    flag: "--dns-zone",
+    key: "dns.zone",
+    default: None,
+    get: |s| s.dns.zone.as_deref(),
+    parse: Domain::parse,
+};
+pub const DNS_API_URL: Setting<ApiUrl> = Setting {
+    flag: "--dns-api-url",
+    key: "dns.api-url",
+    default: None,
+    get: |s| s.dns.api_url.as_deref(),
+    parse: ApiUrl::parse,
+};
 pub const BACKUP_KEEP: Setting<u32> = Setting {
     flag: "--backup-keep",
     key: "backup.keep",
@@ -369,6 +420,8 @@ pub const NAMES: &[(&str, &str)] = &[
     (BUNDLE_SHA256.flag, BUNDLE_SHA256.key),
     (ACME_SERVER.flag, ACME_SERVER.key),
     (BACKUP_KEEP.flag, BACKUP_KEEP.key),
+    (DNS_ZONE.flag, DNS_ZONE.key),
+    (DNS_API_URL.flag, DNS_API_URL.key),
 ];
 
 #[cfg(test)]

@@ -769,6 +769,65 @@ impl MemorySize {
     }
 }
 
+string_newtype!(
+    /// A provider API's base URL: https, or plain http to a loopback address (a test
+    /// stand-in on the VM itself).
+    ApiUrl
+);
+
+impl ApiUrl {
+    pub fn parse(s: &str) -> Parsed<Self> {
+        let s = s.trim_end_matches('/');
+        if let Some(rest) = s.strip_prefix("http://") {
+            let host = rest.split(['/', ':']).next().unwrap_or("");
+            if host != "127.0.0.1" && host != "localhost" {
+                return Err(Problem::new(
+                    "plain http is only for a stand-in on the VM itself",
+                    "use https://, or http://127.0.0.1:PORT",
+                ));
+            }
+            let check = HttpsUrl::parse(&format!("https://{rest}"))?;
+            return Ok(ApiUrl(format!(
+                "http://{}",
+                &check.as_str()["https://".len()..]
+            )));
+        }
+        HttpsUrl::parse(s).map(|u| ApiUrl(u.as_str().to_owned()))
+    }
+}
+
+/// A DNS provider's API token: printable ASCII without spaces, never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DnsToken(String);
+
+impl fmt::Debug for DnsToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DnsToken(<hidden>)")
+    }
+}
+
+impl DnsToken {
+    pub fn parse(s: &str) -> Parsed<Self> {
+        let t = s.trim();
+        let help = "put the token alone in the file, as the provider shows it";
+        if t.is_empty() {
+            return Err(Problem::new("the token file is empty", help));
+        }
+        if t.len() > 256 || !t.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(Problem::new(
+                "the token file holds something other than one token (it is not shown)",
+                help,
+            ));
+        }
+        Ok(DnsToken(t.to_owned()))
+    }
+
+    /// The token itself, for the file written onto the VM (0600).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
 /// PEM text holding one or more X.509 certificates and nothing else.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]

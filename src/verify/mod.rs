@@ -101,6 +101,8 @@ pub enum Group {
     Web,
     /// Ports that must not answer
     Ports,
+    /// The domain resolves to the host
+    Dns,
     /// cloud-init, systemd and imgforge status, read over SSH
     Server,
 }
@@ -275,6 +277,9 @@ pub fn verify(target: &Target, opts: &VerifyOptions) -> Result<Report> {
             ssh::login_checks(s, login, opts, &mut checks);
         }
     }
+    if !opts.skip.contains(&Group::Dns) {
+        dns_check(target, opts, &mut checks);
+    }
     if !opts.skip.contains(&Group::Web) {
         http::web_checks(target, opts, tls.as_ref(), &mut checks);
     }
@@ -298,6 +303,54 @@ pub fn verify(target: &Target, opts: &VerifyOptions) -> Result<Report> {
         host_authenticated,
         checks,
     })
+}
+
+/// `dns.resolves`: the domain's addresses (the system resolver's answer) include the
+/// host's. Through forwarded loopback ports there is nothing to compare.
+fn dns_check(target: &Target, opts: &VerifyOptions, checks: &mut Checks) {
+    use std::net::ToSocketAddrs;
+    if target.forwarded {
+        checks.skipped(
+            "dns.resolves",
+            "the VM is reached through forwarded loopback ports",
+        );
+        return;
+    }
+    let addrs = |name: &str| -> Addrs {
+        (name, 443)
+            .to_socket_addrs()
+            .map(|a| a.map(|s| s.ip()).collect())
+            .unwrap_or_default()
+    };
+    let r = dns_result(
+        &opts.domain,
+        &addrs(&opts.domain),
+        &target.host,
+        &addrs(&target.host),
+    );
+    checks.result("dns.resolves", r);
+}
+
+type Addrs = std::collections::BTreeSet<std::net::IpAddr>;
+
+fn dns_result(domain: &str, got: &Addrs, host: &str, want: &Addrs) -> Result<String, String> {
+    let shown = |set: &Addrs| {
+        set.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if got.is_empty() {
+        Err(format!("{domain} does not resolve"))
+    } else if got.is_disjoint(want) {
+        Err(format!(
+            "{domain} resolves to {}, not to {host} ({})",
+            shown(got),
+            shown(want)
+        ))
+    } else {
+        Ok(format!("{domain} resolves to {}", shown(got)))
+    }
 }
 
 fn check_input(target: &Target, opts: &VerifyOptions) -> Result<()> {
@@ -398,6 +451,22 @@ mod tests {
     fn short_cuts_on_characters() {
         assert_eq!(short("ééé\nsecond", 2), "éé…");
         assert_eq!(short("  one line  ", 20), "one line");
+    }
+
+    #[test]
+    fn dns_resolves_when_the_domain_names_one_of_the_hosts_addresses() {
+        let set = |a: &[&str]| a.iter().map(|s| s.parse().unwrap()).collect::<Addrs>();
+        let host = set(&["203.0.113.7"]);
+        assert!(dns_result(
+            "a.example.com",
+            &set(&["203.0.113.7", "2001:db8::1"]),
+            "h",
+            &host
+        )
+        .is_ok());
+        let e = dns_result("a.example.com", &set(&["198.51.100.1"]), "h", &host).unwrap_err();
+        assert!(e.contains("not to h (203.0.113.7)"), "{e}");
+        assert!(dns_result("a.example.com", &set(&[]), "h", &host).is_err());
     }
 
     #[test]

@@ -166,9 +166,28 @@ fn target(https: u16, http: u16, probes: &[u16]) -> Target {
 fn web_only(ca: Option<PathBuf>, domain: &str) -> VerifyOptions {
     let mut o = VerifyOptions::new(domain, "deploy");
     o.ca_bundle = ca;
-    o.skip = [Group::Ssh, Group::Server].into_iter().collect();
+    // The test domain resolves nowhere on this machine: dns.resolves has its own test.
+    o.skip = [Group::Ssh, Group::Server, Group::Dns]
+        .into_iter()
+        .collect();
     o.timeout = Duration::from_secs(3);
     o
+}
+
+#[test]
+fn dns_check_fails_for_a_domain_that_does_not_resolve() {
+    let mut o = VerifyOptions::new("nothing.invalid", "deploy");
+    o.skip = [Group::Ssh, Group::Server, Group::Web, Group::Ports]
+        .into_iter()
+        .collect();
+    let r = verify(&Target::direct("127.0.0.1"), &o).unwrap();
+    assert_eq!(
+        status(&r, "dns.resolves"),
+        Status::Failed,
+        "{}",
+        r.to_text()
+    );
+    assert!(r.to_text().contains("does not resolve"));
 }
 
 fn status(r: &Report, name: &str) -> Status {
@@ -334,7 +353,7 @@ fn cli_json_report_parses_and_exit_codes_follow_the_checks() {
                 "--probe-port",
                 &closed,
                 "--skip",
-                "ssh,server",
+                "ssh,server,dns",
                 "--format",
                 "json",
             ])
@@ -377,7 +396,7 @@ fn cli_json_report_parses_and_exit_codes_follow_the_checks() {
             "--probe-port",
             &closed,
         ])
-        .args(["--skip", "ssh,server", "--ca-bundle"])
+        .args(["--skip", "ssh,server,dns", "--ca-bundle"])
         .arg(&ca)
         .output()
         .unwrap();

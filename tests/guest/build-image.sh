@@ -3,7 +3,10 @@
 # image (no Ubuntu archive is reachable where the tests run). cloud-init (NoCloud only),
 # Docker, nginx, certbot, UFW and a test-only Pebble ACME server; no deployment baked in.
 #
-#   tests/guest/build-image.sh SUITE OUTDIR      SUITE = bookworm | trixie
+#   tests/guest/build-image.sh SUITE OUTDIR [bare]      SUITE = bookworm | trixie
+#
+# `bare` leaves out Docker, nginx, certbot and UFW (what a plain cloud image lacks), for the
+# tests that install them from Debian's mirror; apt points at it either way.
 #
 # Output, cached in ${IMGFORGE_CACHE:-/var/cache/imgforge}/images/SUITE-DIGEST/ (DIGEST =
 # sha256 of this script and of rootfs/) and symlinked into OUTDIR:
@@ -16,16 +19,18 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 bookworm|trixie OUTDIR" >&2
+    echo "usage: $0 bookworm|trixie OUTDIR [bare]" >&2
     exit 2
 }
-[ $# -eq 2 ] || usage
+[ $# -eq 2 ] || [ $# -eq 3 ] || usage
 suite=$1
 outdir=$2
+variant=${3:-full}
+case "$variant" in full | bare) ;; *) usage ;; esac
 case "$suite" in
 # Suite-specific packages: networking, and trixie's docker.io no longer carries the CLI.
 bookworm) net_pkgs="ifupdown,isc-dhcp-client" ;;
-trixie) net_pkgs="netplan.io,docker-cli" ;;
+trixie) net_pkgs="netplan.io" docker_cli=docker-cli ;;
 *) usage ;;
 esac
 
@@ -40,7 +45,8 @@ digest=$(
         find rootfs -type f -perm -u+x | sort
     } | sha256sum | cut -c1-16
 )
-image="$cache_root/$suite-$digest"
+digest=$(printf '%s %s' "$digest" "$variant" | sha256sum | cut -c1-16)
+image="$cache_root/$suite-$variant-$digest"
 root_size_mib=10240
 
 build() {
@@ -62,9 +68,9 @@ build() {
         systemd-sysv udev dbus kmod linux-image-amd64 initramfs-tools zstd
         cloud-init cloud-guest-utils "$net_pkgs" iproute2 netbase iputils-ping
         openssh-server sudo curl ca-certificates gnupg openssl procps less
-        docker.io apparmor nginx certbot python3-certbot-nginx ufw unattended-upgrades
-        e2fsprogs locales pebble
+        apparmor unattended-upgrades e2fsprogs locales pebble
     )
+    [ "$variant" = bare ] || pkgs+=(docker.io ${docker_cli:-} nginx certbot python3-certbot-nginx ufw)
     local include
     include=$(
         IFS=,
@@ -105,7 +111,7 @@ build() {
     install -m 0644 "$pki/cert.pem" "$root/etc/pebble/cert.pem"
     install -m 0600 "$pki/key.pem" "$root/etc/pebble/key.pem"
 
-    systemctl --root="$root" enable pebble.service >&2
+    systemctl --root="$root" enable pebble.service imgforge-test-dns.service imgforge-test-dnsapi.service >&2
 
     # Every VM booted from the image must be a new machine: its own host keys (cloud-init
     # makes them), machine-id and cloud-init instance state.
@@ -137,7 +143,7 @@ build() {
     rm -f "$work/disk.raw"
 
     local seconds=$(($(date +%s) - start))
-    printf '{"suite":"%s","digest":"%s","build_seconds":%d}\n' "$suite" "$digest" "$seconds" >"$out/image.json"
+    printf '{"suite":"%s","variant":"%s","digest":"%s","build_seconds":%d}\n' "$suite" "$variant" "$digest" "$seconds" >"$out/image.json"
     chmod a-w "$out"/*
     rm -rf "$image"
     mv "$out" "$image"
@@ -148,7 +154,7 @@ build() {
 
 mkdir -p "$cache_root" "$outdir"
 # Concurrent test runs wait for one build instead of racing two.
-exec 9>"$cache_root/.$suite.lock"
+exec 9>"$cache_root/.$suite-$variant.lock"
 flock 9
 if [ -f "$image/image.json" ]; then
     echo "imgforge: reusing cached image $image" >&2
