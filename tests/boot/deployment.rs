@@ -17,9 +17,14 @@ pub const ACME: &str = "https://localhost:14000/dir";
 /// The flags of a deployment like the boot tests render it: what a user passes, plus
 /// the test-only ACME server and, with `offline`, the packages the guest image carries.
 pub fn user_flags(guest: &Guest, key: &Path, offline: bool) -> Vec<String> {
+    user_flags_for(DOMAIN, guest, key, offline)
+}
+
+/// [`user_flags`] for another domain.
+pub fn user_flags_for(domain: &str, guest: &Guest, key: &Path, offline: bool) -> Vec<String> {
     let mut flags: Vec<String> = [
         "--domain",
-        DOMAIN,
+        domain,
         "--email",
         "ops@example.com",
         "--ssh-key",
@@ -40,6 +45,8 @@ pub fn user_flags(guest: &Guest, key: &Path, offline: bool) -> Vec<String> {
 
 pub struct Deployment {
     pub name: String,
+    /// The domain the deployment serves (DOMAIN unless the test renders another).
+    pub domain: String,
     /// Kept after a failure (serial log, seed, overlay); removed by [`Deployment::finish`].
     pub dir: PathBuf,
     #[allow(dead_code)] // the deploy tests boot it again
@@ -94,6 +101,7 @@ impl Deployment {
         let ssh = Ssh::new(&key, vm.info().ssh_port, "deploy");
         Deployment {
             name: name.to_owned(),
+            domain: DOMAIN.to_owned(),
             dir,
             guest,
             key,
@@ -199,15 +207,16 @@ impl Deployment {
             self.vm.info().http_port
         };
         let mut cmd = Command::new("curl");
+        let domain = &self.domain;
         cmd.args([
             "-sS",
             "--max-time",
             "60",
             "--resolve",
-            &format!("{DOMAIN}:{port}:127.0.0.1"),
+            &format!("{domain}:{port}:127.0.0.1"),
         ]);
         cmd.args(extra);
-        cmd.arg(format!("{scheme}://{DOMAIN}:{port}{path}"));
+        cmd.arg(format!("{scheme}://{domain}:{port}{path}"));
         cmd.output().unwrap()
     }
 
@@ -234,7 +243,7 @@ impl Deployment {
             Target::from_boot_json(&self.vm.run_dir().join("boot.json")).unwrap();
         // verify makes a few SSH connections of its own (login, password, root).
         self.ssh.wait_window();
-        let mut opts = VerifyOptions::new(DOMAIN, "deploy");
+        let mut opts = VerifyOptions::new(&self.domain, "deploy");
         opts.identity = Some(self.key.clone());
         opts.ca_bundle = Some(root.to_path_buf());
         opts.known_hosts = known_hosts;

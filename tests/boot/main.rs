@@ -12,6 +12,7 @@ mod common;
 mod baked;
 mod deploy;
 mod deployment;
+mod dns;
 mod first_boot;
 mod minimal;
 mod security;
