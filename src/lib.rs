@@ -8,6 +8,7 @@ pub mod fsutil;
 pub mod keys;
 pub mod oci;
 pub mod qemu;
+pub mod qemu_img;
 pub mod remote;
 pub mod render;
 pub mod seed;

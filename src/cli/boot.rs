@@ -85,6 +85,8 @@ pub fn run(args: Args) -> Result<()> {
         memory_mib: args.memory,
         cpus: args.cpus,
         accel: args.accel,
+        disk_size: None,
+        network: false,
     };
     let mut vm = match Vm::start(&config) {
         Ok(vm) => vm,

@@ -99,7 +99,7 @@ pub struct BuildReport {
 /// line per phase. The output appears atomically, mode 0600 (it may hold keys); on
 /// failure nothing is left behind and the base is untouched.
 pub fn build(plan: &BuildPlan, progress: &mut dyn FnMut(&str)) -> Result<BuildReport> {
-    let qemu_img = find_qemu_img()?;
+    let qemu_img = crate::qemu_img::find()?;
     for f in &plan.files {
         check_guest_path(&f.path)?;
     }
@@ -118,7 +118,10 @@ pub fn build(plan: &BuildPlan, progress: &mut dyn FnMut(&str)) -> Result<BuildRe
             )));
         }
     }
-    let (base_format, virtual_size) = image_info(&qemu_img, base)?;
+    let crate::qemu_img::Info {
+        format: base_format,
+        virtual_size,
+    } = crate::qemu_img::info(base)?;
     if base_format != "qcow2" && base_format != "raw" {
         return Err(usage(format!(
             "base image {} is {base_format}: imgforge build reads qcow2 or raw (convert it with qemu-img convert -O qcow2)",
@@ -431,41 +434,6 @@ fn source_date_epoch() -> Result<Option<u64>> {
         }),
         _ => Ok(None),
     }
-}
-
-fn find_qemu_img() -> Result<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("qemu-img"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| usage("qemu-img not found: install qemu-utils (apt-get install qemu-utils)"))
-}
-
-/// The format and virtual size `qemu-img info` reports.
-fn image_info(qemu_img: &Path, path: &Path) -> Result<(String, u64)> {
-    let out = Command::new(qemu_img)
-        .args(["info", "--output", "json"])
-        .arg(path)
-        .output()
-        .context("running qemu-img info")?;
-    if !out.status.success() {
-        return Err(usage(format!(
-            "qemu-img cannot read base image {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("parsing qemu-img info output for {}", path.display()))?;
-    let format = info
-        .get("format")
-        .and_then(|f| f.as_str())
-        .with_context(|| format!("qemu-img info gave no format for {}", path.display()))?;
-    let size = info
-        .get("virtual-size")
-        .and_then(|f| f.as_u64())
-        .with_context(|| format!("qemu-img info gave no virtual size for {}", path.display()))?;
-    Ok((format.to_string(), size))
 }
 
 fn run_tool(cmd: &mut Command, what: &str) -> Result<()> {

@@ -3,7 +3,6 @@
 //! and waits for the deployment's status report. Tests drive the same [`Vm`].
 
 pub mod accel;
-pub mod disk;
 pub mod qmp;
 pub mod serial;
 pub use std::collections::BTreeMap;
@@ -49,6 +48,11 @@ pub struct VmConfig {
     pub memory_mib: u32,
     pub cpus: u32,
     pub accel: Accel,
+    /// The overlay's size when larger than the base (the guest grows its root into it).
+    pub disk_size: Option<u64>,
+    /// Lets the guest reach the network beyond the forwarded ports (a provisioning boot
+    /// installs packages); deployments boot with QEMU's `restrict=on`.
+    pub network: bool,
 }
 
 impl VmConfig {
@@ -65,6 +69,8 @@ impl VmConfig {
             memory_mib: 2048,
             cpus: 2,
             accel: Accel::Auto,
+            disk_size: None,
+            network: false,
         }
     }
 
@@ -193,9 +199,9 @@ impl Vm {
             .with_context(|| format!("creating run directory {}", config.run_dir.display()))?;
         let run_dir = fs::canonicalize(&config.run_dir)
             .with_context(|| format!("resolving run directory {}", config.run_dir.display()))?;
-        let format = disk::detect_format(&config.disk)?;
+        let format = crate::qemu_img::info(&config.disk)?.format;
         let overlay = run_dir.join("overlay.qcow2");
-        disk::create_overlay(&config.disk, &format, &overlay)?;
+        crate::qemu_img::create_overlay(&config.disk, &format, &overlay, config.disk_size)?;
         let accel = accel::resolve(config.accel, config.kernel.as_deref());
 
         let serial_log = run_dir.join("serial.log");
@@ -544,14 +550,18 @@ fn spawn_qemu(
     if let Some(seed) = &config.seed {
         let seed =
             fs::canonicalize(seed).with_context(|| format!("resolving seed {}", seed.display()))?;
-        let format = disk::detect_format(&seed)?;
+        let format = crate::qemu_img::info(&seed)?.format;
         cmd.arg("-drive").arg(format!(
             "file={},format={format},if=virtio,readonly=on",
             seed.display()
         ));
     }
     // restrict=on keeps the guest offline; forwarded ports still reach it.
-    let mut netdev = String::from("user,id=net0,restrict=on");
+    let mut netdev = String::from(if config.network {
+        "user,id=net0"
+    } else {
+        "user,id=net0,restrict=on"
+    });
     for (guest, host) in forwards {
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
     }

@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use assert_cmd::Command as BinCommand;
-use imgforge::qemu::disk;
+use imgforge::qemu_img;
 
 use crate::common::{run, sha256_file};
 
@@ -50,11 +50,11 @@ fn overlay_takes_the_writes_and_the_base_stays_as_it_was() {
         run(Command::new("qemu-io")
             .args(["-f", format, "-c", "write -P 0x11 0 64k"])
             .arg(&base));
-        assert_eq!(disk::detect_format(&base).expect("detect"), format);
+        assert_eq!(qemu_img::info(&base).expect("info").format, format);
         let before = sha256_file(&base);
 
         let overlay = dir.path().join(format!("overlay-{format}.qcow2"));
-        disk::create_overlay(&base, format, &overlay).expect("overlay");
+        qemu_img::create_overlay(&base, format, &overlay, None).expect("overlay");
         run(Command::new("qemu-io")
             .args(["-f", "qcow2", "-c", "write -P 0x22 0 64k"])
             .arg(&overlay));
