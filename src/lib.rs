@@ -7,6 +7,7 @@ pub mod exit;
 pub mod fsutil;
 pub mod keys;
 pub mod oci;
+pub mod provision;
 pub mod qemu;
 pub mod qemu_img;
 pub mod remote;

@@ -42,6 +42,9 @@ pub struct Status {
     /// The last deploys, oldest first.
     #[serde(default)]
     pub deploys: Vec<Deploy>,
+    /// Set by a provisioning boot when it ends: whether everything went in.
+    #[serde(default)]
+    pub provisioned: Option<bool>,
 }
 
 /// The version of the app a slot runs.

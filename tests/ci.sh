@@ -75,7 +75,8 @@ if [ "${IMGFORGE_BOOT_TESTS:-1}" != 0 ]; then
     # Two VMs at a time: a TCG guest keeps one core busy, and this machine has two.
     # IMGFORGE_SLOW_TESTS=1 also runs the slow tier (listed in tests/boot/main.rs).
     step "QEMU boot tests"
-    slow=(--skip minimal_fixture --skip certificate_arrives_when_the_acme_server_comes_up_late)
+    slow=(--skip minimal_fixture --skip certificate_arrives_when_the_acme_server_comes_up_late
+        --skip a_provisioned_image_deploys)
     [ "${IMGFORGE_SLOW_TESTS:-0}" = 1 ] && slow=()
     cargo test --test boot -- --ignored --test-threads=2 --nocapture "${slow[@]}"
 fi

@@ -19,6 +19,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="imgforge-vm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("deploy", help="first boot: run every step of the deployment")
+    sub.add_parser("provision", help="install the stack into an image (imgforge build --provision)")
+    sub.add_parser("generalize", help="make the image a template, then power off")
     sub.add_parser("cert", help="one certificate attempt, if one is due")
     sub.add_parser("dns", help="register the VM's address with its DNS provider, if due")
     sub.add_parser("backup", help="archive the data directory")
@@ -34,6 +36,13 @@ def main(argv=None):
     s.add_argument("--timeout", type=int, default=120)
     args = p.parse_args(argv)
 
+    if args.command in ("provision", "generalize"):
+        from . import provision
+        ctx = Ctx.load(provision.STEP_NAMES)
+        if args.command == "provision":
+            return 0 if provision.provision(ctx) else 1
+        provision.generalize(ctx)
+        return 0
     ctx = Ctx.load(firstboot.STEP_NAMES)
     try:
         if args.command == "deploy":

@@ -117,9 +117,14 @@ def load_bundle(path, sha256):
 
 
 def image(ctx):
-    conf, paths = ctx.conf, ctx.paths
     run("systemctl", "enable", "--now", "docker.service")
     run("systemctl", "enable", "--now", "imgforge-docker-firewall.service")
+    fetch_image(ctx)
+
+
+def fetch_image(ctx):
+    """Puts the app's image into Docker's store, from wherever the deployment says."""
+    conf, paths = ctx.conf, ctx.paths
     b = conf["bundle"]
     if b["kind"] == "registry":
         retry("docker pull", lambda: run("docker", "pull", conf["image"], timeout=DOCKER_LOAD_TIMEOUT),
@@ -134,6 +139,8 @@ def image(ctx):
             os.remove(dest)
     elif b["kind"] == "file":
         load_bundle(paths.baked_bundle, b["sha256"])
+    elif b["kind"] == "baked":
+        pass  # provisioned into Docker's store when the image was built
     elif b["kind"] == "seed":
         dev = next((d for d in ("/dev/disk/by-label/CIDATA", "/dev/disk/by-label/cidata")
                     if os.path.exists(d)), None)

@@ -79,6 +79,8 @@ pub struct BuildPlan {
     /// Timestamp for everything written; `None`: `SOURCE_DATE_EPOCH`, else the base
     /// filesystem's last write time, so the same inputs give the same image.
     pub epoch: Option<u64>,
+    /// qcow2 output compressed (`qemu-img convert -c`): smaller to upload, slower to write.
+    pub compress: bool,
 }
 
 /// What was built.
@@ -315,13 +317,12 @@ pub fn build(plan: &BuildPlan, progress: &mut dyn FnMut(&str)) -> Result<BuildRe
                 .permissions(std::fs::Permissions::from_mode(0o600))
                 .tempfile_in(&out_dir)
                 .with_context(|| format!("creating a temporary file in {}", out_dir.display()))?;
-            run_tool(
-                Command::new(&qemu_img)
-                    .args(["convert", "-f", "raw", "-O", "qcow2"])
-                    .arg(work.path())
-                    .arg(out.path()),
-                "qemu-img convert",
-            )?;
+            let mut convert = Command::new(&qemu_img);
+            convert.args(["convert", "-f", "raw", "-O", "qcow2"]);
+            if plan.compress {
+                convert.arg("-c");
+            }
+            run_tool(convert.arg(work.path()).arg(out.path()), "qemu-img convert")?;
             set_private(out.path())?;
             sync(out.path())?;
             out.persist(&plan.output).with_context(|| {
@@ -338,6 +339,34 @@ pub fn build(plan: &BuildPlan, progress: &mut dyn FnMut(&str)) -> Result<BuildRe
         available: stats.available_bytes(),
         epoch,
     })
+}
+
+/// Whether the root filesystem of `base` holds `path` (a regular file). Reads a raw copy
+/// made in the system's temporary directory.
+pub fn has_file(base: &Path, path: &str) -> Result<bool> {
+    let info = crate::qemu_img::info(base)?;
+    let work = tempfile::Builder::new()
+        .prefix(".imgforge-inspect-")
+        .suffix(".raw")
+        .tempfile()
+        .context("creating a work file")?;
+    run_tool(
+        Command::new(crate::qemu_img::find()?)
+            .args(["convert", "-f", &info.format, "-O", "raw"])
+            .arg(base)
+            .arg(work.path()),
+        "qemu-img convert",
+    )?;
+    let (table, root) = partition::find_root(work.path())
+        .map_err(|e| usage(format!("base image {}: {e:#}", base.display())))?;
+    let Some(root) = root else {
+        return Err(usage(format!(
+            "base image {} has no ext4 root filesystem (partition table: {table:?}); imgforge build needs a cloud image whose root is ext4, such as Ubuntu's",
+            base.display()
+        )));
+    };
+    let device = ext4::device(work.path(), root.partition.offset)?;
+    Ok(ext4::stat(&device, path)?.is_some_and(|i| i.kind == ext4::Kind::Regular))
 }
 
 /// The debugfs commands that create missing parent directories (0755) and write each

@@ -143,11 +143,10 @@ fn cloud_config(spec: &Spec, templates: &Templates) -> Result<(CloudConfig, Opti
             ));
         }
     }
-    files.push(WriteFile::gz_b64(
-        &layout.program,
-        gzip_base64(&program::zipapp_for(spec))?,
-        "0755",
-    ));
+    files.push(program_file(program::Needs {
+        dns: spec.dns.is_some(),
+        provision: false,
+    })?);
 
     let (ssh_keys, known_hosts) = if spec.host_key {
         let pair = KeyPair::generate("imgforge host key")?;
@@ -187,6 +186,46 @@ fn cloud_config(spec: &Spec, templates: &Templates) -> Result<(CloudConfig, Opti
         ),
     };
     Ok((cloud_config, known_hosts))
+}
+
+fn program_file(needs: program::Needs) -> Result<WriteFile> {
+    Ok(WriteFile::gz_b64(
+        &layout().program,
+        gzip_base64(&program::zipapp_for(needs))?,
+        "0755",
+    ))
+}
+
+/// The user-data of a provisioning boot (`imgforge build --provision`): the deployment
+/// and the program, and one command that installs the stack, loads the image, then
+/// generalizes the disk and powers it off. No users, no keys: nobody logs in.
+pub fn provisioning_user_data(spec: &Spec) -> Result<String> {
+    let layout = layout();
+    let config = VmConfig::new(spec);
+    let cloud_config = CloudConfig {
+        users: Vec::new(),
+        disable_root: true,
+        ssh_pwauth: false,
+        ssh_keys: None,
+        ssh_genkeytypes: vec!["ed25519"],
+        manage_etc_hosts: "localhost",
+        write_files: vec![
+            WriteFile::new(
+                &layout.config,
+                serde_json::to_string_pretty(&config)? + "\n",
+                "0600",
+            ),
+            program_file(program::Needs {
+                dns: false,
+                provision: true,
+            })?,
+        ],
+        runcmd: vec![vec![layout.program.clone(), "provision".to_owned()]],
+        final_message: "imgforge: provisioning finished after $UPTIME seconds".into(),
+    };
+    let text = cloud_config.to_user_data()?;
+    check_parses_back(&text)?;
+    Ok(text)
 }
 
 /// Docker's env-file: one `NAME=VALUE` a line, the value taken literally to the end

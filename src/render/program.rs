@@ -70,19 +70,31 @@ pub fn minify(src: &str) -> String {
 
 /// Modules a deployment may leave out when it does not use them: the user-data carries
 /// only what its VM runs.
-type Uses = fn(&crate::spec::Spec) -> bool;
-const OPTIONAL: &[(&str, Uses)] = &[("imgforge_vm/dns.py", |spec| spec.dns.is_some())];
+/// What a VM's program needs beyond its core.
+#[derive(Debug, Clone, Copy)]
+pub struct Needs {
+    /// Registers its address with a DNS provider.
+    pub dns: bool,
+    /// Runs a provisioning boot (`imgforge build --provision`).
+    pub provision: bool,
+}
+
+type Uses = fn(Needs) -> bool;
+const OPTIONAL: &[(&str, Uses)] = &[
+    ("imgforge_vm/dns.py", |n| n.dns),
+    ("imgforge_vm/provision.py", |n| n.provision),
+];
 
 /// The program with every module.
 pub fn zipapp() -> Vec<u8> {
     zip(&files())
 }
 
-/// The program for `spec`: without the optional modules it does not use.
-pub fn zipapp_for(spec: &crate::spec::Spec) -> Vec<u8> {
+/// The program without the optional modules the VM does not need.
+pub fn zipapp_for(needs: Needs) -> Vec<u8> {
     let names: Vec<String> = files()
         .into_iter()
-        .filter(|n| OPTIONAL.iter().all(|(name, used)| n != name || used(spec)))
+        .filter(|n| OPTIONAL.iter().all(|(name, used)| n != name || used(needs)))
         .collect();
     zip(&names)
 }

@@ -94,6 +94,7 @@ pub enum BundleJson<'a> {
     Url { url: &'a str, sha256: &'a str },
     Seed { sha256: &'a str },
     File { sha256: &'a str },
+    Baked,
 }
 
 impl<'a> VmConfig<'a> {
@@ -121,6 +122,7 @@ impl<'a> VmConfig<'a> {
                 Bundle::File { sha256 } => BundleJson::File {
                     sha256: sha256.as_str(),
                 },
+                Bundle::Baked => BundleJson::Baked,
             },
             docker_source: spec.docker_source,
             offline: spec.offline,

@@ -80,6 +80,8 @@ pub enum Bundle {
     Seed { sha256: Sha256Hex },
     /// An OCI bundle already on the VM's disk (a baked image), verified before loading.
     File { sha256: Sha256Hex },
+    /// The image is already in Docker's store (`imgforge build --provision`).
+    Baked,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]

@@ -95,8 +95,19 @@ impl Deployment {
         extra_append: &str,
     ) -> Deployment {
         let cfg = guest.vm_config(disk, seed, &dir.join("run"), extra_append);
+        Deployment::boot_config(name, dir, guest, key, &cfg)
+    }
+
+    /// Boots `cfg` (a VmConfig of `guest`).
+    pub fn boot_config(
+        name: &str,
+        dir: PathBuf,
+        guest: Guest,
+        key: PathBuf,
+        cfg: &imgforge::qemu::VmConfig,
+    ) -> Deployment {
         let power_on = Instant::now();
-        let vm = Vm::start(&cfg).unwrap();
+        let vm = Vm::start(cfg).unwrap();
         eprintln!("[{name}] booting; serial log {}", vm.serial_log().display());
         let ssh = Ssh::new(&key, vm.info().ssh_port, "deploy");
         Deployment {

@@ -15,4 +15,5 @@ mod deployment;
 mod dns;
 mod first_boot;
 mod minimal;
+mod provision;
 mod security;

@@ -73,6 +73,7 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 
 /// The guest test image, built (or taken from the cache) by tests/guest/build-image.sh.
 /// `IMGFORGE_GUEST_SUITE` picks the Debian release (bookworm by default).
+#[derive(Clone)]
 pub struct Guest {
     pub dir: PathBuf,
 }

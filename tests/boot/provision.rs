@@ -1,0 +1,149 @@
+//! A preconfigured image: `imgforge build --provision` on a bare cloud-style guest (no
+//! Docker, nginx, certbot or UFW), booted with no seed and the network restricted, against
+//! the bare boot and the seed path that installs everything from Debian's mirror at first
+//! boot. One run, three timings, each deployment checked with `imgforge verify`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use imgforge::qemu::Vm;
+
+use crate::common::*;
+use crate::deployment::*;
+
+/// Power-on to the first login prompt of the guest with no seed: the reference.
+fn bare_boot(guest: &Guest, dir: &Path) -> Duration {
+    let cfg = guest.vm_config(None, None, &dir.join("bare-run"), "");
+    let vm = Vm::start(&cfg).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let login = loop {
+        if let Some(login) = vm.timings().login_prompt {
+            break login;
+        }
+        assert!(Instant::now() < deadline, "no login prompt within 900 s");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    vm.stop(Duration::from_secs(30)).unwrap();
+    login
+}
+
+/// Where the time of a first boot went, as the guest tells it.
+fn explain(d: &Deployment) {
+    let out = d.ssh.run(
+        "sudo cloud-init analyze show 2>/dev/null | grep -E 'Finished|Total Time|finished' | head -n 40; \
+         echo; systemd-analyze 2>/dev/null; systemd-analyze blame 2>/dev/null | head -n 15",
+    );
+    eprintln!(
+        "[{}] where first boot's time went:\n{}",
+        d.name,
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn serving(d: &mut Deployment) -> Duration {
+    d.wait_ready_with_certificate();
+    let at = d.power_on.elapsed();
+    let root = d.pebble_root();
+    let about = d.https_json(&root, "/", &[]);
+    assert!(about.to_string().contains("classifier"), "{about}");
+    let report = d.verify(&root);
+    assert!(
+        report.ok,
+        "[{}] verify failed: {:#?}",
+        d.name,
+        report.failed().collect::<Vec<_>>()
+    );
+    explain(d);
+    at
+}
+
+#[test]
+#[ignore = "provisions and boots VMs for tens of minutes: IMGFORGE_SLOW_TESTS=1 tests/ci.sh"]
+fn a_provisioned_image_deploys_without_downloads_and_faster_than_the_seed_path() {
+    let (dir, _, key) = Deployment::prepare("provision");
+    let bare = Guest::variant("bare", &dir);
+    let bundle = classifier_bundle(&dir);
+
+    // 1. The reference: the bare guest's own boot.
+    let reference = bare_boot(&bare, &dir);
+    eprintln!(
+        "bare boot: login prompt after {:.0}s",
+        reference.as_secs_f64()
+    );
+
+    // 2. Provisioned: the stack installed into the image; first boot only configures,
+    //    with the network restricted (QEMU's restrict=on: nothing to download from).
+    let image = dir.join("provisioned.qcow2");
+    let cmdline = std::fs::read_to_string(bare.file("cmdline")).unwrap();
+    let mut args: Vec<String> = vec![
+        "build".into(),
+        "--base".into(),
+        bare.file("disk.qcow2").display().to_string(),
+        "--provision".into(),
+        "--size".into(),
+        "12G".into(),
+        "--kernel".into(),
+        bare.file("vmlinuz").display().to_string(),
+        "--initrd".into(),
+        bare.file("initrd.img").display().to_string(),
+        "--append".into(),
+        cmdline.trim().to_owned(),
+        "--docker-source".into(),
+        "distro".into(),
+        "--bundle".into(),
+        bundle.display().to_string(),
+        "--compress".into(),
+        "-o".into(),
+        image.display().to_string(),
+    ];
+    args.extend(user_flags(&bare, &key, false));
+    let started = Instant::now();
+    let out = ok(imgforge(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    let provisioning = started.elapsed();
+    eprintln!("{}", stderr(&out));
+    let size = std::fs::metadata(&image).unwrap().len();
+    let mut d = Deployment::boot(
+        "provisioned",
+        dir.join("provisioned"),
+        bare.clone(),
+        key.clone(),
+        Some(&image),
+        None,
+        "",
+    );
+    let provisioned = serving(&mut d);
+    d.finish();
+
+    // 3. The seed path on the bare guest, installing from Debian's mirror at first boot.
+    let seed = dir.join("seed.img");
+    let mut args: Vec<String> = vec!["seed".into(), "--docker-source".into(), "distro".into()];
+    args.extend(user_flags(&bare, &key, false));
+    args.extend(["--bundle".into(), bundle.display().to_string()]);
+    args.extend(["-o".into(), seed.display().to_string()]);
+    ok(imgforge(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    let mut cfg = bare.vm_config(None, Some(&seed), &dir.join("seed-run"), "");
+    cfg.network = true;
+    let mut d = Deployment::boot_config("seed-online", dir.join("seed-online"), bare, key, &cfg);
+    let seed_path = serving(&mut d);
+    d.finish();
+
+    let r = |t: Duration| t.as_secs_f64() / reference.as_secs_f64();
+    eprintln!(
+        "\nprovisioning: {:.0}s, image {}\n\
+         bare boot (login prompt)            {:>5.0}s  1.0x\n\
+         provisioned image -> HTTPS          {:>5.0}s  {:.1}x\n\
+         seed path, online install -> HTTPS  {:>5.0}s  {:.1}x",
+        provisioning.as_secs_f64(),
+        imgforge::disk::human(size),
+        reference.as_secs_f64(),
+        provisioned.as_secs_f64(),
+        r(provisioned),
+        seed_path.as_secs_f64(),
+        r(seed_path)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
