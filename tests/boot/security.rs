@@ -128,13 +128,6 @@ pub fn check_inside(d: &Deployment, slot: &str) {
             "sudo find /etc/imgforge -type f -printf '%m %p\\n'".to_string(),
         ),
         (
-            "leaks",
-            format!(
-                "sudo grep -rlaF {SECRET} /var/log /var/lib/imgforge /run/log 2>/dev/null; \
-                 sudo journalctl --no-pager -o export 2>/dev/null | grep -caF {SECRET}; true"
-            ),
-        ),
-        (
             "inspect",
             format!("sudo docker inspect --format '{{{{json .HostConfig}}}}' {container}"),
         ),
@@ -183,15 +176,9 @@ pub fn check_inside(d: &Deployment, slot: &str) {
             "/etc/imgforge file not 0600: {line}"
         );
     }
-    let leaks = section("leaks");
-    let mut lines = leaks.lines();
-    let files: Vec<&str> = lines.by_ref().take_while(|l| l.starts_with('/')).collect();
-    assert!(files.is_empty(), "the secret is in {files:?}");
-    assert_eq!(
-        leaks.lines().last().map(str::trim),
-        Some("0"),
-        "the secret is in the journal"
-    );
+    let (files, journal) = d.ssh.leaks(SECRET);
+    assert!(files.is_empty(), "the app's secret is in {files:?}");
+    assert_eq!(journal, 0, "the app's secret is in the journal");
     let host_config: serde_json::Value = serde_json::from_str(section("inspect").trim()).unwrap();
     assert_eq!(host_config["ReadonlyRootfs"], true, "{host_config}");
     assert!(

@@ -230,6 +230,51 @@ impl Ssh {
         self.command().arg(command).output().unwrap()
     }
 
+    /// One SSH command with `input` on its stdin (a secret stays out of every command
+    /// line, which sudo and the shell would log); must succeed; its stdout.
+    pub fn ok_with_input(&self, command: &str, input: &str) -> String {
+        use std::io::Write;
+        self.pace(1);
+        let mut child = self
+            .command()
+            .arg(command)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "ssh {command:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Where on the VM a secret (given on stdin, never on a command line) appears: the
+    /// files under the logs and imgforge's state that hold it, then how many journal
+    /// entries do.
+    pub fn leaks(&self, secret: &str) -> (Vec<String>, usize) {
+        let out = self.ok_with_input(
+            "umask 077; p=$(mktemp); cat > \"$p\"; \
+             sudo grep -rlaFf \"$p\" /var/log /var/lib/imgforge /run/log 2>/dev/null; \
+             echo @@; sudo journalctl --no-pager -o export | grep -caFf \"$p\"; rm -f \"$p\"",
+            &format!("{secret}\n"),
+        );
+        let (files, count) = out.split_once("@@\n").unwrap_or((&out, "0"));
+        (
+            files.lines().map(str::to_owned).collect(),
+            count.trim().parse().unwrap_or(usize::MAX),
+        )
+    }
+
     /// One SSH command that must succeed; its stdout.
     pub fn ok(&self, command: &str) -> String {
         let out = self.run(command);
