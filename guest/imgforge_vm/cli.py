@@ -24,6 +24,7 @@ def main(argv=None):
     sub.add_parser("cert", help="one certificate attempt, if one is due")
     sub.add_parser("dns", help="register the VM's address with its DNS provider, if due")
     sub.add_parser("backup", help="archive the data directory")
+    sub.add_parser("upgrade", help="apt-get upgrade, recorded in status.json")
     sub.add_parser("report", help="record cloud-init's result and the app's health")
     sub.add_parser("docker-firewall", help="block containers from the metadata service")
     sub.add_parser("deploy-version", help="deploy the version stdin describes, blue-green")
@@ -53,6 +54,8 @@ def main(argv=None):
             if ctx.conf.get("dns"):
                 from .dns import Dns
                 Dns(ctx).attempt()
+        elif args.command == "upgrade":
+            return 0 if firstboot.run_upgrade(ctx) else 1
         elif args.command == "backup":
             apps = Apps(ctx)
             slot = apps.active()

@@ -57,9 +57,29 @@ def packages(ctx):
                          "; render without --offline, or bake them in")
         return "skipped"
     apt("update")
-    apt("upgrade")
     apt("install", *BASE_PACKAGES, *(TLS_PACKAGES if conf["tls"] else []))
     return "ok"
+
+
+def upgrade(ctx):
+    """`apt-get upgrade`, off the critical path: started once the app serves, its outcome
+    recorded in status.json (`upgrade`)."""
+    if ctx.conf["offline"]:
+        return "skipped"
+    run("systemd-run", "--no-block", "--unit", "imgforge-upgrade",
+        "--property", "After=cloud-final.service", ctx.paths.program, "upgrade")
+    return "ok"
+
+
+def run_upgrade(ctx):
+    ctx.update(upgrade="running")
+    try:
+        apt("upgrade")
+    except Exception as e:
+        ctx.update(upgrade="failed", upgrade_detail=str(e))
+        return False
+    ctx.update(upgrade="ok", upgrade_detail="")
+    return True
 
 
 def docker(ctx):
@@ -193,7 +213,7 @@ def dns(ctx):
 
 STEPS = [("firewall", firewall), ("packages", packages), ("docker", docker), ("ssh", ssh),
          ("image", image), ("app", app), ("nginx", nginx), ("backup", backup),
-         ("dns", dns), ("certificate", cert.start)]
+         ("dns", dns), ("certificate", cert.start), ("upgrade", upgrade)]
 STEP_NAMES = [name for name, _ in STEPS]
 
 

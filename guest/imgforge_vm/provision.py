@@ -25,7 +25,8 @@ def image(ctx):
     run("systemctl", "stop", "docker.service", "docker.socket", check=False)
 
 
-STEPS = [("ufw", ufw), ("packages", firstboot.packages), ("docker", firstboot.docker),
+STEPS = [("ufw", ufw), ("packages", firstboot.packages),
+         ("upgrade", lambda ctx: firstboot.apt("upgrade")), ("docker", firstboot.docker),
          ("image", image)]
 STEP_NAMES = [name for name, _ in STEPS]
 
