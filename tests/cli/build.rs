@@ -543,6 +543,50 @@ fn unsupported_formats_missing_inputs_and_tools_are_usage_errors() {
     assert_usage_error(&out, "qemu-utils");
 }
 
+/// A host key baked into an image would be every VM's: refused, nothing written.
+/// `--provision` checks what it can before booting anything.
+#[test]
+fn host_keys_and_impossible_provisioning_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _, _) = cloud_disk(dir.path());
+    let pubkey = key(dir.path());
+    let out = dir.path().join("o.qcow2");
+    assert_usage_error(
+        &build(&base, &out, &["--host-key"], &pubkey),
+        "share its host key",
+    );
+    assert!(!out.exists());
+    // Provisioning needs packages online, a size at least the base's, and cloud-init.
+    let online: Vec<String> = deploy_args(&pubkey)
+        .into_iter()
+        .filter(|a| a != "--offline")
+        .collect();
+    let provision = |extra: &[&str]| {
+        let mut args: Vec<String> = vec![
+            "build".into(),
+            "--base".into(),
+            base.display().to_string(),
+            "--provision".into(),
+        ];
+        args.extend(online.clone());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(["-o".into(), out.display().to_string()]);
+        imgforge(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    assert_usage_error(&provision(&["--size", "1M"]), "smaller than the base");
+    assert_usage_error(&provision(&["--size", "lots"]), "not a size");
+    assert_usage_error(&provision(&[]), "no cloud-init");
+    assert_usage_error(&provision(&["--offline"]), "--offline");
+    assert!(!out.exists());
+    assert_eq!(
+        dir_entries(dir.path())
+            .iter()
+            .filter(|n| n.starts_with(".imgforge"))
+            .count(),
+        0
+    );
+}
+
 /// Rewrites a field of the primary GPT of `disk` (512-byte sectors) and makes both
 /// checksums match again, as a hostile image would: `entry` 0-based, `at` the offset
 /// in that entry.

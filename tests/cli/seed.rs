@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::Command;
 
 use imgforge::seed::{write_seed, SeedFile, SeedFormat};
-use sha2::{Digest, Sha256};
+
+use crate::common::{imgforge, pseudo_random, sha256_file as sha256};
 
 fn run(cmd: &mut Command) -> (bool, String, Vec<u8>) {
     let out = cmd.output().expect("running a checker tool");
@@ -17,21 +18,9 @@ fn run(cmd: &mut Command) -> (bool, String, Vec<u8>) {
     )
 }
 
-fn sha256(path: &Path) -> String {
-    hex::encode(Sha256::digest(fs::read(path).unwrap()))
-}
-
 /// A pseudo-random multi-MiB payload: repeating patterns would hide offset bugs.
 fn payload(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    pseudo_random(len, 0)
 }
 
 fn sample(dir: &Path) -> Vec<SeedFile> {
@@ -250,4 +239,37 @@ fn iso9660_seed_is_labelled_cidata_and_reproducible() {
         };
         assert!(fs::read(&dst).unwrap() == expected, "{} differs", f.name);
     }
+}
+
+/// `seed --host-key` says what `render --host-key` says: the known_hosts line, and that
+/// the private key travels in the user-data.
+#[test]
+fn seed_with_a_host_key_prints_its_known_hosts_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id_ed25519");
+    let out = imgforge(&["keygen", "-o", key.to_str().unwrap()]);
+    assert!(out.status.success());
+    let seed = dir.path().join("seed.img");
+    let out = imgforge(&[
+        "seed",
+        "--domain",
+        "api.example.com",
+        "--email",
+        "ops@example.com",
+        "--ssh-key",
+        &format!("{}.pub", key.display()),
+        "--image",
+        "ghcr.io/acme/app:1",
+        "--host-key",
+        "-o",
+        seed.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("metadata service"), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("api.example.com ssh-ed25519 ")),
+        "{err}"
+    );
 }
