@@ -16,7 +16,7 @@ import os
 import time
 import urllib.request
 
-from .system import Failed, log, out, run, write_atomic
+from .system import Failed, log, out, read_json, run, wait_for, write_atomic
 
 SLOTS = ("blue", "green")
 HISTORY = 20
@@ -75,25 +75,16 @@ def draining():
 
 def drain(seconds):
     """Waits (at most `seconds`) until nginx's old workers have finished with the old slot."""
-    end = time.monotonic() + seconds
     time.sleep(min(1.0, seconds))
-    while time.monotonic() < end and draining():
-        time.sleep(0.5)
+    wait_for(lambda: not draining(), seconds, 0.5)
 
 
 def healthy(url, timeout, interval=1.0):
     """True once url answers below 400 within timeout seconds."""
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                if resp.status < 400:
-                    return True
-        except Exception:
-            pass
-        if time.monotonic() > end:
-            return False
-        time.sleep(interval)
+    def answers():
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status < 400
+    return wait_for(answers, timeout, interval)
 
 
 class Apps:
@@ -105,11 +96,8 @@ class Apps:
 
     # -- state -------------------------------------------------------------------
     def load(self):
-        try:
-            with open(self.state_path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {"active": None, "running": {}, "previous": None, "history": []}
+        return read_json(self.state_path, {"active": None, "running": {}, "previous": None,
+                                           "history": []})
 
     def save(self, st):
         write_atomic(self.state_path, json.dumps(st, indent=2, sort_keys=True) + "\n", 0o600)

@@ -12,7 +12,7 @@ import ssl
 import subprocess
 import time
 
-from .system import ENV, fetch, log, run, write_atomic
+from .system import ENV, fetch, log, read_json, run, write_atomic
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 # Unchecked conditions (DNS not pointing here yet, ACME server down) are looked at again
@@ -42,11 +42,7 @@ class Certificate:
         self.state_path = ctx.paths.under("state_dir", "cert-state.json")
 
     def load(self):
-        try:
-            with open(self.state_path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {"failures": 0, "next": 0}
+        return read_json(self.state_path, {"failures": 0, "next": 0})
 
     def save(self, st):
         write_atomic(self.state_path, json.dumps(st) + "\n", 0o600)

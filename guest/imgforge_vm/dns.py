@@ -12,7 +12,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from .system import fetch, log, out, run, write_atomic
+from .system import fetch, log, out, read_json, run, wait_for, write_atomic
 
 DUCKDNS = "https://www.duckdns.org"
 CLOUDFLARE = "https://api.cloudflare.com"
@@ -105,16 +105,8 @@ def cloudflare(domain, token, api_url, zone, ipv4, ipv6):
 
 def resolves(domain, address, timeout, interval=5):
     """True once the resolver answers `address` for domain (within timeout seconds)."""
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            if address in {a[4][0] for a in socket.getaddrinfo(domain, 80, socket.AF_INET)}:
-                return True
-        except OSError:
-            pass
-        if time.monotonic() > end:
-            return False
-        time.sleep(interval)
+    return wait_for(lambda: address in {a[4][0] for a in socket.getaddrinfo(domain, 80, socket.AF_INET)},
+                    timeout, interval)
 
 
 class Dns:
@@ -124,11 +116,7 @@ class Dns:
         self.state_path = ctx.paths.under("state_dir", "dns-state.json")
 
     def load(self):
-        try:
-            with open(self.state_path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {"failures": 0, "next": 0, "address": None}
+        return read_json(self.state_path, {"failures": 0, "next": 0, "address": None})
 
     def attempt(self, wait=RESOLVE_WAIT, now=None):
         """One registration, if one is due: sets the record when the address changed,

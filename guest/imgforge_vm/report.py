@@ -3,9 +3,9 @@
 import glob
 import json
 import os
-import time
 
 from .app import Apps, healthy
+from .system import wait_for
 
 # cloud-init's result appears when its last stage ends; a first boot that installs
 # packages can take long, but not this long.
@@ -16,11 +16,8 @@ HEALTH_WAIT = 180
 def cloud_init_result(path, timeout, interval=2.0):
     """cloud-init's status for this boot, from result.json (on tmpfs, so per boot).
     `cloud-init status --wait` can return early once an earlier stage had an error."""
-    end = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > end:
-            return {"status": "error", "errors": [f"cloud-init did not finish within {timeout} s"]}
-        time.sleep(interval)
+    if not wait_for(lambda: os.path.exists(path), timeout, interval):
+        return {"status": "error", "errors": [f"cloud-init did not finish within {timeout} s"]}
     try:
         with open(path) as f:
             errors = json.load(f)["v1"]["errors"]

@@ -10,7 +10,7 @@ import json
 import os
 import time
 
-from .system import log, write_atomic
+from .system import log, read_json, write_atomic
 
 VERSION = 1
 PREFIX = "imgforge-status: "
@@ -39,11 +39,7 @@ def dumps(st):
 
 
 def read(paths):
-    try:
-        with open(paths.status) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return read_json(paths.status, None)
 
 
 def update(paths, step_names, steps=None, **fields):

@@ -1,6 +1,7 @@
 """Running commands, writing files and downloading, each bounded in time and size."""
 
 import hashlib
+import json
 import os
 import subprocess
 import tempfile
@@ -73,6 +74,29 @@ def write_atomic(path, data, mode=0o644):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def wait_for(check, timeout, interval=1.0):
+    """True once check() is, within timeout seconds; an exception counts as not yet."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return True
+        except Exception:
+            pass
+        if time.monotonic() > end:
+            return False
+        time.sleep(interval)
+
+
+def read_json(path, default):
+    """A state file's document, or default when it is missing or unreadable."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
 
 
 def sha256_file(path):

@@ -162,15 +162,7 @@ pub fn build(plan: &BuildPlan, progress: &mut dyn FnMut(&str)) -> Result<BuildRe
     )?;
     set_private(work.path())?;
 
-    let (table, root) = partition::find_root(work.path())
-        .map_err(|e| usage(format!("base image {}: {e:#}", base.display())))?;
-    let Some(root) = root else {
-        return Err(usage(format!(
-            "base image {} has no ext4 root filesystem (partition table: {table:?}); imgforge build needs a cloud image whose root is ext4, such as Ubuntu's",
-            base.display()
-        )));
-    };
-    let device = ext4::device(work.path(), root.partition.offset)?;
+    let (table, root, device) = root_of(work.path(), base)?;
     let stats = ext4::stats(&device).map_err(|e| {
         if crate::exit::code_for(&e) == crate::exit::USAGE {
             e
@@ -357,7 +349,14 @@ pub fn has_file(base: &Path, path: &str) -> Result<bool> {
             .arg(work.path()),
         "qemu-img convert",
     )?;
-    let (table, root) = partition::find_root(work.path())
+    let (_, _, device) = root_of(work.path(), base)?;
+    Ok(ext4::stat(&device, path)?.is_some_and(|i| i.kind == ext4::Kind::Regular))
+}
+
+/// The root filesystem of `work`, a raw copy of `base`, and its debugfs device; an image
+/// without one is the user's to fix (exit 2).
+fn root_of(work: &Path, base: &Path) -> Result<(partition::Table, partition::RootFs, String)> {
+    let (table, root) = partition::find_root(work)
         .map_err(|e| usage(format!("base image {}: {e:#}", base.display())))?;
     let Some(root) = root else {
         return Err(usage(format!(
@@ -365,8 +364,8 @@ pub fn has_file(base: &Path, path: &str) -> Result<bool> {
             base.display()
         )));
     };
-    let device = ext4::device(work.path(), root.partition.offset)?;
-    Ok(ext4::stat(&device, path)?.is_some_and(|i| i.kind == ext4::Kind::Regular))
+    let device = ext4::device(work, root.partition.offset)?;
+    Ok((table, root, device))
 }
 
 /// The debugfs commands that create missing parent directories (0755) and write each
