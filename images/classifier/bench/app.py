@@ -2,7 +2,8 @@
 Python way, as a point of comparison for bench.sh. Same preprocessing and answer shape
 as the Rust service (POST /predict with a multipart `file` or a raw image/* body).
 
-Run: MODEL_DIR=dist/model uvicorn app:app --host 127.0.0.1 --port 8001
+Run: MODEL_DIR=dist/model uvicorn app:app --host 127.0.0.1 --port 8001 --workers 2
+Each worker process has its own session with ORT_THREADS intra-op threads (default 1).
 """
 
 import io
@@ -16,8 +17,13 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 MODEL_DIR = os.environ.get("MODEL_DIR", "/app/model")
+OPTIONS = ort.SessionOptions()
+OPTIONS.intra_op_num_threads = int(os.environ.get("ORT_THREADS", "1"))
+OPTIONS.inter_op_num_threads = 1
 SESSION = ort.InferenceSession(
-    os.path.join(MODEL_DIR, "efficientnet-lite0.onnx"), providers=["CPUExecutionProvider"]
+    os.path.join(MODEL_DIR, "efficientnet-lite0.onnx"),
+    sess_options=OPTIONS,
+    providers=["CPUExecutionProvider"],
 )
 with open(os.path.join(MODEL_DIR, "labels.txt"), encoding="utf-8") as f:
     LABELS = f.read().splitlines()

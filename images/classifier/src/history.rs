@@ -444,7 +444,10 @@ mod tests {
         })
         .unwrap();
         let e = &h.recent(1, None).unwrap()[0];
-        assert_eq!(e.filename.as_deref().map(str::len), Some(MAX_FILENAME_CHARS));
+        assert_eq!(
+            e.filename.as_deref().map(str::len),
+            Some(MAX_FILENAME_CHARS)
+        );
         assert_eq!(e.content_type, None);
         assert_eq!(e.predictions.as_array().unwrap().len(), STORED_PREDICTIONS);
 
@@ -452,7 +455,10 @@ mod tests {
             sanitize_filename("../../etc/pass\u{0}wd\u{202e}gnp.exe").as_deref(),
             Some("pass_wd_gnp.exe")
         );
-        assert_eq!(sanitize_filename("C:\\photos\\cat.png").as_deref(), Some("cat.png"));
+        assert_eq!(
+            sanitize_filename("C:\\photos\\cat.png").as_deref(),
+            Some("cat.png")
+        );
         assert_eq!(sanitize_filename("dir/"), None);
         assert_eq!(
             sanitize_content_type("Image/PNG; charset=x").as_deref(),

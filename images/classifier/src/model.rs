@@ -107,7 +107,9 @@ fn decoder<'a>(
     decoder_limits.max_image_width = Some(limits.max_side);
     decoder_limits.max_image_height = Some(limits.max_side);
     decoder_limits.max_alloc = Some(limits.max_bytes.max(64 << 20));
-    decoder.set_limits(decoder_limits).map_err(map_image_error)?;
+    decoder
+        .set_limits(decoder_limits)
+        .map_err(map_image_error)?;
     Ok((
         decoder,
         Header {
@@ -260,6 +262,8 @@ impl Classifier {
                 .and_then(|b| b.with_parallel_execution(false))
                 .and_then(|b| b.with_intra_op_spinning(false))
                 .and_then(|b| b.with_prepacked_weights(&prepacked))
+                // Weights in buffers of their own size, not in the growing arena.
+                .and_then(|b| b.with_device_allocator_for_initializers())
                 .and_then(|b| b.commit_from_memory(&model))
                 .map_err(|e| anyhow!("{e}"))
                 .with_context(|| format!("loading model {}", model_path.display()))?;
@@ -363,8 +367,14 @@ mod tests {
     fn crop_box_is_the_centre_of_the_256_scaled_image() {
         // 512 x 512: scaled by 1/2, the centre 224 is 448 source pixels from 32.
         let (l, t, w, h) = crop_box(512, 512);
-        assert!((l - 32.0).abs() < 1e-9 && (t - 32.0).abs() < 1e-9, "{l} {t}");
-        assert!((w - 448.0).abs() < 1e-9 && (h - 448.0).abs() < 1e-9, "{w} {h}");
+        assert!(
+            (l - 32.0).abs() < 1e-9 && (t - 32.0).abs() < 1e-9,
+            "{l} {t}"
+        );
+        assert!(
+            (w - 448.0).abs() < 1e-9 && (h - 448.0).abs() < 1e-9,
+            "{w} {h}"
+        );
         // A wide image keeps its full height.
         let (_, t, _, h) = crop_box(1000, 300);
         assert!(t.abs() < 1e-9 && (h - 300.0 * 224.0 / 256.0).abs() < 1e-6);
@@ -407,7 +417,11 @@ mod tests {
             DynamicImage::ImageRgba32F(img.to_rgba32f()),
         ] {
             let t = preprocess(&converted).unwrap();
-            assert!(t.iter().all(|v| (-1.0..=1.0).contains(v)), "{:?}", converted.color());
+            assert!(
+                t.iter().all(|v| (-1.0..=1.0).contains(v)),
+                "{:?}",
+                converted.color()
+            );
         }
         // Tiny images are scaled up.
         assert_eq!(preprocess(&two_tone(3, 2)).unwrap().len(), 3 * 224 * 224);

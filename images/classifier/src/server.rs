@@ -553,10 +553,9 @@ async fn predict(
     // reserved before any pixel is decoded.
     let limits = state.limits;
     let probe_bytes = bytes.clone();
-    let header = blocking(move || {
-        model::probe(&probe_bytes, &limits).map_err(|e| decode_error(e, &limits))
-    })
-    .await?;
+    let header =
+        blocking(move || model::probe(&probe_bytes, &limits).map_err(|e| decode_error(e, &limits)))
+            .await?;
     let kib = u32::try_from(header.decoded_bytes.div_ceil(1024)).unwrap_or(u32::MAX);
     let memory = state
         .decode_memory
@@ -596,7 +595,8 @@ async fn predict(
 
     // A full disk should not stop the service from answering; the history is a log.
     let job_state = Arc::clone(&state);
-    let to_record = predictions[..predictions.len().min(crate::history::STORED_PREDICTIONS)].to_vec();
+    let to_record =
+        predictions[..predictions.len().min(crate::history::STORED_PREDICTIONS)].to_vec();
     let id = blocking(move || {
         Ok(job_state
             .history
@@ -738,7 +738,9 @@ mod tests {
     #[test]
     fn query_params_are_found_by_name() {
         assert_eq!(
-            query_param(Some("a=1&top_k=3"), "top_k").unwrap().as_deref(),
+            query_param(Some("a=1&top_k=3"), "top_k")
+                .unwrap()
+                .as_deref(),
             Some("3")
         );
         assert_eq!(
