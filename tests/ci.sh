@@ -59,6 +59,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "unit, CLI and real-tool tests"
 cargo test --workspace
 
+step "classifier API against its OpenAPI document (schemathesis)"
+images/classifier/tests/schemathesis.sh
+
 if [ "${IMGFORGE_BOOT_TESTS:-1}" != 0 ]; then
     # One VM at a time: two TCG guests on two cores would each take twice as long.
     # (tests/boot_runner.rs's own slow test is left out: the deployment tests cover it.)
