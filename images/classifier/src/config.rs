@@ -108,8 +108,8 @@ impl Config {
             &lookup,
             "DECODE_MEMORY_BYTES",
             DEFAULT_DECODE_MEMORY_BYTES,
-            "a byte count of at least 1 MiB",
-            |n| *n >= 1 << 20,
+            "a byte count of at least 64 KiB",
+            |n| *n >= 64 << 10,
         )?;
         let decode_concurrency = parse(
             &lookup,

@@ -375,9 +375,13 @@ mod tests {
             (w - 448.0).abs() < 1e-9 && (h - 448.0).abs() < 1e-9,
             "{w} {h}"
         );
-        // A wide image keeps its full height.
+        // A wide image: 300 -> 256 high, the crop 16 rows down.
         let (_, t, _, h) = crop_box(1000, 300);
-        assert!(t.abs() < 1e-9 && (h - 300.0 * 224.0 / 256.0).abs() < 1e-6);
+        let s = 300.0 / 256.0;
+        assert!(
+            (t - 16.0 * s).abs() < 1e-9 && (h - 224.0 * s).abs() < 1e-9,
+            "{t} {h}"
+        );
     }
 
     fn two_tone(w: u32, h: u32) -> DynamicImage {
