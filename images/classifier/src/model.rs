@@ -194,12 +194,13 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     exps.into_iter().map(|e| e / sum).collect()
 }
 
-/// Where the ONNX Runtime library is: `ORT_DYLIB_PATH`, else `lib/` beside the binary.
+/// Where the ONNX Runtime library is when `ORT_DYLIB_PATH` is not set: `lib/` beside the
+/// binary (`/app/lib` in the image, also when `/proc` is not mounted).
 pub fn default_ort_library() -> PathBuf {
     let dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("."));
+        .unwrap_or_else(|| PathBuf::from("/app"));
     dir.join("lib").join(ORT_LIBRARY_FILE)
 }
 

@@ -46,9 +46,9 @@ pub struct AppState {
     history_token: Option<String>,
     upload_slots: Semaphore,
     /// In KiB of decoded pixels.
-    decode_memory: Semaphore,
-    decode_slots: Semaphore,
-    inference_slots: Semaphore,
+    decode_memory: Arc<Semaphore>,
+    decode_slots: Arc<Semaphore>,
+    inference_slots: Arc<Semaphore>,
     started: Instant,
 }
 
@@ -80,7 +80,7 @@ impl AppState {
             .min(Semaphore::MAX_PERMITS)
             .min(u32::MAX as usize);
         Ok(Self {
-            inference_slots: Semaphore::new(classifier.parallelism()),
+            inference_slots: Arc::new(Semaphore::new(classifier.parallelism())),
             classifier,
             history,
             version: config.version.clone(),
@@ -91,8 +91,8 @@ impl AppState {
             },
             history_token: config.history_token.clone(),
             upload_slots: Semaphore::new(config.max_pending_uploads),
-            decode_memory: Semaphore::new(decode_kib),
-            decode_slots: Semaphore::new(config.decode_concurrency),
+            decode_memory: Arc::new(Semaphore::new(decode_kib)),
+            decode_slots: Arc::new(Semaphore::new(config.decode_concurrency)),
             started: Instant::now(),
         })
     }
@@ -550,65 +550,56 @@ async fn predict(
     } = upload;
 
     // The header tells what decoding will allocate; that much of the decode budget is
-    // reserved before any pixel is decoded.
+    // reserved before any pixel is decoded. Reading a header is cheap (no pixels), so it
+    // runs here rather than on the blocking pool.
     let limits = state.limits;
-    let probe_bytes = bytes.clone();
-    let header =
-        blocking(move || model::probe(&probe_bytes, &limits).map_err(|e| decode_error(e, &limits)))
-            .await?;
+    let header = model::probe(&bytes, &limits).map_err(|e| decode_error(e, &limits))?;
     let kib = u32::try_from(header.decoded_bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-    let memory = state
-        .decode_memory
-        .acquire_many(kib)
+    let memory = Arc::clone(&state.decode_memory)
+        .acquire_many_owned(kib)
         .await
         .map_err(|e| ApiError::internal(&e.into()))?;
-    let decode_slot = state
-        .decode_slots
-        .acquire()
+    let decode_slot = Arc::clone(&state.decode_slots)
+        .acquire_owned()
         .await
         .map_err(|e| ApiError::internal(&e.into()))?;
     let input = blocking(move || {
         let img = model::decode_image(&bytes, &limits).map_err(|e| decode_error(e, &limits))?;
         drop(bytes);
-        model::preprocess(&img).map_err(|e| ApiError::internal(&e))
+        let input = model::preprocess(&img).map_err(|e| ApiError::internal(&e));
+        drop((img, decode_slot, memory));
+        input
     })
     .await?;
-    drop((decode_slot, memory, upload_slot));
+    drop(upload_slot);
 
-    let inference_slot = state
-        .inference_slots
-        .acquire()
+    let inference_slot = Arc::clone(&state.inference_slots)
+        .acquire_owned()
         .await
         .map_err(|e| ApiError::internal(&e.into()))?;
     let job_state = Arc::clone(&state);
-    let (probs, inference_ms) = blocking(move || {
+    let (predictions, inference_ms, id) = blocking(move || {
         let start = Instant::now();
         let probs = job_state
             .classifier
             .scores(input)
             .map_err(|e| ApiError::internal(&e))?;
-        Ok((probs, start.elapsed().as_secs_f64() * 1000.0))
-    })
-    .await?;
-    drop(inference_slot);
-    let predictions = state.classifier.top_k(&probs, top_k);
-
-    // A full disk should not stop the service from answering; the history is a log.
-    let job_state = Arc::clone(&state);
-    let to_record =
-        predictions[..predictions.len().min(crate::history::STORED_PREDICTIONS)].to_vec();
-    let id = blocking(move || {
-        Ok(job_state
+        let inference_ms = start.elapsed().as_secs_f64() * 1000.0;
+        drop(inference_slot);
+        let predictions = job_state.classifier.top_k(&probs, top_k);
+        // A full disk should not stop the service from answering; the history is a log.
+        let id = job_state
             .history
             .record(&NewEntry {
                 filename: filename.as_deref(),
                 content_type: content_type.as_deref(),
-                predictions: &to_record,
+                predictions: &predictions,
                 inference_ms,
             })
             .map_err(|e| tracing::warn!(error = format!("{e:#}"), "history not recorded"))
             .ok()
-            .flatten())
+            .flatten();
+        Ok((predictions, inference_ms, id))
     })
     .await?;
 
