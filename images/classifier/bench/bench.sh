@@ -78,8 +78,9 @@ cleanup() {
 trap cleanup EXIT
 
 RUST_PORT=$(free_port)
+# MALLOC_ARENA_MAX as image.yaml sets it.
 env PORT="$RUST_PORT" BIND_ADDR=127.0.0.1 MODEL_DIR="$DIST/model" DATA_DIR="$WORK/data" \
-    LOG_LEVEL=warn "${RUST_ENV[@]}" "$DIST/classifier" 2>"$WORK/rust.log" &
+    LOG_LEVEL=warn MALLOC_ARENA_MAX=2 "${RUST_ENV[@]}" "$DIST/classifier" 2>"$WORK/rust.log" &
 RUST_PID=$!
 PIDS+=("$RUST_PID")
 PY_PORT=$(free_port)

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 #[schema(example = json!({"error": "too_many_pixels", "message": "the image is 11900 x 11900 pixels; at most 50000000 pixels are accepted"}))]
 pub struct ErrorBody {
     /// Stable code: `empty_upload`, `missing_file`, `bad_multipart`, `invalid_parameter`,
-    /// `unauthorized`, `not_found`, `method_not_allowed`, `body_too_large`,
+    /// `unauthorized`, `not_found`, `method_not_allowed`, `request_timeout`, `body_too_large`,
     /// `unsupported_media_type`, `not_an_image`, `corrupt_image`, `too_many_pixels`,
     /// `image_too_large`, `busy`, `internal_error`.
     pub error: &'static str,

@@ -37,6 +37,8 @@ pub const DEFAULT_HISTORY_LIMIT: usize = 20;
 pub const MAX_HISTORY_LIMIT: usize = 100;
 /// How long a request waits for an upload slot before it is told to come back.
 const UPLOAD_WAIT: Duration = Duration::from_secs(30);
+/// How long a client may take to send its upload (a slow sender holds an upload slot).
+const UPLOAD_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct AppState {
     pub classifier: Classifier,
@@ -513,6 +515,7 @@ pub struct ImageBytes(Vec<u8>);
     responses(
         (status = 200, body = PredictResponse),
         (status = 400, description = "`empty_upload`, `missing_file`, `bad_multipart` or `invalid_parameter`", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body took over 60 s to arrive", body = ErrorBody),
         (status = 413, description = "`body_too_large`: over `MAX_BODY_BYTES`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type` or `not_an_image`", body = ErrorBody),
         (status = 422, description = "`corrupt_image`, `too_many_pixels` or `image_too_large`", body = ErrorBody),
@@ -536,7 +539,18 @@ async fn predict(
             )
         })?
         .map_err(|e| ApiError::internal(&e.into()))?;
-    let upload = read_upload(req).await?;
+    let upload = tokio::time::timeout(UPLOAD_READ_TIMEOUT, read_upload(req))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the upload was not received within {} s",
+                    UPLOAD_READ_TIMEOUT.as_secs()
+                ),
+            )
+        })??;
     if upload.bytes.is_empty() {
         return Err(ApiError::bad_request(
             "empty_upload",
