@@ -8,7 +8,8 @@
 # average at the start and end is printed so a busy run can be recognised.
 # Environment: REQUESTS (per run, default 300), WARMUP (default 30), CONCURRENCY
 # (default "1 2 4"), WORKERS (uvicorn workers, default 2), IMAGE (default chelsea.png),
-# RUST_ENV (extra VAR=value settings for the Rust service), IMGFORGE_CACHE, PYTHON.
+# RUST_ENV (extra VAR=value settings for the Rust service), RUST_BIN (default
+# dist/classifier; e.g. an older build to compare), IMGFORGE_CACHE, PYTHON.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -21,10 +22,11 @@ WARMUP=${WARMUP:-30}
 CONCURRENCY=${CONCURRENCY:-1 2 4}
 WORKERS=${WORKERS:-2}
 IMAGE=${IMAGE:-$DIST/testdata/chelsea.png}
+RUST_BIN=${RUST_BIN:-$DIST/classifier}
 read -r -a RUST_ENV <<<"${RUST_ENV:-}"
 
 die() { printf 'bench.sh: error: %s\n' "$*" >&2; exit 1; }
-for f in "$DIST/classifier" "$DIST/model/efficientnet-lite0.onnx" "$IMAGE"; do
+for f in "$RUST_BIN" "$DIST/model/efficientnet-lite0.onnx" "$IMAGE"; do
     [[ -e $f ]] || die "$f is missing: run images/classifier/build.sh first"
 done
 
@@ -80,7 +82,7 @@ trap cleanup EXIT
 RUST_PORT=$(free_port)
 # MALLOC_ARENA_MAX as image.yaml sets it.
 env PORT="$RUST_PORT" BIND_ADDR=127.0.0.1 MODEL_DIR="$DIST/model" DATA_DIR="$WORK/data" \
-    LOG_LEVEL=warn MALLOC_ARENA_MAX=2 "${RUST_ENV[@]}" "$DIST/classifier" 2>"$WORK/rust.log" &
+    LOG_LEVEL=warn MALLOC_ARENA_MAX=2 "${RUST_ENV[@]}" "$RUST_BIN" 2>"$WORK/rust.log" &
 RUST_PID=$!
 PIDS+=("$RUST_PID")
 PY_PORT=$(free_port)
@@ -95,8 +97,7 @@ wait_health "http://127.0.0.1:$PY_PORT/health"
 cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1)
 printf 'host: %s cores (%s), %s; load average at start: %s\n' "$(nproc)" "$cpu" "$(uname -m)" \
     "$(cut -d' ' -f1-3 /proc/loadavg)"
-printf 'rust: dist/classifier %s bytes + libonnxruntime %s; %s\n' "$(stat -c %s "$DIST/classifier")" \
-    "$("$VENV/bin/python" -c 'import onnxruntime; print(onnxruntime.__version__)')" "${RUST_ENV[*]:-defaults}"
+printf 'rust: %s (%s bytes); %s\n' "$RUST_BIN" "$(stat -c %s "$RUST_BIN")" "${RUST_ENV[*]:-defaults}"
 printf 'python: uvicorn --workers %s, onnxruntime %s, 1 intra-op thread each\n' "$WORKERS" \
     "$("$VENV/bin/python" -c 'import onnxruntime; print(onnxruntime.__version__)')"
 printf 'image: %s (%s bytes), %s requests per run after %s warm-up requests\n\n' \
@@ -120,7 +121,7 @@ for svc in ("rust", "python"):
     for c in levels:
         with open(os.path.join(work, f"result.{svc}.{c}")) as f:
             results[f"{svc}.{c}"] = json.load(f)
-print("| concurrency | Rust (axum + ONNX Runtime) req/s, p50/p99 ms | Python (FastAPI + onnxruntime) req/s, p50/p99 ms | req/s ratio |")
+print("| concurrency | Rust req/s, p50/p99 ms | Python (FastAPI + onnxruntime) req/s, p50/p99 ms | req/s ratio |")
 print("|---|---|---|---|")
 for c in levels:
     r, p = results[f"rust.{c}"], results[f"python.{c}"]
