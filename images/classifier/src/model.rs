@@ -65,7 +65,8 @@ pub enum DecodeError {
 pub struct Header {
     pub width: u32,
     pub height: u32,
-    /// Bytes of the one full-size buffer decoding allocates.
+    /// Bytes of memory decoding may take at its peak: the decoded pixels, and for the
+    /// formats whose decoders keep a second full-size buffer, that too.
     pub decoded_bytes: u64,
 }
 
@@ -86,6 +87,7 @@ fn decoder<'a>(
     if reader.format().is_none() {
         return Err(DecodeError::NotAnImage);
     }
+    let format = reader.format();
     let mut decoder = reader.into_decoder().map_err(map_image_error)?;
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
@@ -96,7 +98,14 @@ fn decoder<'a>(
     {
         return Err(DecodeError::TooManyPixels { width, height });
     }
-    let decoded_bytes = decoder.total_bytes();
+    let pixels = u64::from(width) * u64::from(height);
+    let decoded_bytes = decoder.total_bytes().saturating_add(match format {
+        // WebP decodes into a buffer of its own before the output (measured: 2.2 copies).
+        Some(image::ImageFormat::WebP) => decoder.total_bytes().saturating_add(pixels),
+        // GIF keeps the frame's palette indices beside the RGBA canvas.
+        Some(image::ImageFormat::Gif) => pixels,
+        _ => 0,
+    });
     if decoded_bytes > limits.max_bytes {
         return Err(DecodeError::TooLarge {
             bytes: decoded_bytes,
@@ -478,6 +487,13 @@ mod tests {
             decode_image(&bytes, &narrow),
             Err(DecodeError::TooManyPixels { .. })
         ));
+        // WebP's decoder holds a second buffer: that is reserved too.
+        let mut webp = Vec::new();
+        DynamicImage::ImageRgba8(image::RgbaImage::new(10, 10))
+            .write_to(&mut Cursor::new(&mut webp), image::ImageFormat::WebP)
+            .unwrap();
+        let h = probe(&webp, &LIMITS).unwrap();
+        assert_eq!(h.decoded_bytes, 10 * 10 * 4 * 2 + 10 * 10);
         let tight = DecodeLimits {
             max_bytes: 3000,
             ..LIMITS
