@@ -68,6 +68,7 @@ pub struct Header {
     /// Bytes of memory decoding may take at its peak: the decoded pixels, and for the
     /// formats whose decoders keep a second full-size buffer, that too.
     pub decoded_bytes: u64,
+    is_jpeg: bool,
 }
 
 fn map_image_error(e: image::ImageError) -> DecodeError {
@@ -99,7 +100,16 @@ fn decoder<'a>(
         return Err(DecodeError::TooManyPixels { width, height });
     }
     let pixels = u64::from(width) * u64::from(height);
-    let decoded_bytes = decoder.total_bytes().saturating_add(match format {
+    let scaled_jpeg = match format {
+        Some(image::ImageFormat::Jpeg) => jpeg_plan(bytes),
+        _ => None,
+    };
+    let decoded_bytes = match scaled_jpeg {
+        // The decoder keeps its component planes beside the output.
+        Some(plan) => plan.bytes().saturating_mul(2),
+        None => decoder.total_bytes(),
+    };
+    let decoded_bytes = decoded_bytes.saturating_add(match format {
         // WebP decodes into a buffer of its own before the output (measured: 2.2 copies).
         Some(image::ImageFormat::WebP) => decoder.total_bytes().saturating_add(pixels),
         // GIF keeps the frame's palette indices beside the RGBA canvas.
@@ -125,6 +135,7 @@ fn decoder<'a>(
             width,
             height,
             decoded_bytes,
+            is_jpeg: format == Some(image::ImageFormat::Jpeg),
         },
     ))
 }
@@ -134,9 +145,81 @@ pub fn probe(bytes: &[u8], limits: &DecodeLimits) -> Result<Header, DecodeError>
     decoder(bytes, limits).map(|(_, header)| header)
 }
 
-/// Decodes into one buffer in the image's own pixel format (no RGB copy is made).
+/// How a large JPEG is decoded straight to a smaller size in the DCT domain (1/2, 1/4 or
+/// 1/8), keeping the shorter side at least [`RESIZE_SIZE`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct JpegPlan {
+    width: u32,
+    height: u32,
+    channels: u32,
+}
+
+impl JpegPlan {
+    fn bytes(self) -> u64 {
+        u64::from(self.width) * u64::from(self.height) * u64::from(self.channels)
+    }
+}
+
+/// `Some` for a baseline or progressive 8-bit grey or RGB JPEG that can be decoded at 1/2
+/// or less of its size; `None` (decode at full size) for anything else.
+fn jpeg_plan(bytes: &[u8]) -> Option<JpegPlan> {
+    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    // The decoder has asserts for inputs it does not expect; such a file is decoded (or
+    // refused) by the full-size path instead.
+    let info = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decoder.read_info().ok().and_then(|()| decoder.info())
+    }))
+    .ok()
+    .flatten()?;
+    let channels = match info.pixel_format {
+        jpeg_decoder::PixelFormat::L8 => 1,
+        jpeg_decoder::PixelFormat::RGB24 => 3,
+        _ => return None,
+    };
+    let (w, h) = (u32::from(info.width), u32::from(info.height));
+    let denominator = [8, 4, 2]
+        .into_iter()
+        .find(|d| w.min(h) / d >= RESIZE_SIZE)?;
+    Some(JpegPlan {
+        width: w.div_ceil(denominator),
+        height: h.div_ceil(denominator),
+        channels,
+    })
+}
+
+fn decode_scaled_jpeg(bytes: &[u8], plan: JpegPlan) -> Result<DynamicImage, DecodeError> {
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+        let requested = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+        let (w, h) = decoder.scale(requested(plan.width), requested(plan.height))?;
+        decoder.set_max_decoding_buffer_size(
+            usize::try_from(plan.bytes().saturating_mul(2)).unwrap_or(0),
+        );
+        decoder
+            .decode()
+            .map(|pixels| (u32::from(w), u32::from(h), pixels))
+    }))
+    .map_err(|_| DecodeError::Corrupt("the JPEG decoder gave up on this file".into()))?;
+    let (w, h, pixels) = decoded.map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let image = match plan.channels {
+        1 => image::GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8),
+        _ => image::RgbImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8),
+    };
+    image.ok_or_else(|| {
+        DecodeError::Corrupt("the JPEG decoded to fewer pixels than it declares".into())
+    })
+}
+
+/// Decodes into one buffer in the image's own pixel format (no RGB copy is made). Large
+/// JPEGs are decoded at 1/2, 1/4 or 1/8 of their size (shorter side still at least 256).
 pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, DecodeError> {
-    let (decoder, _) = decoder(bytes, limits)?;
+    let (decoder, header) = decoder(bytes, limits)?;
+    if header.is_jpeg {
+        if let Some(plan) = jpeg_plan(bytes) {
+            drop(decoder);
+            return decode_scaled_jpeg(bytes, plan);
+        }
+    }
     DynamicImage::from_decoder(decoder).map_err(map_image_error)
 }
 
@@ -461,6 +544,34 @@ mod tests {
             decode_image(&png, &LIMITS),
             Err(DecodeError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn large_jpegs_are_decoded_smaller_in_the_dct_domain() {
+        let jpeg = |w: u32, h: u32| {
+            let mut out = Vec::new();
+            two_tone(w, h)
+                .write_to(&mut Cursor::new(&mut out), image::ImageFormat::Jpeg)
+                .unwrap();
+            out
+        };
+        // 1024 x 600: half size keeps the shorter side at 300 >= 256; a quarter would not.
+        let big = jpeg(1024, 600);
+        let h = probe(&big, &LIMITS).unwrap();
+        assert_eq!((h.width, h.height), (1024, 600));
+        assert_eq!(h.decoded_bytes, 512 * 300 * 3 * 2);
+        let img = decode_image(&big, &LIMITS).unwrap();
+        assert_eq!((img.width(), img.height()), (512, 300));
+        let t = preprocess(&img).unwrap();
+        assert!(t[0] > 0.9, "red on the left: {}", t[0]);
+        // Small ones are decoded whole.
+        let small = jpeg(400, 300);
+        assert_eq!(probe(&small, &LIMITS).unwrap().decoded_bytes, 400 * 300 * 3);
+        let img = decode_image(&small, &LIMITS).unwrap();
+        assert_eq!((img.width(), img.height()), (400, 300));
+        // A truncated large JPEG is still an error, not a panic.
+        let cut = &big[..big.len() / 3];
+        assert!(decode_image(cut, &LIMITS).is_err() || probe(cut, &LIMITS).is_err());
     }
 
     #[test]
