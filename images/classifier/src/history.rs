@@ -403,6 +403,54 @@ mod tests {
     }
 
     #[test]
+    fn a_database_filled_by_an_older_version_shrinks_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(HISTORY_FILE);
+        {
+            // The schema and settings of the previous version: no auto_vacuum.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 CREATE TABLE predictions (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+                     filename TEXT, content_type TEXT, top_label TEXT NOT NULL,
+                     top_score REAL NOT NULL, inference_ms REAL NOT NULL,
+                     predictions TEXT NOT NULL);",
+            )
+            .unwrap();
+            let name = "x".repeat(100_000);
+            for _ in 0..50 {
+                conn.execute(
+                    "INSERT INTO predictions (filename, top_label, top_score, inference_ms,
+                         predictions) VALUES (?1, 'cat', 0.5, 1.0, '[]')",
+                    params![name],
+                )
+                .unwrap();
+            }
+        }
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let wal = dir.path().join(format!("{HISTORY_FILE}-wal"));
+        assert!(size(&path) + size(&wal) > 5_000_000);
+        let h = History::open(
+            dir.path(),
+            Retention {
+                max_rows: 2,
+                max_age_days: 30,
+            },
+        )
+        .unwrap();
+        assert_eq!(h.count().unwrap(), 2);
+        drop(h);
+        assert!(
+            size(&path) + size(&wal) < 1_000_000,
+            "{} + {} bytes",
+            size(&path),
+            size(&wal)
+        );
+    }
+
+    #[test]
     fn old_rows_are_deleted_at_start_up() {
         let dir = tempfile::tempdir().unwrap();
         let h = History::open(dir.path(), KEEP_ALL).unwrap();
