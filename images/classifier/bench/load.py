@@ -7,6 +7,7 @@ Prints one JSON object: p50_ms, p99_ms, mean_ms, rps, errors, top1.
 
 import http.client
 import json
+import socket
 import sys
 import threading
 import time
@@ -28,13 +29,22 @@ def main(argv):
         body = f.read()
     headers = {"Content-Type": "image/png", "Content-Length": str(len(body))}
 
+    def connect():
+        # TCP_NODELAY, as load tools (wrk, hey) and Go's and Rust's HTTP clients set it:
+        # http.client sends a large body after the headers in a second write, and Nagle's
+        # algorithm would hold its tail until the server's delayed ACK (~40 ms).
+        c = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+        c.connect()
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return c
+
     def request(conn):
         conn.request("POST", u.path or "/", body=body, headers=headers)
         resp = conn.getresponse()
         data = resp.read()
         return resp.status, data
 
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+    conn = connect()
     top1 = None
     for _ in range(warmup):
         status, data = request(conn)
@@ -48,7 +58,7 @@ def main(argv):
     remaining = [total]
 
     def worker():
-        c = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+        c = connect()
         while True:
             with lock:
                 if remaining[0] == 0:
@@ -60,7 +70,7 @@ def main(argv):
             except OSError:
                 status = 0
                 c.close()
-                c = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+                c = connect()
             dt = (time.perf_counter() - t0) * 1000
             with lock:
                 if status == 200:

@@ -1,62 +1,166 @@
-//! The HTTP API: `GET /`, `GET /health`, `POST /predict`, `GET /history`.
-//! Inference runs on tokio's blocking pool, at most one job per core, so concurrent
-//! requests use every core without oversubscribing them.
+//! The HTTP API: `GET /`, `GET /health`, `POST /predict`, `GET /history`, and its own
+//! description at `GET /openapi.json` (generated from the handlers below) and `GET /docs`.
+//!
+//! Every stage of a prediction is bounded: request bodies held in memory
+//! (`MAX_PENDING_UPLOADS`), decoded pixels (`DECODE_MEMORY_BYTES`, reserved from the
+//! image header before decoding), concurrent decodes (`DECODE_CONCURRENCY`) and
+//! concurrent inferences (one per ONNX Runtime session).
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, RawQuery, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::routing::{get, post};
+use axum::response::{Html, Response};
+use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Config;
-use crate::error::ApiError;
-use crate::history::{History, NewEntry};
-use crate::model::{self, Classifier, DecodeError};
+use crate::error::{ApiError, ErrorBody};
+use crate::history::{Entry, History, NewEntry, Retention};
+use crate::model::{self, Classifier, DecodeError, DecodeLimits, EngineConfig, Prediction};
 
 pub const SERVICE_NAME: &str = "classifier";
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const DEFAULT_TOP_K: usize = 5;
 pub const DEFAULT_HISTORY_LIMIT: usize = 20;
-pub const MAX_HISTORY_LIMIT: usize = 1000;
+pub const MAX_HISTORY_LIMIT: usize = 100;
+/// How long a request waits for an upload slot before it is told to come back.
+const UPLOAD_WAIT: Duration = Duration::from_secs(30);
+/// How long a client may take to send its upload (a slow sender holds an upload slot).
+const UPLOAD_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct AppState {
     pub classifier: Classifier,
     pub history: History,
-    inference_slots: Semaphore,
+    version: String,
+    limits: DecodeLimits,
+    history_token: Option<String>,
+    upload_slots: Semaphore,
+    /// In KiB of decoded pixels.
+    decode_memory: Arc<Semaphore>,
+    decode_slots: Arc<Semaphore>,
+    inference_slots: Arc<Semaphore>,
     started: Instant,
 }
 
 impl AppState {
-    /// Loads the model from `config.model_dir` and opens the history in `config.data_dir`.
+    /// Loads ONNX Runtime and the model from `config.model_dir`, and opens the history in
+    /// `config.data_dir`.
     pub fn load(config: &Config) -> Result<Self> {
-        let classifier = Classifier::load(&config.model_dir)?;
-        let history = History::open(&config.data_dir)?;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let library = config
+            .ort_library
+            .clone()
+            .unwrap_or_else(model::default_ort_library);
+        model::init_runtime(&library)?;
+        let classifier = Classifier::load(
+            &config.model_dir,
+            &EngineConfig {
+                sessions: config.inference_sessions,
+                threads_per_session: config.inference_threads,
+            },
+        )?;
+        let history = History::open(
+            &config.data_dir,
+            Retention {
+                max_rows: config.history_max_rows,
+                max_age_days: config.history_max_age_days,
+            },
+        )?;
+        let decode_kib = usize::try_from(config.decode_memory_bytes.div_ceil(1024))
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS)
+            .min(u32::MAX as usize);
         Ok(Self {
+            inference_slots: Arc::new(Semaphore::new(classifier.parallelism())),
             classifier,
             history,
-            inference_slots: Semaphore::new(cores),
+            version: config.version.clone(),
+            limits: DecodeLimits {
+                max_pixels: config.max_image_pixels,
+                max_side: config.max_image_side,
+                max_bytes: config.decode_memory_bytes,
+            },
+            history_token: config.history_token.clone(),
+            upload_slots: Semaphore::new(config.max_pending_uploads),
+            decode_memory: Arc::new(Semaphore::new(decode_kib)),
+            decode_slots: Arc::new(Semaphore::new(config.decode_concurrency)),
             started: Instant::now(),
         })
     }
 }
 
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "classifier",
+        description = "Image classification with EfficientNet-Lite0 (ImageNet, 1000 classes). \
+            Every error is a 4xx (or 503 when busy) JSON body with a stable `error` code.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+        }
+    }
+}
+
+/// The router with its OpenAPI description, before state is attached.
+fn api_router() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(index))
+        .routes(routes!(health))
+        .routes(routes!(predict))
+        .routes(routes!(history))
+        .split_for_parts()
+}
+
+/// The OpenAPI document `GET /openapi.json` serves, with `version` as the API version.
+pub fn openapi(version: &str) -> utoipa::openapi::OpenApi {
+    let mut doc = api_router().1;
+    doc.info.version = version.to_owned();
+    doc
+}
+
 pub fn app(state: Arc<AppState>, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/", get(index))
-        .route("/health", get(health))
-        .route("/predict", post(predict))
-        .route("/history", get(history))
+    let (router, mut doc) = api_router();
+    doc.info.version = state.version.clone();
+    let doc_json = Arc::new(doc.to_json().unwrap_or_else(|_| "{}".into()));
+    router
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc_json = Arc::clone(&doc_json);
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        doc_json.as_str().to_owned(),
+                    )
+                }
+            }),
+        )
+        .route("/docs", get(docs))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -74,7 +178,12 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .context("reading the listening address")?;
-    tracing::info!(addr = %addr, model = model::MODEL_NAME, "listening");
+    tracing::info!(
+        addr = %addr,
+        model = model::MODEL_NAME,
+        sessions = state.classifier.parallelism(),
+        "listening"
+    );
     axum::serve(listener, app(state, max_body_bytes))
         .with_graceful_shutdown(shutdown)
         .await
@@ -137,42 +246,92 @@ async fn log_request(req: Request, next: Next) -> Response {
     response
 }
 
-async fn index() -> Json<Value> {
-    Json(json!({
-        "service": SERVICE_NAME,
-        "version": VERSION,
-        "model": {
-            "name": model::MODEL_NAME,
-            "input": [1, 3, model::INPUT_SIZE, model::INPUT_SIZE],
-            "classes": model::NUM_CLASSES,
-        },
-        "endpoints": ["GET /", "GET /health", "POST /predict", "GET /history"],
-    }))
+#[derive(Serialize, ToSchema)]
+pub struct ModelInfo {
+    #[schema(example = "efficientnet-lite0")]
+    pub name: &'static str,
+    /// Input tensor shape, NCHW.
+    #[schema(example = json!([1, 3, 224, 224]))]
+    pub input: [u32; 4],
+    pub classes: usize,
 }
 
-async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({
-        "status": "ok",
-        "model": model::MODEL_NAME,
-        "uptime_s": state.started.elapsed().as_secs(),
-    }))
+#[derive(Serialize, ToSchema)]
+pub struct IndexResponse {
+    #[schema(example = "classifier")]
+    pub service: &'static str,
+    /// `APP_VERSION`, or the service's own version.
+    #[schema(example = "0.1.0")]
+    pub version: String,
+    pub model: ModelInfo,
+    pub endpoints: Vec<&'static str>,
+}
+
+/// Service name, version and model.
+#[utoipa::path(get, path = "/", responses((status = 200, body = IndexResponse)))]
+async fn index(State(state): State<Arc<AppState>>) -> Json<IndexResponse> {
+    Json(IndexResponse {
+        service: SERVICE_NAME,
+        version: state.version.clone(),
+        model: ModelInfo {
+            name: model::MODEL_NAME,
+            input: [1, 3, model::INPUT_SIZE, model::INPUT_SIZE],
+            classes: model::NUM_CLASSES,
+        },
+        endpoints: vec![
+            "GET /",
+            "GET /health",
+            "POST /predict",
+            "GET /history",
+            "GET /openapi.json",
+            "GET /docs",
+        ],
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct HealthResponse {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+    pub model: &'static str,
+    pub uptime_s: u64,
+}
+
+/// Liveness: answers as soon as the model is loaded.
+#[utoipa::path(get, path = "/health", responses((status = 200, body = HealthResponse)))]
+async fn health(State(state): State<Arc<AppState>>) -> Json<HealthResponse> {
+    Json(HealthResponse {
+        status: "ok",
+        model: model::MODEL_NAME,
+        uptime_s: state.started.elapsed().as_secs(),
+    })
+}
+
+/// Interactive documentation of `/openapi.json` (Swagger UI, loaded by the browser).
+async fn docs() -> Html<&'static str> {
+    Html(include_str!("docs.html"))
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not found")
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "not found")
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed",
+    )
 }
 
-/// The value of `key` in a query string of plain numbers and names (no decoding needed).
-fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
-    query?
-        .split('&')
-        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v)
+/// The first value of `key` in a URL query string, percent-decoded.
+fn query_param(query: Option<&str>, key: &str) -> Result<Option<String>, ApiError> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|_| ApiError::bad_request("invalid_parameter", "the query string is malformed"))?;
+    Ok(pairs.into_iter().find(|(k, _)| k == key).map(|(_, v)| v))
 }
 
 fn bounded_param(
@@ -181,14 +340,17 @@ fn bounded_param(
     default: usize,
     max: usize,
 ) -> Result<usize, ApiError> {
-    match query_param(query, key) {
+    match query_param(query, key)? {
         None => Ok(default),
         Some(v) => v
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=max).contains(n))
             .ok_or_else(|| {
-                ApiError::bad_request(format!("{key} must be an integer from 1 to {max}"))
+                ApiError::bad_request(
+                    "invalid_parameter",
+                    format!("{key} must be an integer from 1 to {max}"),
+                )
             }),
     }
 }
@@ -205,15 +367,18 @@ async fn read_upload(req: Request) -> Result<Upload, ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_ascii_lowercase());
+    let rejection = |e: axum::extract::rejection::BytesRejection| {
+        ApiError::from_rejection(e.status(), e.body_text())
+    };
     match content_type.as_deref() {
         Some(ct) if ct.starts_with("multipart/form-data") => {
             let mut multipart = Multipart::from_request(req, &())
                 .await
-                .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+                .map_err(|e| ApiError::from_rejection(e.status(), e.body_text()))?;
             while let Some(field) = multipart
                 .next_field()
                 .await
-                .map_err(|e| ApiError::new(e.status(), e.body_text()))?
+                .map_err(|e| ApiError::from_rejection(e.status(), e.body_text()))?
             {
                 if field.name() != Some("file") {
                     continue;
@@ -223,20 +388,21 @@ async fn read_upload(req: Request) -> Result<Upload, ApiError> {
                 let bytes = field
                     .bytes()
                     .await
-                    .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+                    .map_err(|e| ApiError::from_rejection(e.status(), e.body_text()))?;
                 return Ok(Upload {
                     bytes,
                     filename,
                     content_type,
                 });
             }
-            Err(ApiError::bad_request("multipart form has no `file` field"))
+            Err(ApiError::bad_request(
+                "missing_file",
+                "multipart form has no `file` field",
+            ))
         }
         Some(ct) if ct.starts_with("image/") => {
             let ct = ct.split(';').next().unwrap_or(ct).trim().to_owned();
-            let bytes = Bytes::from_request(req, &())
-                .await
-                .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+            let bytes = Bytes::from_request(req, &()).await.map_err(rejection)?;
             Ok(Upload {
                 bytes,
                 filename: None,
@@ -245,6 +411,7 @@ async fn read_upload(req: Request) -> Result<Upload, ApiError> {
         }
         other => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
             format!(
                 "content type {} is not accepted: send multipart/form-data with a `file` \
                  field, or the image itself with an image/* content type",
@@ -254,91 +421,319 @@ async fn read_upload(req: Request) -> Result<Upload, ApiError> {
     }
 }
 
-async fn predict(
-    State(state): State<Arc<AppState>>,
-    RawQuery(query): RawQuery,
-    req: Request,
-) -> Result<Json<Value>, ApiError> {
-    let top_k = bounded_param(query.as_deref(), "top_k", DEFAULT_TOP_K, model::NUM_CLASSES)?;
-    let upload = read_upload(req).await?;
-    if upload.bytes.is_empty() {
-        return Err(ApiError::bad_request("the uploaded image is empty"));
-    }
-
-    let permit = state
-        .inference_slots
-        .acquire()
-        .await
-        .map_err(|e| ApiError::internal(&e.into()))?;
-    let job_state = Arc::clone(&state);
-    let result =
-        tokio::task::spawn_blocking(move || classify_and_record(&job_state, &upload, top_k))
-            .await
-            .map_err(|e| ApiError::internal(&e.into()))?;
-    drop(permit);
-    result.map(Json)
-}
-
-fn classify_and_record(state: &AppState, upload: &Upload, top_k: usize) -> Result<Value, ApiError> {
-    let img = model::decode_image(&upload.bytes).map_err(|e| match e {
+fn decode_error(e: DecodeError, limits: &DecodeLimits) -> ApiError {
+    match e {
         DecodeError::NotAnImage => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not_an_image",
             "the upload is not an image in a supported format (PNG, JPEG, WebP, GIF, BMP)",
         ),
         DecodeError::Corrupt(msg) => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
+            "corrupt_image",
             format!("the image could not be decoded: {msg}"),
         ),
-        DecodeError::TooLarge(msg) => ApiError::new(
+        DecodeError::TooManyPixels { width, height } => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("the image is too large to decode: {msg}"),
+            "too_many_pixels",
+            format!(
+                "the image is {width} x {height} pixels; at most {} pixels and {} a side \
+                 are accepted",
+                limits.max_pixels, limits.max_side
+            ),
         ),
-    })?;
-    let start = Instant::now();
-    let predictions = state
-        .classifier
-        .classify(&img, top_k)
-        .map_err(|e| ApiError::internal(&e))?;
-    let inference_ms = start.elapsed().as_secs_f64() * 1000.0;
+        DecodeError::TooLarge { bytes } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "image_too_large",
+            format!(
+                "the decoded image would take {bytes} bytes; at most {} are accepted",
+                limits.max_bytes
+            ),
+        ),
+    }
+}
 
-    // A full disk should not stop the service from answering; the history is a log.
-    let id = state
-        .history
-        .record(&NewEntry {
-            filename: upload.filename.as_deref(),
-            content_type: upload.content_type.as_deref(),
-            predictions: &predictions,
-            inference_ms,
-        })
-        .map_err(|e| tracing::warn!(error = format!("{e:#}"), "history not recorded"))
-        .ok();
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(&e.into()))?
+}
 
-    Ok(json!({
-        "id": id,
-        "model": model::MODEL_NAME,
-        "top_k": top_k,
-        "predictions": predictions,
-        "inference_ms": inference_ms,
-        "image": { "width": img.width(), "height": img.height() },
+#[derive(Serialize, ToSchema)]
+pub struct ImageSize {
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PredictResponse {
+    /// The history entry's id; `null` when the history keeps nothing or could not write.
+    pub id: Option<i64>,
+    #[schema(example = "efficientnet-lite0")]
+    pub model: &'static str,
+    pub top_k: usize,
+    /// Best first.
+    pub predictions: Vec<Prediction>,
+    /// Time spent in the model, in milliseconds.
+    pub inference_ms: f64,
+    pub image: ImageSize,
+}
+
+/// A multipart upload: the image in a field named `file`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PredictForm {
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
+/// The image itself as the request body.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct ImageBytes(Vec<u8>);
+
+/// Classifies one image: a multipart form with a `file` field, or the image itself with
+/// an `image/*` content type. PNG, JPEG, WebP, GIF and BMP are decoded.
+#[utoipa::path(
+    post,
+    path = "/predict",
+    params(
+        ("top_k" = Option<usize>, Query, minimum = 1, maximum = 1000,
+            description = "How many classes to return (default 5)")
+    ),
+    request_body(content(
+        (PredictForm = "multipart/form-data"),
+        (ImageBytes = "image/png"),
+        (ImageBytes = "image/jpeg"),
+        (ImageBytes = "image/webp"),
+        (ImageBytes = "image/gif"),
+        (ImageBytes = "image/bmp")
+    )),
+    responses(
+        (status = 200, body = PredictResponse),
+        (status = 400, description = "`empty_upload`, `missing_file`, `bad_multipart` or `invalid_parameter`", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body took over 60 s to arrive", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: over `MAX_BODY_BYTES`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type` or `not_an_image`", body = ErrorBody),
+        (status = 422, description = "`corrupt_image`, `too_many_pixels` or `image_too_large`", body = ErrorBody),
+        (status = 503, description = "`busy`: too many uploads are waiting", body = ErrorBody),
+    )
+)]
+async fn predict(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    req: Request,
+) -> Result<Json<PredictResponse>, ApiError> {
+    let top_k = bounded_param(query.as_deref(), "top_k", DEFAULT_TOP_K, model::NUM_CLASSES)?;
+    // Bodies held in memory at once are bounded: a request waits for a slot first.
+    let upload_slot = tokio::time::timeout(UPLOAD_WAIT, state.upload_slots.acquire())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many uploads are in progress; try again",
+            )
+        })?
+        .map_err(|e| ApiError::internal(&e.into()))?;
+    let upload = tokio::time::timeout(UPLOAD_READ_TIMEOUT, read_upload(req))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the upload was not received within {} s",
+                    UPLOAD_READ_TIMEOUT.as_secs()
+                ),
+            )
+        })??;
+    if upload.bytes.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_upload",
+            "the uploaded image is empty",
+        ));
+    }
+    let Upload {
+        bytes,
+        filename,
+        content_type,
+    } = upload;
+
+    // The header tells what decoding will allocate; that much of the decode budget is
+    // reserved before any pixel is decoded. Reading a header is cheap (no pixels), so it
+    // runs here rather than on the blocking pool.
+    let limits = state.limits;
+    let header = model::probe(&bytes, &limits).map_err(|e| decode_error(e, &limits))?;
+    let kib = u32::try_from(header.decoded_bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+    let memory = Arc::clone(&state.decode_memory)
+        .acquire_many_owned(kib)
+        .await
+        .map_err(|e| ApiError::internal(&e.into()))?;
+    let decode_slot = Arc::clone(&state.decode_slots)
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal(&e.into()))?;
+    let input = blocking(move || {
+        let img = model::decode_image(&bytes, &limits).map_err(|e| decode_error(e, &limits))?;
+        drop(bytes);
+        let input = model::preprocess(&img).map_err(|e| ApiError::internal(&e));
+        drop((img, decode_slot, memory));
+        input
+    })
+    .await?;
+    drop(upload_slot);
+
+    let inference_slot = Arc::clone(&state.inference_slots)
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal(&e.into()))?;
+    let job_state = Arc::clone(&state);
+    let (predictions, inference_ms, id) = blocking(move || {
+        let start = Instant::now();
+        let probs = job_state
+            .classifier
+            .scores(input)
+            .map_err(|e| ApiError::internal(&e))?;
+        let inference_ms = start.elapsed().as_secs_f64() * 1000.0;
+        drop(inference_slot);
+        let predictions = job_state.classifier.top_k(&probs, top_k);
+        // A full disk should not stop the service from answering; the history is a log.
+        let id = job_state
+            .history
+            .record(&NewEntry {
+                filename: filename.as_deref(),
+                content_type: content_type.as_deref(),
+                predictions: &predictions,
+                inference_ms,
+            })
+            .map_err(|e| tracing::warn!(error = format!("{e:#}"), "history not recorded"))
+            .ok()
+            .flatten();
+        Ok((predictions, inference_ms, id))
+    })
+    .await?;
+
+    Ok(Json(PredictResponse {
+        id,
+        model: model::MODEL_NAME,
+        top_k,
+        predictions,
+        inference_ms,
+        image: ImageSize {
+            width: header.width,
+            height: header.height,
+        },
     }))
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct HistoryResponse {
+    /// Newest first.
+    pub items: Vec<Entry>,
+    /// Pass as `before` to get the next (older) page; `null` on the last page.
+    pub next_before: Option<i64>,
+    /// True when file names and content types are left out (no valid token was sent,
+    /// or none is configured).
+    pub anonymous: bool,
+}
+
+/// Whether `a` equals `b`, in time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Recent predictions, newest first, a page at a time. With `HISTORY_TOKEN` set this needs
+/// `Authorization: Bearer <token>` and shows file names and content types; without it the
+/// history is public and anonymous.
+#[utoipa::path(
+    get,
+    path = "/history",
+    params(
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 100,
+            description = "Entries per page (default 20)"),
+        ("before" = Option<i64>, Query, minimum = 1,
+            description = "Only entries with a smaller id: `next_before` of the previous page")
+    ),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, body = HistoryResponse),
+        (status = 400, description = "`invalid_parameter`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: `HISTORY_TOKEN` is set and the request does not carry it", body = ErrorBody),
+    )
+)]
 async fn history(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Json<HistoryResponse>, ApiError> {
+    let anonymous = match &state.history_token {
+        None => true,
+        Some(token) => {
+            let sent = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            match sent {
+                Some(sent) if same_secret(sent.as_bytes(), token.as_bytes()) => false,
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "GET /history needs Authorization: Bearer <HISTORY_TOKEN>",
+                    ))
+                }
+            }
+        }
+    };
     let limit = bounded_param(
         query.as_deref(),
         "limit",
         DEFAULT_HISTORY_LIMIT,
         MAX_HISTORY_LIMIT,
     )?;
+    let before = match query_param(query.as_deref(), "before")? {
+        None => None,
+        Some(v) => Some(v.parse::<i64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+            ApiError::bad_request("invalid_parameter", "before must be a positive integer")
+        })?),
+    };
     let job_state = Arc::clone(&state);
-    let items = tokio::task::spawn_blocking(move || job_state.history.recent(limit))
-        .await
-        .map_err(|e| ApiError::internal(&e.into()))?
-        .map_err(|e| ApiError::internal(&e))?;
-    Ok(Json(json!({ "items": items })))
+    let (mut items, more) = blocking(move || {
+        let items = job_state
+            .history
+            .recent(limit, before)
+            .map_err(|e| ApiError::internal(&e))?;
+        let more = match items.last() {
+            Some(last) if items.len() == limit => job_state
+                .history
+                .has_older(last.id)
+                .map_err(|e| ApiError::internal(&e))?,
+            _ => false,
+        };
+        Ok((items, more))
+    })
+    .await?;
+    if anonymous {
+        for item in &mut items {
+            item.filename = None;
+            item.content_type = None;
+        }
+    }
+    let next_before = if more {
+        items.last().map(|e| e.id)
+    } else {
+        None
+    };
+    Ok(Json(HistoryResponse {
+        items,
+        next_before,
+        anonymous,
+    }))
 }
 
 #[cfg(test)]
@@ -347,10 +742,22 @@ mod tests {
 
     #[test]
     fn query_params_are_found_by_name() {
-        assert_eq!(query_param(Some("a=1&top_k=3"), "top_k"), Some("3"));
-        assert_eq!(query_param(Some("top_k"), "top_k"), Some(""));
-        assert_eq!(query_param(Some("top_kk=3"), "top_k"), None);
-        assert_eq!(query_param(None, "top_k"), None);
+        assert_eq!(
+            query_param(Some("a=1&top_k=3"), "top_k")
+                .unwrap()
+                .as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            query_param(Some("top_k"), "top_k").unwrap().as_deref(),
+            Some("")
+        );
+        assert_eq!(
+            query_param(Some("top_k=%33"), "top_k").unwrap().as_deref(),
+            Some("3")
+        );
+        assert_eq!(query_param(Some("top_kk=3"), "top_k").unwrap(), None);
+        assert_eq!(query_param(None, "top_k").unwrap(), None);
     }
 
     #[test]
@@ -363,6 +770,34 @@ mod tests {
         for bad in ["top_k=0", "top_k=1001", "top_k=-1", "top_k=x", "top_k="] {
             let e = bounded_param(Some(bad), "top_k", 5, 1000).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(e.code, "invalid_parameter");
         }
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!same_secret(b"0123456789abcdef", b"0123456789abcdeX"));
+        assert!(!same_secret(b"0123456789abcdef", b"0123456789abcde"));
+    }
+
+    #[test]
+    fn openapi_describes_every_route() {
+        let doc = openapi("9.9.9");
+        assert_eq!(doc.info.version, "9.9.9");
+        let json: serde_json::Value = serde_json::from_str(&doc.to_json().unwrap()).unwrap();
+        assert!(json["openapi"].as_str().unwrap().starts_with("3."));
+        for (path, method) in [
+            ("/", "get"),
+            ("/health", "get"),
+            ("/predict", "post"),
+            ("/history", "get"),
+        ] {
+            assert!(json["paths"][path][method].is_object(), "{path} {method}");
+        }
+        let predict = &json["paths"]["/predict"]["post"];
+        assert!(predict["requestBody"]["content"]["multipart/form-data"].is_object());
+        assert!(predict["responses"]["422"].is_object());
+        assert!(json["components"]["securitySchemes"]["bearer"].is_object());
     }
 }

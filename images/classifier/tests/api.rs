@@ -35,6 +35,10 @@ fn model_dir() -> PathBuf {
     dist().join("model")
 }
 
+fn ort_library() -> PathBuf {
+    require(dist().join("lib/libonnxruntime.so.1.23.2"))
+}
+
 fn photo(name: &str) -> Vec<u8> {
     let path = require(dist().join("testdata").join(name));
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
@@ -61,6 +65,9 @@ impl Server {
             .env("BIND_ADDR", "127.0.0.1")
             .env("MODEL_DIR", model_dir())
             .env("DATA_DIR", data_dir)
+            .env("ORT_DYLIB_PATH", ort_library())
+            .env_remove("HISTORY_TOKEN")
+            .env_remove("APP_VERSION")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -103,6 +110,10 @@ impl Server {
                 panic!("service failed to start: {line}");
             }
         }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn url(&self, path: &str) -> String {
@@ -222,6 +233,16 @@ async fn concurrent_predictions_all_answer() {
     }
 }
 
+const TOKEN: &str = "test-token-0123456789";
+
+async fn get_history(server: &Server, query: &str, token: Option<&str>) -> reqwest::Response {
+    let mut req = client().get(server.url(&format!("/history{query}")));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    req.send().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn history_survives_a_restart() {
     let data = tempfile::tempdir().unwrap();
@@ -238,8 +259,8 @@ async fn history_survives_a_restart() {
     );
     assert!(data.path().join("history.sqlite3").exists());
 
-    let server = Server::start(data.path(), &[]);
-    let resp = client().get(server.url("/history")).send().await.unwrap();
+    let server = Server::start(data.path(), &[("HISTORY_TOKEN", TOKEN)]);
+    let resp = get_history(&server, "", Some(TOKEN)).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let body: Value = resp.json().await.unwrap();
     let items = body["items"].as_array().unwrap();
@@ -251,11 +272,7 @@ async fn history_survives_a_restart() {
     assert_eq!(items[1]["filename"], "chelsea.png");
     assert_eq!(items[1]["predictions"].as_array().unwrap().len(), 5);
 
-    let resp = client()
-        .get(server.url("/history?limit=1"))
-        .send()
-        .await
-        .unwrap();
+    let resp = get_history(&server, "?limit=1", Some(TOKEN)).await;
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["items"].as_array().unwrap().len(), 1);
 }
@@ -279,16 +296,63 @@ async fn index_and_health_describe_the_service() {
     assert_eq!(resp.status(), StatusCode::OK);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "ok");
+    drop(server);
+
+    // A later deployment only changes the version label.
+    let server = Server::start(data.path(), &[("APP_VERSION", "v2")]);
+    let body: Value = client()
+        .get(server.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["version"], "v2");
+    let doc: Value = client()
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["info"]["version"], "v2");
 }
 
-async fn expect_error(resp: reqwest::Response, status: StatusCode, what: &str) {
-    assert_eq!(resp.status(), status, "{what}");
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_is_described_by_openapi() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let resp = client()
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let doc: Value = resp.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    for path in ["/", "/health", "/predict", "/history"] {
+        assert!(doc["paths"][path].is_object(), "{path} is not described");
+    }
+    let resp = client().get(server.url("/docs")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.text().await.unwrap().contains("openapi.json"));
+}
+
+async fn expect_error(resp: reqwest::Response, status: StatusCode, code: &str) {
+    assert_eq!(resp.status(), status, "{code}");
     let body: Value = resp
         .json()
         .await
-        .unwrap_or_else(|e| panic!("{what}: error body is not JSON: {e}"));
-    let msg = body["error"].as_str().unwrap_or_default();
-    assert!(!msg.is_empty(), "{what}: {body}");
+        .unwrap_or_else(|e| panic!("{code}: error body is not JSON: {e}"));
+    assert_eq!(body["error"], code, "{body}");
+    let msg = body["message"].as_str().unwrap_or_default();
+    assert!(!msg.is_empty(), "{code}: {body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -300,9 +364,9 @@ async fn bad_inputs_get_json_4xx() {
     assert!(png.len() > limit);
 
     let r = predict_raw(&server, "", Some("image/png"), Vec::new()).await;
-    expect_error(r, StatusCode::BAD_REQUEST, "empty raw body").await;
+    expect_error(r, StatusCode::BAD_REQUEST, "empty_upload").await;
     let r = predict_multipart(&server, "empty.png", Vec::new()).await;
-    expect_error(r, StatusCode::BAD_REQUEST, "empty multipart file").await;
+    expect_error(r, StatusCode::BAD_REQUEST, "empty_upload").await;
     let form = Form::new().text("other", "value");
     let r = client()
         .post(server.url("/predict"))
@@ -310,12 +374,22 @@ async fn bad_inputs_get_json_4xx() {
         .send()
         .await
         .unwrap();
-    expect_error(r, StatusCode::BAD_REQUEST, "multipart without file").await;
+    expect_error(r, StatusCode::BAD_REQUEST, "missing_file").await;
 
     let r = predict_raw(&server, "", Some("text/plain"), b"hello".to_vec()).await;
-    expect_error(r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "text/plain").await;
+    expect_error(
+        r,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
     let r = predict_raw(&server, "", None, png[..1000].to_vec()).await;
-    expect_error(r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "no content type").await;
+    expect_error(
+        r,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
     let r = predict_raw(
         &server,
         "",
@@ -323,45 +397,33 @@ async fn bad_inputs_get_json_4xx() {
         b"not an image at all".to_vec(),
     )
     .await;
-    expect_error(
-        r,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "text sent as image/png",
-    )
-    .await;
+    expect_error(r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "not_an_image").await;
     let r = predict_raw(&server, "", Some("image/png"), png[..20_000].to_vec()).await;
-    expect_error(r, StatusCode::UNPROCESSABLE_ENTITY, "truncated png").await;
+    expect_error(r, StatusCode::UNPROCESSABLE_ENTITY, "corrupt_image").await;
 
     let r = predict_raw(&server, "", Some("image/png"), png.clone()).await;
-    expect_error(r, StatusCode::PAYLOAD_TOO_LARGE, "raw body over the limit").await;
+    expect_error(r, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large").await;
     let r = predict_multipart(&server, "chelsea.png", png.clone()).await;
-    expect_error(r, StatusCode::PAYLOAD_TOO_LARGE, "multipart over the limit").await;
+    expect_error(r, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large").await;
 
     let small = photo("coffee.png")[..1000].to_vec();
     for q in ["?top_k=0", "?top_k=1001", "?top_k=five"] {
         let r = predict_raw(&server, q, Some("image/png"), small.clone()).await;
-        expect_error(r, StatusCode::BAD_REQUEST, q).await;
+        expect_error(r, StatusCode::BAD_REQUEST, "invalid_parameter").await;
     }
     let r = client()
         .get(server.url("/history?limit=0"))
         .send()
         .await
         .unwrap();
-    expect_error(r, StatusCode::BAD_REQUEST, "history limit=0").await;
+    expect_error(r, StatusCode::BAD_REQUEST, "invalid_parameter").await;
     let r = client().get(server.url("/nope")).send().await.unwrap();
-    expect_error(r, StatusCode::NOT_FOUND, "unknown path").await;
+    expect_error(r, StatusCode::NOT_FOUND, "not_found").await;
     let r = client().get(server.url("/predict")).send().await.unwrap();
-    expect_error(r, StatusCode::METHOD_NOT_ALLOWED, "GET /predict").await;
+    expect_error(r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
 
     // None of the rejected requests reached the history.
-    let body: Value = client()
-        .get(server.url("/history"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = get_history(&server, "", None).await.json().await.unwrap();
     assert_eq!(body["items"].as_array().unwrap().len(), 0);
 }
 
@@ -372,10 +434,235 @@ fn missing_model_dir_fails_at_start_up() {
         .env("PORT", "0")
         .env("BIND_ADDR", "127.0.0.1")
         .env("MODEL_DIR", data.path().join("no-such-dir"))
+        .env("ORT_DYLIB_PATH", ort_library())
         .env("DATA_DIR", data.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no-such-dir"), "{stderr}");
+}
+
+fn png_bytes(
+    img: &image::DynamicImage,
+    compression: image::codecs::png::CompressionType,
+) -> Vec<u8> {
+    use image::ImageEncoder;
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new_with_quality(
+        &mut out,
+        compression,
+        image::codecs::png::FilterType::NoFilter,
+    )
+    .write_image(
+        img.as_bytes(),
+        img.width(),
+        img.height(),
+        img.color().into(),
+    )
+    .unwrap();
+    out
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A small valid PNG whose header claims `width` x `height`: what a pixel bomb looks
+/// like to a server that reads only the header.
+fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    let img = image::DynamicImage::ImageLuma8(image::GrayImage::new(1, 1));
+    let mut png = png_bytes(&img, image::codecs::png::CompressionType::Fast);
+    // Signature (8), IHDR length (4) and type (4), then width and height.
+    png[16..20].copy_from_slice(&width.to_be_bytes());
+    png[20..24].copy_from_slice(&height.to_be_bytes());
+    let crc = crc32(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    png
+}
+
+fn status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pixel_bombs_are_refused_from_the_header() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    // 50.4 megapixels, under the 12000 px side cap: refused by the pixel cap.
+    let r = predict_raw(&server, "", Some("image/png"), png_claiming(7100, 7100)).await;
+    expect_error(r, StatusCode::UNPROCESSABLE_ENTITY, "too_many_pixels").await;
+    let r = predict_raw(&server, "", Some("image/png"), png_claiming(12_001, 10)).await;
+    expect_error(r, StatusCode::UNPROCESSABLE_ENTITY, "too_many_pixels").await;
+    drop(server);
+
+    // The cap is configurable, and so is the decoded-bytes budget.
+    let server = Server::start(
+        data.path(),
+        &[
+            ("MAX_IMAGE_PIXELS", "100000"),
+            ("DECODE_MEMORY_BYTES", "500000"),
+        ],
+    );
+    let r = predict_raw(&server, "", Some("image/png"), photo("chelsea.png")).await;
+    expect_error(r, StatusCode::UNPROCESSABLE_ENTITY, "too_many_pixels").await;
+    let big = image::DynamicImage::ImageRgba16(image::ImageBuffer::new(300, 300));
+    let r = predict_raw(
+        &server,
+        "",
+        Some("image/png"),
+        png_bytes(&big, image::codecs::png::CompressionType::Fast),
+    )
+    .await;
+    expect_error(r, StatusCode::UNPROCESSABLE_ENTITY, "image_too_large").await;
+}
+
+/// Large images decode into one buffer in their own pixel format, and the decode budget
+/// holds concurrent decodes to what fits in it: three uploads of a 48 MB image at once
+/// with a 64 MiB budget raise the peak RSS by little more than one image.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_large_decodes_stay_within_the_budget() {
+    const SIDE: u32 = 4000;
+    let decoded = u64::from(SIDE) * u64::from(SIDE) * 3;
+    let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+        SIDE,
+        SIDE,
+        image::Rgb([90, 120, 200]),
+    ));
+    let png = png_bytes(&img, image::codecs::png::CompressionType::Default);
+    drop(img);
+    assert!(png.len() < 10 << 20, "{} bytes", png.len());
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        data.path(),
+        &[
+            ("DECODE_MEMORY_BYTES", &(64u64 << 20).to_string()),
+            ("DECODE_CONCURRENCY", "4"),
+            ("MAX_PENDING_UPLOADS", "4"),
+        ],
+    );
+    let resp = predict_raw(&server, "", Some("image/png"), photo("coffee.png")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Reset the peak to what is resident now.
+    std::fs::write(format!("/proc/{}/clear_refs", server.pid()), "5").unwrap();
+    let before = status_kb(server.pid(), "VmRSS:");
+
+    let url = server.url("/predict");
+    let jobs: Vec<_> = (0..3)
+        .map(|_| {
+            let req = client()
+                .post(&url)
+                .header("content-type", "image/png")
+                .body(png.clone());
+            tokio::spawn(async move { req.send().await.unwrap() })
+        })
+        .collect();
+    for job in jobs {
+        let resp = job.await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["image"]["width"], SIDE, "{body}");
+    }
+    let growth = (status_kb(server.pid(), "VmHWM:") - before) * 1024;
+    eprintln!("peak RSS grew by {growth} bytes for three {decoded}-byte images");
+    assert!(
+        growth < decoded * 3 / 2,
+        "peak RSS grew by {growth} bytes for {decoded}-byte images"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_is_bounded_capped_and_paginated() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        data.path(),
+        &[("HISTORY_MAX_ROWS", "5"), ("HISTORY_TOKEN", TOKEN)],
+    );
+    let tiny = png_bytes(
+        &image::DynamicImage::ImageRgb8(image::RgbImage::new(1, 1)),
+        image::codecs::png::CompressionType::Fast,
+    );
+    let long_name = format!("{}.png", "x".repeat(100_000));
+    for _ in 0..8 {
+        let resp = predict_multipart(&server, &long_name, tiny.clone()).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let resp = get_history(&server, "?limit=100", Some(TOKEN)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.unwrap();
+    assert!(text.len() < 10_000, "GET /history is {} bytes", text.len());
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 5, "only HISTORY_MAX_ROWS rows are kept");
+    for item in items {
+        let name = item["filename"].as_str().unwrap();
+        assert!(name.chars().count() <= 100, "{} characters", name.len());
+    }
+    assert!(body["next_before"].is_null());
+
+    // Two at a time, following next_before, newest first, each row once.
+    let mut seen = Vec::new();
+    let mut query = "?limit=2".to_owned();
+    loop {
+        let body: Value = get_history(&server, &query, Some(TOKEN))
+            .await
+            .json()
+            .await
+            .unwrap();
+        for item in body["items"].as_array().unwrap() {
+            seen.push(item["id"].as_i64().unwrap());
+        }
+        match body["next_before"].as_i64() {
+            Some(id) => query = format!("?limit=2&before={id}"),
+            None => break,
+        }
+    }
+    let want: Vec<i64> = items.iter().map(|i| i["id"].as_i64().unwrap()).collect();
+    assert_eq!(seen, want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_is_private_or_anonymous() {
+    let data = tempfile::tempdir().unwrap();
+    // No token configured: anyone may look, but sees no file names or content types.
+    let server = Server::start(data.path(), &[]);
+    let resp = predict_multipart(&server, "my-passport.png", photo("coffee.png")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = get_history(&server, "", None).await.json().await.unwrap();
+    assert_eq!(body["anonymous"], true);
+    assert_eq!(body["items"][0]["filename"], Value::Null);
+    assert_eq!(body["items"][0]["content_type"], Value::Null);
+    assert!(!body.to_string().contains("passport"), "{body}");
+    drop(server);
+
+    // With a token, the history needs it and then shows everything.
+    let server = Server::start(data.path(), &[("HISTORY_TOKEN", TOKEN)]);
+    let r = get_history(&server, "", None).await;
+    assert!(r.headers().contains_key("www-authenticate"));
+    expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let r = get_history(&server, "", Some("not-the-token-0000000")).await;
+    expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let body: Value = get_history(&server, "", Some(TOKEN))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["anonymous"], false);
+    assert_eq!(body["items"][0]["filename"], "my-passport.png");
 }
