@@ -59,7 +59,7 @@ images/classifier/build.sh
 step "lint"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-# The VM program (guest/, Python): compiled by the oldest python3 here, linted by ruff.
+# The VM program (guest/, Python): compiled, and linted by ruff for Python 3.8 and later.
 lint_venv=$IMGFORGE_CACHE/venv-guest-lint
 [ -x "$lint_venv/bin/ruff" ] || { python3 -m venv "$lint_venv" && "$lint_venv/bin/pip" install -q ruff==0.8.4; }
 python3 -m compileall -q guest
@@ -76,7 +76,9 @@ images/classifier/tests/schemathesis.sh
 
 if [ "${IMGFORGE_BOOT_TESTS:-1}" != 0 ]; then
     # Two VMs at a time: a TCG guest keeps one core busy, and this machine has two.
-    # IMGFORGE_SLOW_TESTS=1 also runs the slow tier (listed in tests/boot/main.rs).
+    # The slow tier, skipped unless IMGFORGE_SLOW_TESTS=1: the runner's own test (the
+    # deployment tests cover it), the ACME server down for 10 minutes (the DNS tests get
+    # a certificate late too), and provisioning (tens of minutes, Debian's mirror).
     step "QEMU boot tests"
     slow=(--skip minimal_fixture --skip certificate_arrives_when_the_acme_server_comes_up_late
         --skip a_provisioned_image_deploys)
