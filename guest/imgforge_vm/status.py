@@ -8,6 +8,7 @@ a version change; a field that changes meaning gets a new version.
 import fcntl
 import json
 import os
+import sys
 import time
 
 from .system import log, read_json, write_atomic
@@ -72,4 +73,4 @@ def announce(paths, st):
             console.write(line + "\n")
         log(f"status: {st['state']}, certificate {st.get('certificate')}")
     except OSError:
-        print(line, flush=True)
+        print(line, file=sys.stderr, flush=True)

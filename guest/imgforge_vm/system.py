@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -19,7 +20,8 @@ class Failed(Exception):
 
 
 def log(msg):
-    print("imgforge: " + msg, flush=True)
+    """Progress, on stderr: stdout is for the one JSON answer of remote commands."""
+    print("imgforge: " + msg, file=sys.stderr, flush=True)
 
 
 def run(*argv, timeout=DEFAULT_TIMEOUT, env=None, check=True, capture=False):

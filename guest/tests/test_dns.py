@@ -4,7 +4,7 @@ import json
 import os
 import urllib.parse
 import unittest
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from unittest import mock
 
 from imgforge_vm import dns
@@ -119,7 +119,8 @@ class Attempt(unittest.TestCase):
         os.makedirs(os.path.dirname(self.vm.paths.dns_token))
         self.token("s3cret-wrong-token")
         printed = io.StringIO()
-        with mock.patch.object(dns, "public_ipv6", return_value=None), redirect_stdout(printed):
+        with mock.patch.object(dns, "public_ipv6", return_value=None), redirect_stdout(printed), \
+                redirect_stderr(printed):
             self.assertEqual(dns.Dns(self.vm.ctx).attempt(now=100), "refused")
             self.assertEqual(dns.Dns(self.vm.ctx).attempt(now=110), "waiting")
         st = self.vm.status()

@@ -93,6 +93,17 @@ class Download(unittest.TestCase):
         self.assertNothingLeft()
 
 
+class Log(unittest.TestCase):
+    def test_progress_goes_to_stderr_leaving_stdout_to_the_answer(self):
+        import io
+        from contextlib import redirect_stderr, redirect_stdout
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            run("true")
+        self.assertEqual(out.getvalue(), "")
+        self.assertIn("imgforge: run: true", err.getvalue())
+
+
 class Run(unittest.TestCase):
     def test_a_command_over_its_time_is_a_failure_not_a_hang(self):
         with self.assertRaises(Failed) as e:
