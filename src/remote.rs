@@ -132,7 +132,8 @@ impl Host {
             .cloned()
             .unwrap_or_default();
         match status.code() {
-            Some(0) => serde_json::from_str(stdout.trim())
+            // The answer is the last line; anything before it is not imgforge-vm's.
+            Some(0) => serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
                 .with_context(|| format!("the VM answered {:?}", stdout.trim())),
             Some(SSH_ERROR) => Err(self.ssh_error(&lines.join("\n"))),
             Some(REFUSED) => Err(usage(last.trim_start_matches("imgforge-vm: error: "))),

@@ -28,8 +28,9 @@ def run(*argv, timeout=DEFAULT_TIMEOUT, env=None, check=True, capture=False):
     """Runs argv (never through a shell). Raises Failed on a non-zero exit or a timeout."""
     log("run: " + " ".join(argv))
     try:
+        # A command's own output goes to stderr too: stdout carries remote answers.
         proc = subprocess.run(argv, env=env or ENV, timeout=timeout, text=True,
-                              stdout=subprocess.PIPE if capture else None,
+                              stdout=subprocess.PIPE if capture else 2,
                               stderr=subprocess.PIPE if capture else None)
     except subprocess.TimeoutExpired:
         raise Failed(f"{argv[0]} did not finish within {timeout} s") from None

@@ -110,6 +110,23 @@ class Run(unittest.TestCase):
             run("sleep", "5", timeout=0.5)
         self.assertIn("did not finish within 0.5 s", str(e.exception))
 
+    def test_a_commands_own_output_goes_to_stderr(self):
+        import os
+        import tempfile
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            saved = os.dup(1), os.dup(2)
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            try:
+                run("echo", "Loaded image: x")
+            finally:
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+            out.seek(0)
+            err.seek(0)
+            self.assertEqual(out.read(), b"")
+            self.assertIn(b"Loaded image: x", err.read())
+
     def test_a_failing_command_says_its_exit_code_and_stderr(self):
         with self.assertRaises(Failed) as e:
             run("sh", "-c", "echo boom >&2; exit 3", capture=True)
