@@ -31,9 +31,13 @@ pub struct Provisioning<'a> {
     pub work: &'a Path,
 }
 
-/// Checks what can be known before booting: the size, and a root filesystem with
-/// cloud-init to run the provisioning.
-pub fn check_base(base: &Path, size: Option<u64>) -> Result<u64> {
+/// Room a provisioning boot needs besides the bundle: the packages and their downloads.
+const PACKAGES_ROOM: u64 = 1 << 30;
+
+/// Checks what can be known before booting: the size, a root filesystem with cloud-init
+/// to run the provisioning, and room for the packages and the bundle (the archive, then
+/// its layers unpacked: three times its size, to be safe).
+pub fn check_base(base: &Path, size: Option<u64>, bundle: Option<&Path>) -> Result<u64> {
     let info = crate::qemu_img::info(base)?;
     if let Some(size) = size {
         if size < info.virtual_size {
@@ -45,13 +49,31 @@ pub fn check_base(base: &Path, size: Option<u64>) -> Result<u64> {
             )));
         }
     }
-    if !crate::disk::has_file(base, "/usr/bin/cloud-init")? {
+    let (cloud_init, available) = crate::disk::inspect_root(base, "/usr/bin/cloud-init")?;
+    if !cloud_init {
         return Err(usage(format!(
             "base image {} has no cloud-init (/usr/bin/cloud-init): provisioning boots it with a NoCloud seed, so use a cloud image",
             base.display()
         )));
     }
-    Ok(size.unwrap_or(info.virtual_size))
+    let size = size.unwrap_or(info.virtual_size);
+    let bundle_bytes = match bundle {
+        Some(b) => std::fs::metadata(b)
+            .with_context(|| format!("reading bundle {}", b.display()))?
+            .len(),
+        None => 0,
+    };
+    let room = available.saturating_add(size - info.virtual_size);
+    let needed = bundle_bytes.saturating_mul(3).saturating_add(PACKAGES_ROOM);
+    if needed > room {
+        return Err(usage(format!(
+            "the packages and the bundle need about {} and the disk would have {} free: pass a larger --size (e.g. {}G)",
+            crate::disk::human(needed),
+            crate::disk::human(room),
+            (info.virtual_size + needed - room).div_ceil(1 << 30) + 1
+        )));
+    }
+    Ok(size)
 }
 
 /// Boots the base with the provisioning seed and waits for it to power itself off.

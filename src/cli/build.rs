@@ -127,7 +127,7 @@ fn provisioned(args: Args) -> Result<()> {
             "--provision with --offline: provisioning installs the packages; leave --offline out",
         ));
     }
-    let size = crate::provision::check_base(&args.base, size)?;
+    let size = crate::provision::check_base(&args.base, size, args.bundle.as_deref())?;
     let out_dir = match args.output.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

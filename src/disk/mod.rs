@@ -333,9 +333,9 @@ pub fn build(plan: &BuildPlan, progress: &mut dyn FnMut(&str)) -> Result<BuildRe
     })
 }
 
-/// Whether the root filesystem of `base` holds `path` (a regular file). Reads a raw copy
-/// made in the system's temporary directory.
-pub fn has_file(base: &Path, path: &str) -> Result<bool> {
+/// What a base's root filesystem holds: whether `path` is a regular file in it, and the
+/// bytes still free for files. Reads a raw copy made in the system's temporary directory.
+pub fn inspect_root(base: &Path, path: &str) -> Result<(bool, u64)> {
     let info = crate::qemu_img::info(base)?;
     let work = tempfile::Builder::new()
         .prefix(".imgforge-inspect-")
@@ -350,7 +350,8 @@ pub fn has_file(base: &Path, path: &str) -> Result<bool> {
         "qemu-img convert",
     )?;
     let (_, _, device) = root_of(work.path(), base)?;
-    Ok(ext4::stat(&device, path)?.is_some_and(|i| i.kind == ext4::Kind::Regular))
+    let found = ext4::stat(&device, path)?.is_some_and(|i| i.kind == ext4::Kind::Regular);
+    Ok((found, ext4::stats(&device)?.available_bytes()))
 }
 
 /// The root filesystem of `work`, a raw copy of `base`, and its debugfs device; an image

@@ -576,6 +576,23 @@ fn host_keys_and_impossible_provisioning_are_refused_before_anything_is_written(
     assert_usage_error(&provision(&["--size", "1M"]), "smaller than the base");
     assert_usage_error(&provision(&["--size", "lots"]), "not a size");
     assert_usage_error(&provision(&[]), "no cloud-init");
+    // With cloud-init in the root, a bundle larger than the room left is refused too.
+    let (_, _, root_off) = cloud_disk(dir.path());
+    let dev = device(&base, root_off);
+    for request in [
+        "mkdir /usr",
+        "mkdir /usr/bin",
+        "write /etc/hostname /usr/bin/cloud-init",
+    ] {
+        run(Command::new("debugfs")
+            .args(["-w", "-R", request])
+            .arg(&dev));
+    }
+    let big = bundle(dir.path(), "big.oci.tar", 30 * MIB as usize);
+    assert_usage_error(
+        &provision(&["--size", "1100M", "--bundle", big.to_str().unwrap()]),
+        "pass a larger --size",
+    );
     assert_usage_error(&provision(&["--offline"]), "--offline");
     assert!(!out.exists());
     assert_eq!(
