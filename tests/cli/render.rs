@@ -700,6 +700,9 @@ fn help_fits_80_columns_and_docs_generate() {
         vec!["verify", "--help"],
         vec!["pack", "--help"],
         vec!["build", "--help"],
+        vec!["deploy", "--help"],
+        vec!["rollback", "--help"],
+        vec!["status", "--help"],
     ] {
         let out = run.cmd(&sub);
         assert!(out.status.success(), "{sub:?}");
