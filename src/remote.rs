@@ -18,6 +18,7 @@ pub struct Host {
     /// The VM's address or name
     #[arg(long, value_name = "HOST")]
     pub host: String,
+    /// The VM's SSH port
     #[arg(long, default_value_t = 22, value_name = "PORT")]
     pub ssh_port: u16,
     /// The admin user the deployment created

@@ -19,15 +19,14 @@ Examples:
       --env-file app.env --known-hosts known_hosts
   imgforge rollback --host api.example.com
 
-The new version starts beside the running one, on the other loopback port. Once it
-answers its health path, nginx sends new requests to it (a reload: requests in flight
-finish), the old one drains and stops. If it never gets healthy nothing switches, it is
-removed, and deploy exits 1 with its last log lines. A reboot keeps the version that
-serves. Without --env/--env-file the new version gets the running one's environment;
-with them, exactly the environment they give.")]
+The new version starts beside the running one, on the other loopback port.
+Once it answers its health path, nginx sends new requests to it (a reload:
+requests in flight finish), the old one drains and stops. If it never gets
+healthy nothing switches, it is removed, and deploy exits 1 with its last log
+lines. A reboot keeps the version that serves. Without --env/--env-file the
+new version gets the running one's environment; with them, exactly the
+environment they give.")]
 pub struct Args {
-    #[command(flatten)]
-    pub host: Host,
     /// OCI bundle to upload (`imgforge pack`); its sha256 is checked on the VM
     #[arg(long, value_name = "FILE", required_unless_present = "image")]
     pub bundle: Option<PathBuf>,
@@ -42,6 +41,8 @@ pub struct Args {
     pub env_file: Option<PathBuf>,
     #[command(flatten)]
     pub timing: Timing,
+    #[command(flatten)]
+    pub host: Host,
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,9 +58,9 @@ pub struct Timing {
 #[derive(Debug, clap::Args)]
 pub struct RollbackArgs {
     #[command(flatten)]
-    pub host: Host,
-    #[command(flatten)]
     pub timing: Timing,
+    #[command(flatten)]
+    pub host: Host,
 }
 
 pub fn run(args: Args) -> Result<()> {
