@@ -106,6 +106,7 @@ impl Deployment {
         key: PathBuf,
         cfg: &imgforge::qemu::VmConfig,
     ) -> Deployment {
+        std::fs::create_dir_all(&dir).unwrap();
         let power_on = Instant::now();
         let vm = Vm::start(cfg).unwrap();
         eprintln!("[{name}] booting; serial log {}", vm.serial_log().display());

@@ -125,7 +125,7 @@ fn a_provisioned_image_deploys_without_downloads_and_faster_than_the_seed_path()
     ok(imgforge(
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
     ));
-    let mut cfg = bare.vm_config(None, Some(&seed), &dir.join("seed-run"), "");
+    let mut cfg = bare.vm_config(None, Some(&seed), &dir.join("seed-online/run"), "");
     cfg.network = true;
     let mut d = Deployment::boot_config("seed-online", dir.join("seed-online"), bare, key, &cfg);
     let seed_path = serving(&mut d);
