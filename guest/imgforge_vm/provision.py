@@ -48,6 +48,9 @@ def generalize(ctx):
         os.remove(path)
     with open("/etc/machine-id", "w"):
         pass
+    # The provisioning boot's name is not the VMs': the provider's datasource names each.
+    with open("/etc/hostname", "w") as f:
+        f.write("localhost\n")
     for path in ["/var/lib/dbus/machine-id", ctx.paths.config, ctx.paths.status]:
         if os.path.lexists(path):
             os.remove(path)
