@@ -29,8 +29,17 @@ BUNDLE_MAX_BYTES = 8 << 30
 DOCKER_LOAD_TIMEOUT = 1800
 
 
+_updated = []
+
+
 def apt(*args):
+    """apt-get with retries; `update` runs once per deployment (the firewall step may
+    already have run it to install ufw)."""
+    if args == ("update",) and _updated:
+        return
     retry(f"apt-get {args[0]}", lambda: run(*APT, *args, timeout=APT_TIMEOUT), tries=4, delay=15)
+    if args == ("update",):
+        _updated.append(True)
 
 
 def firewall(ctx):
