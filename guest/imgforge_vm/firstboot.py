@@ -108,6 +108,7 @@ def docker(ctx):
     arch = out("dpkg", "--print-architecture").strip()
     write_atomic("/etc/apt/sources.list.d/docker.list",
                  f"deb [arch={arch} signed-by={keyring}] {url} {osr['VERSION_CODENAME']} stable\n")
+    _updated.clear()  # a new source: its lists are needed
     apt("update")
     apt("install", *DOCKER_CE)
     return "ok"

@@ -94,3 +94,17 @@ class DockerKey(unittest.TestCase):
 
     def test_the_pin_is_dockers_published_fingerprint(self):
         self.assertEqual(firstboot.DOCKER_KEY, "9DC858229FC7DD38854AE2D88D81803C0EBFCD88")
+
+
+class AptUpdate(unittest.TestCase):
+    def test_update_runs_once_unless_a_source_was_added(self):
+        calls = []
+        with mock.patch.object(firstboot, "run", lambda *a, **k: calls.append(a)):
+            firstboot._updated.clear()
+            firstboot.apt("update")
+            firstboot.apt("update")
+            firstboot.apt("install", "ufw")
+            self.assertEqual([c[len(firstboot.APT)] for c in calls], ["update", "install"])
+            firstboot._updated.clear()
+            firstboot.apt("update")
+            self.assertEqual(len(calls), 3)
