@@ -155,15 +155,13 @@ pub fn check_inside(d: &Deployment, slot: &str) {
         out[start..end].to_string()
     };
 
-    // Every TCP socket listening beyond loopback is SSH, HTTP or HTTPS. (Pebble, the
-    // tests' ACME server, is part of the test image, not of the deployment.)
+    // Every TCP socket listening beyond loopback is SSH, HTTP or HTTPS.
     for line in section("listen").lines() {
         let local = line.split_whitespace().nth(3).unwrap_or("");
         let (addr, port) = local.rsplit_once(':').unwrap_or((local, ""));
         let loopback = addr.starts_with("127.") || addr == "[::1]";
-        let pebble = line.contains("pebble");
         assert!(
-            loopback || pebble || ["22", "80", "443"].contains(&port),
+            loopback || ["22", "80", "443"].contains(&port),
             "listening beyond loopback: {line}"
         );
     }
