@@ -177,6 +177,30 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Makes the VM run this imgforge's VM program: sends it (`install-program`), and the
+    /// VM replaces its own only when the sha256 differs, after checking that the new one
+    /// runs there. Returns whether it was replaced.
+    pub fn update_program(&self) -> Result<bool> {
+        use sha2::{Digest, Sha256};
+        let program = crate::render::program::zipapp();
+        let sha256 = hex::encode(Sha256::digest(&program));
+        let head = serde_json::json!({ "size": program.len(), "sha256": sha256 });
+        let answer = self.call(&["install-program"], |stdin| {
+            send(stdin, &head, Some(&mut program.as_slice()))
+        })?;
+        let replaced = answer["replaced"].as_bool().unwrap_or(false);
+        if replaced {
+            eprintln!(
+                "imgforge: updated the VM program on {} to this imgforge's ({})",
+                self.host,
+                &sha256[..12]
+            );
+        }
+        Ok(replaced)
+    }
+}
+
 /// Writes a request line (JSON) and then the bytes of `body`, if any.
 pub fn send(
     stdin: &mut ChildStdin,

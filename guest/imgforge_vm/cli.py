@@ -30,6 +30,7 @@ def main(argv=None):
     sub.add_parser("deploy-version", help="deploy the version stdin describes, blue-green")
     sub.add_parser("rollback", help="back to the version before, blue-green")
     sub.add_parser("status", help="status.json, the certificate, disk use (JSON)")
+    sub.add_parser("install-program", help="replace this program with the one stdin holds")
     s = sub.add_parser("run-slot", help="run a slot's container (imgforge-app@.service)")
     s.add_argument("slot", choices=["blue", "green"])
     s = sub.add_parser("wait-healthy", help="wait for a slot's health path")
@@ -67,6 +68,8 @@ def main(argv=None):
         elif args.command in ("deploy-version", "rollback"):
             fn = remote.deploy_version if args.command == "deploy-version" else remote.rollback
             print(json.dumps(fn(ctx, sys.stdin.buffer)), flush=True)
+        elif args.command == "install-program":
+            print(json.dumps(remote.install_program(ctx, sys.stdin.buffer)), flush=True)
         elif args.command == "status":
             print(json.dumps(remote.report(ctx)), flush=True)
         elif args.command == "run-slot":

@@ -2,20 +2,27 @@
 
 deploy-version reads its request from stdin, so no secret is in any command line: one
 JSON line ({"image", "env", "bundle": {"size", "sha256"}, "health_timeout", "drain"}),
-then, with a bundle, exactly `size` bytes of it. Each prints one JSON line with the result.
+then, with a bundle, exactly `size` bytes of it. install-program reads one JSON line
+({"size", "sha256"}) and then the program. Each prints one JSON line with the result.
 """
 
 import hashlib
+import io
 import json
 import os
 import re
+import subprocess
+import sys
+import tempfile
+import zipfile
 
 from . import status
 from .app import Apps, Refused, healthy
-from .system import Failed, out, retry, run
+from .system import Failed, log, out, retry, run
 
 ENV_LINE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=[^\n\r\0]*")
 BUNDLE_MAX_BYTES = 8 << 30
+PROGRAM_MAX_BYTES = 4 << 20
 
 
 def request(stream):
@@ -50,6 +57,77 @@ def receive(stream, dest, size, sha256):
             left -= len(block)
     if h.hexdigest() != sha256:
         raise Failed(f"the bundle arrived with sha256 {h.hexdigest()}, expected {sha256}")
+
+
+def read_exactly(stream, size, what):
+    data = stream.read(size)
+    if len(data) != size:
+        raise Failed(f"{what} ended after {len(data)} of {size} bytes")
+    return data
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except FileNotFoundError:
+        return None
+    return h.hexdigest()
+
+
+def install_program(ctx, stream, python=sys.executable):
+    """Replaces this program with the one on stdin, which `imgforge deploy` sends first so
+    that the VM runs the program of the imgforge that deploys to it. Checked before it
+    replaces anything: the sha256, a zip with this program's entry point, and that it runs
+    (`--help`) with this VM's python3. Then renamed into place: a command already running
+    keeps the modules it imported, and every later one runs the new program."""
+    try:
+        head = json.loads(stream.readline(1 << 20))
+    except ValueError as e:
+        raise Refused(f"the request is not JSON: {e}") from None
+    size, sha256 = head.get("size"), head.get("sha256")
+    if not isinstance(size, int) or not 0 < size <= PROGRAM_MAX_BYTES:
+        raise Refused(f"program size {size!r} is not between 1 and {PROGRAM_MAX_BYTES}")
+    data = read_exactly(stream, size, "the program")
+    got = hashlib.sha256(data).hexdigest()
+    if got != sha256:
+        raise Failed(f"the program arrived with sha256 {got}, expected {sha256}")
+    path = ctx.paths.program
+    previous = sha256_file(path)
+    if previous == got:
+        return {"program": got, "replaced": False}
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            names = set(z.namelist())
+            if not {"__main__.py", "imgforge_vm/cli.py"} <= names or z.testzip() is not None:
+                raise zipfile.BadZipFile("not this program's files")
+    except zipfile.BadZipFile as e:
+        raise Refused(f"the program is not an imgforge-vm zip: {e}") from None
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".imgforge-vm-")
+    try:
+        os.fchmod(fd, 0o755)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            proc = subprocess.run([python, tmp, "--help"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise Failed(f"the new program did not run: {e}") from None
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise Failed(f"the new program does not run with {python}: {last}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    log(f"program replaced: sha256 {got} (was {previous})")
+    return {"program": got, "replaced": True, "previous": previous}
 
 
 def deploy_version(ctx, stream):

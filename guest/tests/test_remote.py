@@ -4,6 +4,7 @@ import json
 import os
 import tempfile
 import unittest
+import zipfile
 from unittest import mock
 
 from imgforge_vm import app, remote
@@ -81,3 +82,81 @@ class DeployVersion(unittest.TestCase):
         self.assertTrue(self.docker.ran("docker", "load"))
         self.assertEqual(apps.env_text(), "TOKEN=a b\n")
         self.assertEqual(os.listdir(self.vm.paths.state_dir).count("incoming.oci.tar"), 0)
+
+
+GUEST = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def program(replace=None):
+    """This program as imgforge ships it (a shebang, then a zip), with `replace` standing
+    in for some files' contents."""
+    buf = io.BytesIO()
+    buf.write(b"#!/usr/bin/python3\n")
+    with zipfile.ZipFile(buf, "a") as z:
+        names = ["__main__.py"] + ["imgforge_vm/" + n for n in
+                                   sorted(os.listdir(os.path.join(GUEST, "imgforge_vm")))
+                                   if n.endswith((".py", ".json"))]
+        for name in names:
+            data = (replace or {}).get(name)
+            if data is None:
+                with open(os.path.join(GUEST, name), "rb") as f:
+                    data = f.read()
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def program_stream(data, sha256=None):
+    return stream({"size": len(data), "sha256": sha256 or hashlib.sha256(data).hexdigest()},
+                  data)
+
+
+class InstallProgram(unittest.TestCase):
+    def setUp(self):
+        self.vm = Vm()
+        self.path = self.vm.paths.program
+        os.makedirs(os.path.dirname(self.path))
+        with open(self.path, "wb") as f:
+            f.write(b"the program first boot wrote")
+
+    def tearDown(self):
+        self.vm.cleanup()
+
+    def installed(self):
+        with open(self.path, "rb") as f:
+            return f.read()
+
+    def test_a_new_program_replaces_the_old_once_and_runs(self):
+        new = program()
+        got = remote.install_program(self.vm.ctx, program_stream(new))
+        self.assertTrue(got["replaced"])
+        self.assertEqual(got["previous"],
+                         hashlib.sha256(b"the program first boot wrote").hexdigest())
+        self.assertEqual(self.installed(), new)
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o755)
+        again = remote.install_program(self.vm.ctx, program_stream(new))
+        self.assertEqual((again["replaced"], again["program"]), (False, got["program"]))
+        self.assertEqual(os.listdir(os.path.dirname(self.path)), ["imgforge-vm"])
+
+    def refused_leaves_the_old(self, error, data, sha256=None):
+        with self.assertRaises(error):
+            remote.install_program(self.vm.ctx, program_stream(data, sha256))
+        self.assertEqual(self.installed(), b"the program first boot wrote")
+        self.assertEqual(os.listdir(os.path.dirname(self.path)), ["imgforge-vm"])
+
+    def test_an_altered_short_or_foreign_program_leaves_the_old_one(self):
+        new = program()
+        self.refused_leaves_the_old(Failed, new, hashlib.sha256(b"other").hexdigest())
+        with self.assertRaises(Failed):
+            remote.install_program(self.vm.ctx, stream({"size": len(new), "sha256": "0" * 64},
+                                                       new[:-1]))
+        self.refused_leaves_the_old(Refused, b"#!/bin/sh\necho not a zip\n")
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr("__main__.py", "print('another program')\n")
+        self.refused_leaves_the_old(Refused, buf.getvalue())
+        with self.assertRaises(Refused):
+            remote.install_program(self.vm.ctx, stream({"size": 0, "sha256": "0" * 64}))
+
+    def test_a_program_that_does_not_run_here_leaves_the_old_one(self):
+        broken = program({"imgforge_vm/cli.py": b"def main(:\n"})
+        self.refused_leaves_the_old(Failed, broken)

@@ -25,7 +25,10 @@ requests in flight finish), the old one drains and stops. If it never gets
 healthy nothing switches, it is removed, and deploy exits 1 with its last log
 lines. A reboot keeps the version that serves. Without --env/--env-file the
 new version gets the running one's environment; with them, exactly the
-environment they give.")]
+environment they give; with --env-clear alone, none.
+
+First, deploy and rollback make the VM run this imgforge's VM program: it is
+sent, and the VM replaces its own when it differs and the new one runs there.")]
 pub struct Args {
     /// OCI bundle to upload (`imgforge pack`); its sha256 is checked on the VM
     #[arg(long, value_name = "FILE", required_unless_present = "image")]
@@ -39,6 +42,10 @@ pub struct Args {
     /// File of NAME=VALUE lines for the new version (# comments)
     #[arg(long, value_name = "FILE")]
     pub env_file: Option<PathBuf>,
+    /// Start the new version with only the environment --env/--env-file give (none
+    /// without them), instead of keeping the running one's
+    #[arg(long)]
+    pub env_clear: bool,
     #[command(flatten)]
     pub timing: Timing,
     #[command(flatten)]
@@ -109,6 +116,7 @@ pub fn run(args: Args) -> Result<()> {
         (None, Some(image)) => image.to_string(),
         (None, None) => unreachable!("clap requires --bundle or --image"),
     };
+    args.host.update_program()?;
     let mut head = json!({
         "image": name,
         "env": env,
@@ -143,6 +151,7 @@ pub fn run(args: Args) -> Result<()> {
 
 pub fn rollback(args: RollbackArgs) -> Result<()> {
     let started = Instant::now();
+    args.host.update_program()?;
     let head = json!({ "health_timeout": args.timing.health_timeout, "drain": args.timing.drain });
     let result = args
         .host
@@ -195,7 +204,7 @@ fn environment(args: &Args) -> Result<Option<String>> {
             .ok_or_else(|| crate::exit::usage(format!("--env {item:?}: expected NAME=VALUE")))?;
         items.push(("--env".into(), name.to_owned(), value.to_owned()));
     }
-    if args.env_file.is_none() && args.env.is_empty() {
+    if args.env_file.is_none() && args.env.is_empty() && !args.env_clear {
         return Ok(None);
     }
     let mut merged: indexmap::IndexMap<String, String> = indexmap::IndexMap::new();
@@ -216,4 +225,34 @@ fn environment(args: &Args) -> Result<Option<String>> {
         text.push_str(&format!("{name}={value}\n"));
     }
     Ok(Some(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn env_of(flags: &[&str]) -> Option<String> {
+        let mut argv = vec!["imgforge", "deploy", "--host", "h", "--image", "a/b:1"];
+        argv.extend_from_slice(flags);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Deploy(args) => environment(&args).expect("valid"),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_environment_is_kept_replaced_or_cleared() {
+        assert_eq!(env_of(&[]), None, "no flag keeps the running environment");
+        let replaced = env_of(&["--env", "A=1", "--env", "B=x y"]).expect("replaced");
+        assert!(replaced.ends_with("\nA=1\nB=x y\n"), "{replaced:?}");
+        let cleared = env_of(&["--env-clear"]).expect("cleared");
+        assert_eq!(cleared.lines().filter(|l| !l.starts_with('#')).count(), 0);
+        assert_eq!(
+            env_of(&["--env-clear", "--env", "A=1"]),
+            env_of(&["--env", "A=1"])
+        );
+    }
 }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+
 use crate::common::*;
 use crate::deployment::*;
 use crate::first_boot::{predict_cat, top1};
@@ -124,8 +126,8 @@ fn cli(d: &Deployment, command: &str, extra: &[&str]) -> Output {
         known.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    // deploy makes two connections (status, then the deploy itself).
-    d.ssh.pace(2);
+    // deploy makes three connections (status, the VM program, the deploy itself).
+    d.ssh.pace(3);
     let started = Instant::now();
     let out = imgforge(&args);
     eprintln!(
@@ -159,6 +161,16 @@ fn deploys_switch_with_zero_failed_requests_and_roll_back() {
     );
     let (versions, failed) = stream.stop();
     assert!(out.status.success(), "deploy v2 failed");
+    // First boot wrote the VM program without the modules this VM does not use; deploy
+    // sent the whole program, which the VM now runs (and ran the deploy with).
+    assert!(
+        stderr(&out).contains("updated the VM program"),
+        "{}",
+        stderr(&out)
+    );
+    let program = hex::encode(Sha256::digest(imgforge::render::program::zipapp()));
+    let on_vm = d.ssh.ok("sha256sum /usr/local/lib/imgforge/imgforge-vm");
+    assert!(on_vm.starts_with(&program), "{on_vm} is not {program}");
     assert!(
         failed.is_empty(),
         "failed requests during deploy v2: {failed:?}"
@@ -230,6 +242,11 @@ fn deploys_switch_with_zero_failed_requests_and_roll_back() {
     let out = cli(&d, "rollback", &["--health-timeout", HEALTH]);
     let (versions, failed) = stream.stop();
     assert!(out.status.success(), "rollback failed");
+    assert!(
+        !stderr(&out).contains("updated the VM program"),
+        "the same program was sent again: {}",
+        stderr(&out)
+    );
     assert!(
         failed.is_empty(),
         "failed requests during rollback: {failed:?}"
