@@ -13,12 +13,11 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import zipfile
 
 from . import status
 from .app import Apps, Refused, healthy
-from .system import Failed, log, out, retry, run
+from .system import Failed, log, out, retry, run, sha256_file, write_atomic
 
 ENV_LINE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=[^\n\r\0]*")
 BUNDLE_MAX_BYTES = 8 << 30
@@ -66,17 +65,6 @@ def read_exactly(stream, size, what):
     return data
 
 
-def sha256_file(path):
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except FileNotFoundError:
-        return None
-    return h.hexdigest()
-
-
 def install_program(ctx, stream, python=sys.executable):
     """Replaces this program with the one on stdin, which `imgforge deploy` sends first so
     that the VM runs the program of the imgforge that deploys to it. Checked before it
@@ -95,7 +83,7 @@ def install_program(ctx, stream, python=sys.executable):
     if got != sha256:
         raise Failed(f"the program arrived with sha256 {got}, expected {sha256}")
     path = ctx.paths.program
-    previous = sha256_file(path)
+    previous = sha256_file(path) if os.path.exists(path) else None
     if previous == got:
         return {"program": got, "replaced": False}
     try:
@@ -105,15 +93,8 @@ def install_program(ctx, stream, python=sys.executable):
                 raise zipfile.BadZipFile("not this program's files")
     except zipfile.BadZipFile as e:
         raise Refused(f"the program is not an imgforge-vm zip: {e}") from None
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".imgforge-vm-")
-    try:
-        os.fchmod(fd, 0o755)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+
+    def runs(tmp):
         try:
             proc = subprocess.run([python, tmp, "--help"], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True, timeout=120)
@@ -122,10 +103,8 @@ def install_program(ctx, stream, python=sys.executable):
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise Failed(f"the new program does not run with {python}: {last}")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    write_atomic(path, data, 0o755, check=runs)
     log(f"program replaced: sha256 {got} (was {previous})")
     return {"program": got, "replaced": True, "previous": previous}
 

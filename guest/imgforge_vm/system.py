@@ -61,8 +61,10 @@ def retry(what, fn, tries=6, delay=5, max_delay=60):
             delay = min(delay * 2, max_delay)
 
 
-def write_atomic(path, data, mode=0o644):
-    """Writes data (str or bytes) to path: mode set before anything is written, then renamed."""
+def write_atomic(path, data, mode=0o644, check=None):
+    """Writes data (str or bytes) to path: mode set before anything is written, then
+    renamed; `check`, if given, is called with the written temporary file's path first and
+    raises to leave path as it was."""
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=".imgforge-")
@@ -72,6 +74,8 @@ def write_atomic(path, data, mode=0o644):
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
+        if check:
+            check(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
