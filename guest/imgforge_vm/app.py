@@ -147,13 +147,11 @@ class Apps:
         log(f"{kind}: {record['image']} ({record['version']}) into the {slot} slot")
         self.own_data_dir(record)
         replaced = st["running"].get(slot)
-        st["running"][slot] = record
-        self.save(st)
-        run("systemctl", "daemon-reload")
-        run("systemctl", "stop", unit(slot))
-        run("systemctl", "reset-failed", unit(slot), check=False)
-        run("systemctl", "start", "--no-block", unit(slot))
         began = time.monotonic()
+        if not (old is None and replaced == record and self.starting(slot)):
+            st["running"][slot] = record
+            self.save(st)
+            self.start(slot)
         if not healthy(self.health_url(slot), health_timeout):
             lines = self.container_log(slot)
             run("systemctl", "stop", unit(slot), check=False)
@@ -180,6 +178,33 @@ class Apps:
         self.finish(st, dict(entry, result="ok", healthy_s=round(healthy_after, 2),
                              switch_s=round(switched_after - healthy_after, 2)))
         return slot
+
+    def start(self, slot):
+        """(Re)starts slot's unit, which runs the record app.json gives it; no wait."""
+        run("systemctl", "daemon-reload")
+        run("systemctl", "stop", unit(slot))
+        run("systemctl", "reset-failed", unit(slot), check=False)
+        run("systemctl", "start", "--no-block", unit(slot))
+
+    def starting(self, slot):
+        """Whether slot's unit is running or on its way to it."""
+        state = run("systemctl", "show", "--property", "ActiveState", "--value", unit(slot),
+                    check=False, capture=True).stdout.strip()
+        return state in ("active", "activating", "reloading")
+
+    def prestart(self, record):
+        """First boot: starts the first version in the first slot at once, so that it
+        loads while nginx and the certificate are set up; `deploy` then takes it over
+        as it runs (no restart) and gives it traffic once healthy. The caller holds
+        `locked()`."""
+        st = self.load()
+        if st["active"]:
+            return
+        slot = SLOTS[0]
+        self.own_data_dir(record)
+        st["running"][slot] = record
+        self.save(st)
+        self.start(slot)
 
     def switch(self, slot):
         """Points nginx at slot; the previous upstream comes back if nginx refuses it."""

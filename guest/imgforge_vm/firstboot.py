@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 
 from . import cert
-from .app import Apps
+from .app import SLOTS, Apps, upstream_conf
 from .system import Failed, download, log, out, retry, run, sha256_file, write_atomic
 
 # Waits for the dpkg lock (unattended-upgrades holds it at first boot) instead of failing.
@@ -150,6 +150,16 @@ def image(ctx):
     run("systemctl", "enable", "--now", "docker.service")
     run("systemctl", "enable", "--now", "imgforge-docker-firewall.service")
     fetch_image(ctx)
+    # The app starts loading now, while nginx and the certificate are set up; the app
+    # step gives it traffic once it is healthy.
+    apps = Apps(ctx)
+    with apps.locked():
+        apps.prestart(apps.record(ctx.conf["image"], app_env(ctx)))
+
+
+def app_env(ctx):
+    with open(ctx.paths.app_env) as f:
+        return f.read()
 
 
 def fetch_image(ctx):
@@ -188,11 +198,10 @@ def fetch_image(ctx):
 
 
 def app(ctx):
-    with open(ctx.paths.app_env) as f:
-        env_text = f.read()
     apps = Apps(ctx)
     with apps.locked():
-        apps.deploy(apps.record(ctx.conf["image"], env_text), kind="first-boot", health_timeout=300)
+        apps.deploy(apps.record(ctx.conf["image"], app_env(ctx)), kind="first-boot",
+                    health_timeout=300)
 
 
 def nginx(ctx):
@@ -204,6 +213,9 @@ def nginx(ctx):
     enabled = "/etc/nginx/sites-enabled/imgforge"
     if not os.path.lexists(enabled):
         os.symlink(paths.nginx_site, enabled)
+    if not os.path.exists(paths.nginx_upstream):
+        # The slot the app step will switch to; until it does, nginx answers 502.
+        write_atomic(paths.nginx_upstream, upstream_conf(paths.slot_port(SLOTS[0])))
     run("nginx", "-t", capture=True)
     run("systemctl", "enable", "nginx.service")
     run("systemctl", "reload-or-restart", "nginx.service")
@@ -221,9 +233,11 @@ def dns(ctx):
     return dns.start(ctx)
 
 
+# The app comes after the certificate: it starts loading in `image`, and the steps
+# between run while it does.
 STEPS = [("firewall", firewall), ("packages", packages), ("docker", docker), ("ssh", ssh),
-         ("image", image), ("app", app), ("nginx", nginx), ("backup", backup),
-         ("dns", dns), ("certificate", cert.start), ("upgrade", upgrade)]
+         ("image", image), ("nginx", nginx), ("backup", backup), ("dns", dns),
+         ("certificate", cert.start), ("app", app), ("upgrade", upgrade)]
 STEP_NAMES = [name for name, _ in STEPS]
 
 

@@ -55,14 +55,23 @@ class Docker:
     def __init__(self):
         self.calls = []
         self.images = {}
+        self.units = {}
 
     def add_image(self, ref, image_id, version):
         self.images[ref] = {"Id": image_id, "Config": {
             "User": "10001:10001", "Labels": {"org.opencontainers.image.version": version}}}
 
     def run(self, *argv, **kw):
+        """Records argv; systemctl start, stop and show keep and tell units' states."""
         self.calls.append(list(argv))
-        return mock.Mock(returncode=0, stdout="", stderr="")
+        stdout = ""
+        if argv[:2] == ("systemctl", "start"):
+            self.units[argv[-1]] = "activating"
+        elif argv[:2] == ("systemctl", "stop"):
+            self.units.update((u, "inactive") for u in argv[2:])
+        elif argv[:2] == ("systemctl", "show"):
+            stdout = self.units.get(argv[-1], "inactive") + "\n"
+        return mock.Mock(returncode=0, stdout=stdout, stderr="")
 
     def out(self, *argv, **kw):
         self.calls.append(list(argv))

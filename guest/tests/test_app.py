@@ -79,6 +79,43 @@ class Deploys(unittest.TestCase):
         self.assertEqual(status["app"]["version"], "2.0")
         self.assertEqual([d["result"] for d in status["deploys"]], ["ok", "ok"])
 
+    def test_first_boot_takes_over_the_prestarted_version_without_restarting_it(self):
+        with self.apps.locked():
+            self.apps.prestart(self.apps.record("app:1", "A=1\n"))
+        blue = "imgforge-app@blue.service"
+        self.assertEqual(self.docker.units[blue], "activating")
+        self.assertIsNone(self.apps.active(), "no traffic before it is healthy")
+        calls = len(self.docker.calls)
+        self.assertEqual(self.deploy("app:1", kind="first-boot"), "blue")
+        self.assertFalse([c for c in self.docker.calls[calls:]
+                          if c[:2] in (["systemctl", "start"], ["systemctl", "stop"])])
+        self.assertIn(":8000;", self.upstream())
+        # Once a version serves, prestart leaves everything alone.
+        calls = len(self.docker.calls)
+        with self.apps.locked():
+            self.apps.prestart(self.apps.record("app:2", ""))
+        self.assertEqual(len(self.docker.calls), calls + 1)  # the image inspect
+        self.assertEqual(self.apps.load()["running"]["blue"]["image"], "app:1")
+
+    def test_a_prestarted_version_that_stopped_or_differs_is_started_again(self):
+        blue = "imgforge-app@blue.service"
+        with self.apps.locked():
+            self.apps.prestart(self.apps.record("app:1", "A=1\n"))
+        self.docker.units[blue] = "failed"
+        starts = len(self.docker.ran("systemctl", "start", "--no-block", blue))
+        self.deploy("app:1", kind="first-boot")
+        self.assertEqual(len(self.docker.ran("systemctl", "start", "--no-block", blue)),
+                         starts + 1)
+        vm2 = Vm()
+        self.addCleanup(vm2.cleanup)
+        apps = app.Apps(vm2.ctx)
+        with apps.locked():
+            apps.prestart(apps.record("app:1", "A=1\n"))
+            starts = len(self.docker.ran("systemctl", "start", "--no-block", blue))
+            apps.deploy(apps.record("app:1", "A=2\n"), kind="first-boot")
+        self.assertEqual(len(self.docker.ran("systemctl", "start", "--no-block", blue)),
+                         starts + 1)
+
     def test_a_version_that_never_gets_healthy_switches_nothing(self):
         self.deploy("app:1")
         self.deploy("app:2")
