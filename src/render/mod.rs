@@ -9,8 +9,6 @@ mod provider;
 mod templates;
 pub mod vm;
 
-use std::io::Write;
-
 use anyhow::{Context, Result};
 use base64::Engine;
 use serde_json::json;
@@ -252,15 +250,23 @@ fn docker_daemon_json() -> Result<String> {
     Ok(serde_json::to_string_pretty(&daemon).context("serializing daemon.json")? + "\n")
 }
 
-/// gzip at a pinned level with no timestamp or name, then base64: the same input gives
-/// the same text.
+/// [`gzip`], then base64.
 pub fn gzip_base64(data: &[u8]) -> Result<String> {
-    let mut enc = flate2::GzBuilder::new()
-        .mtime(0)
-        .write(Vec::new(), flate2::Compression::best());
-    enc.write_all(data).context("compressing")?;
-    let gz = enc.finish().context("compressing")?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(gz))
+    Ok(base64::engine::general_purpose::STANDARD.encode(gzip(data)?))
+}
+
+/// gzip by Zopfli (smaller than zlib's best; user-data is small and limited in size),
+/// with no timestamp or name: the same input gives the same bytes.
+pub fn gzip(data: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    zopfli::compress(
+        zopfli::Options::default(),
+        zopfli::Format::Gzip,
+        data,
+        &mut out,
+    )
+    .context("compressing")?;
+    Ok(out)
 }
 
 /// Checks what imgforge generated, not what the user gave: the text starts with

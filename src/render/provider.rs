@@ -1,9 +1,7 @@
 //! Packaging user-data for a provider: optional gzip and base64, checked against the
 //! provider's user-data size limit.
 
-use std::io::Write;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use base64::Engine;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
@@ -137,7 +135,7 @@ pub fn package(text: &str, provider: Provider, enc: Encoding) -> Result<Packaged
 fn encode(text: &str, limits: &Limits, enc: Encoding) -> Result<Packaged> {
     let base64 = enc.base64 || limits.base64_required;
     let decoded = if enc.gzip {
-        gzip(text.as_bytes())?
+        super::gzip(text.as_bytes())?
     } else {
         text.as_bytes().to_vec()
     };
@@ -186,15 +184,6 @@ fn check_fits(p: Packaged, limits: &Limits, enc: Encoding) -> Result<Packaged> {
         limits.name,
         limits.max_bytes.unwrap_or_default()
     )))
-}
-
-/// gzip at a pinned level with no timestamp or name: the same text gives the same bytes.
-fn gzip(data: &[u8]) -> Result<Vec<u8>> {
-    let mut enc = flate2::GzBuilder::new()
-        .mtime(0)
-        .write(Vec::new(), flate2::Compression::best());
-    enc.write_all(data).context("compressing user-data")?;
-    enc.finish().context("compressing user-data")
 }
 
 #[cfg(test)]
