@@ -19,7 +19,7 @@ pub struct Host {
     #[arg(long, value_name = "HOST")]
     pub host: String,
     /// The VM's SSH port
-    #[arg(long, default_value_t = 22, value_name = "PORT")]
+    #[arg(long, default_value_t = 22, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ssh_port: u16,
     /// The admin user the deployment created
     #[arg(long, default_value = "deploy", value_name = "NAME")]

@@ -95,6 +95,10 @@ pub struct ProvisionArgs {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    // The base has its own message (the build never modifies it).
+    let mut inputs = args.settings.input_files();
+    inputs.extend(args.bundle.as_deref());
+    crate::fsutil::check_output(&args.output, "-o", &inputs)?;
     if args.provision.provision {
         return provisioned(args);
     }
@@ -221,6 +225,11 @@ fn bake(
                 Some("raw" | "img") => Format::Raw,
                 _ => Format::Qcow2,
             });
+    if args.compress && matches!(format, Format::Raw) {
+        return Err(crate::exit::usage(
+            "--compress with a raw image: only qcow2 output is compressed; drop --compress, or write qcow2 (--format qcow2)",
+        ));
+    }
     let plan = BuildPlan {
         base: base.to_path_buf(),
         output: args.output.clone(),

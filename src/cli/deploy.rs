@@ -55,7 +55,7 @@ pub struct Args {
 #[derive(Debug, clap::Args)]
 pub struct Timing {
     /// Seconds the new version has to answer its health path
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub health_timeout: u64,
     /// Most seconds the old version keeps finishing its requests after the switch
     #[arg(long, default_value_t = 30, value_name = "SECS")]
@@ -185,7 +185,7 @@ fn repository(image: &ImageRef) -> String {
 fn environment(args: &Args) -> Result<Option<String>> {
     let mut items: Vec<(String, String, String)> = Vec::new();
     if let Some(path) = &args.env_file {
-        let text = std::fs::read_to_string(path)
+        let text = crate::fsutil::read_small(path)
             .map_err(|e| crate::exit::usage(format!("--env-file {}: {e}", path.display())))?;
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() || line.trim_start().starts_with('#') {

@@ -53,6 +53,12 @@ pub fn with_bundle(
     let Some(path) = bundle else {
         return Ok((flags.clone(), None));
     };
+    if flags.app.bundle.url.is_some() || flags.app.bundle.sha256.is_some() {
+        return Err(crate::exit::usage(format!(
+            "--bundle {} and --bundle-url/--bundle-sha256 both say how the image reaches the VM: pass one",
+            path.display()
+        )));
+    }
     let info = crate::oci::bundle::inspect(path)?;
     if let Some(image) = &flags.app.image {
         if image != info.image.as_str() {

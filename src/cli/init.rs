@@ -22,6 +22,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    crate::fsutil::check_output(&args.output, "-o", &[])?;
     if args.output.exists() && !args.force {
         return Err(crate::exit::usage(format!(
             "{} exists: pass --force to replace it, or -o another path",

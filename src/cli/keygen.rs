@@ -42,6 +42,12 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     for p in [&path, &pub_path] {
+        // A missing directory is created below; what is there must be a plain file.
+        if p.parent()
+            .is_none_or(|d| d.as_os_str().is_empty() || d.is_dir())
+        {
+            crate::fsutil::check_output(p, "-o", &[])?;
+        }
         if p.exists() && !args.force {
             return Err(crate::exit::usage(format!(
                 "{} exists: pass --force to replace it, or -o another path",
@@ -58,12 +64,17 @@ pub fn run(args: Args) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("setting mode 0700 on {}: {e}", dir.display()))?;
         }
     }
-    let comment: String = args
+    if let Some(c) = args
         .comment
         .chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .collect();
-    let pair = crate::keys::KeyPair::generate(&comment)?;
+        .find(|c| !c.is_ascii_graphic() && *c != ' ')
+    {
+        return Err(crate::exit::usage(format!(
+            "--comment {:?}: {c:?} is not printable ASCII; the comment ends the .pub line, so use letters, digits, punctuation and spaces",
+            args.comment
+        )));
+    }
+    let pair = crate::keys::KeyPair::generate(&args.comment)?;
     pair.write(&path)?;
     eprintln!(
         "wrote {} (private, 0600) and {}",

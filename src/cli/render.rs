@@ -27,6 +27,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let Some(output) = &args.output {
+        crate::fsutil::check_output(output, "-o", &args.settings.input_files())?;
+    }
     let deployment = Deployment::load(&args.settings, None)?;
     let templates = deployment.templates(&args.settings)?;
     let rendered = crate::render::user_data(&deployment.spec, &templates)?;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::deployment::{print_known_hosts, with_bundle, Deployment};
 use crate::seed::{SeedFile, SeedFormat};
@@ -42,6 +42,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let mut inputs = args.settings.input_files();
+    inputs.extend(args.bundle.as_deref());
+    inputs.extend(args.network_config.as_deref());
+    crate::fsutil::check_output(&args.output, "-o", &inputs)?;
     let (flags, bundle) = with_bundle(&args.settings, args.bundle.as_deref(), |sha256| {
         Bundle::Seed { sha256 }
     })?;
@@ -62,12 +66,14 @@ pub fn run(args: Args) -> Result<()> {
     };
     let network_config = match &args.network_config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading network config {}", path.display()))?;
+            let text = crate::fsutil::read_small(path).map_err(|e| {
+                crate::exit::usage(format!("--network-config {}: {e}", path.display()))
+            })?;
             serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).map_err(|e| {
                 crate::exit::usage(format!(
-                    "--network-config {}: not YAML: {e}",
-                    path.display()
+                    "--network-config {}: not YAML: {}",
+                    path.display(),
+                    crate::spec::parse_message(&e.to_string())
                 ))
             })?;
             Some(text)

@@ -25,13 +25,13 @@ pub struct Args {
     #[arg(long, required_unless_present = "boot", conflicts_with = "boot")]
     pub host: Option<String>,
     /// SSH port (with --host)
-    #[arg(long, default_value_t = 22, conflicts_with = "boot")]
+    #[arg(long, default_value_t = 22, conflicts_with = "boot", value_parser = clap::value_parser!(u16).range(1..))]
     pub ssh_port: u16,
     /// HTTP port (with --host)
-    #[arg(long, default_value_t = 80, conflicts_with = "boot")]
+    #[arg(long, default_value_t = 80, conflicts_with = "boot", value_parser = clap::value_parser!(u16).range(1..))]
     pub http_port: u16,
     /// HTTPS port (with --host)
-    #[arg(long, default_value_t = 443, conflicts_with = "boot")]
+    #[arg(long, default_value_t = 443, conflicts_with = "boot", value_parser = clap::value_parser!(u16).range(1..))]
     pub https_port: u16,
     /// Check the VM described by the boot.json that `imgforge boot` wrote
     #[arg(long, value_name = "BOOT_JSON")]
@@ -59,14 +59,15 @@ pub struct Args {
         long,
         value_delimiter = ',',
         value_name = "PORT",
-        conflicts_with = "boot"
+        conflicts_with = "boot",
+        value_parser = clap::value_parser!(u16).range(1..)
     )]
     pub probe_port: Vec<u16>,
     /// Check groups to skip
     #[arg(long, value_enum, value_delimiter = ',', value_name = "GROUP")]
     pub skip: Vec<Group>,
     /// Timeout of one network operation, in seconds
-    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    #[arg(long, default_value_t = 5, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
     /// Report format
     #[arg(long, value_enum, default_value_t = Format::Text)]

@@ -18,17 +18,31 @@ pub struct BundleInfo {
     pub sha256: Sha256Hex,
 }
 
-/// Reads the image name from `path`'s manifest.json and hashes the file.
+/// Reads the image name from `path`'s manifest.json and hashes the file. A file that is
+/// not a bundle is the user's input (exit 2), named with what was wrong.
 pub fn inspect(path: &Path) -> Result<BundleInfo> {
     let shown = path.display();
-    let file = File::open(path).with_context(|| format!("opening bundle {shown}"))?;
+    let not_a_bundle = |e: &dyn std::fmt::Display| {
+        // The archive's own bytes may be in the message: printable characters only.
+        let why: String = e
+            .to_string()
+            .chars()
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+            .take(160)
+            .collect();
+        crate::exit::usage(format!(
+            "bundle {shown}: not a readable image archive ({why}); pass an archive from `imgforge pack` or `docker save`"
+        ))
+    };
+    let meta = std::fs::metadata(path).map_err(|e| not_a_bundle(&e))?;
+    if !meta.is_file() {
+        return Err(not_a_bundle(&"not a regular file"));
+    }
+    let file = File::open(path).map_err(|e| not_a_bundle(&e))?;
     let mut archive = tar::Archive::new(file);
     let mut manifest = None;
-    for entry in archive
-        .entries()
-        .with_context(|| format!("reading bundle {shown}"))?
-    {
-        let mut entry = entry.with_context(|| format!("reading bundle {shown}"))?;
+    for entry in archive.entries().map_err(|e| not_a_bundle(&e))? {
+        let mut entry = entry.map_err(|e| not_a_bundle(&e))?;
         let name = entry
             .path()
             .map(|p| p.to_string_lossy().into_owned())
@@ -36,8 +50,10 @@ pub fn inspect(path: &Path) -> Result<BundleInfo> {
         if name == "manifest.json" || name == "./manifest.json" {
             let mut text = String::new();
             entry
+                .by_ref()
+                .take(crate::fsutil::SMALL_INPUT_MAX)
                 .read_to_string(&mut text)
-                .with_context(|| format!("reading manifest.json in {shown}"))?;
+                .map_err(|e| not_a_bundle(&format!("manifest.json: {e}")))?;
             manifest = Some(text);
             break;
         }
@@ -48,7 +64,7 @@ pub fn inspect(path: &Path) -> Result<BundleInfo> {
         )));
     };
     let parsed: Vec<DockerManifest> =
-        serde_json::from_str(&text).with_context(|| format!("parsing manifest.json in {shown}"))?;
+        serde_json::from_str(&text).map_err(|e| not_a_bundle(&format!("manifest.json: {e}")))?;
     let tag = parsed
         .first()
         .and_then(|m| m.repo_tags.as_ref())

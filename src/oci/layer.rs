@@ -172,6 +172,9 @@ pub fn resolve(
         .collect();
     let mut missing = Vec::new();
     let mut plans = Vec::new();
+    let root = spec_dir
+        .canonicalize()
+        .with_context(|| format!("reading {}", spec_dir.display()))?;
     for (li, layer) in spec.layers.iter().enumerate() {
         let mut plan = LayerPlan {
             name: layer.name.clone(),
@@ -189,8 +192,31 @@ pub fn resolve(
                     });
                     continue;
                 }
-                Err(e) => return Err(e).with_context(|| format!("reading {}", src.display())),
+                Err(e) => {
+                    return Err(crate::exit::usage(format!(
+                        "{} (layers[{li}].files[{fi}].src): {e}",
+                        src.display()
+                    )))
+                }
             };
+            // A symlink on the way may lead out of the spec directory: pack only what is in it.
+            match src.canonicalize() {
+                Ok(real) if real.starts_with(&root) => {}
+                Ok(real) => {
+                    return Err(crate::exit::usage(format!(
+                        "{} (layers[{li}].files[{fi}].src) leads through a symlink to {}, outside the spec directory {}: copy what the image needs into it",
+                        src.display(),
+                        real.display(),
+                        root.display()
+                    )))
+                }
+                Err(e) => {
+                    return Err(crate::exit::usage(format!(
+                        "{} (layers[{li}].files[{fi}].src): {e}",
+                        src.display()
+                    )))
+                }
+            }
             if meta.is_dir() {
                 add_dir(&mut plan, f, &src, f.dest[1..].to_owned())?;
             } else if meta.is_file() {

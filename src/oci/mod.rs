@@ -138,7 +138,11 @@ pub fn pack(spec_path: &Path, opts: &PackOptions) -> Result<PackSummary> {
     let mut layers = vec![base];
     layers.extend(plans);
 
-    let out_dir = check_output(&opts.output)?;
+    crate::fsutil::check_output(&opts.output, "-o", &[&spec_file])?;
+    let out_dir = match opts.output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
     let mut tmp = tempfile::Builder::new()
         .prefix(".imgforge-pack-")
         .permissions(fs::Permissions::from_mode(0o644))
@@ -269,29 +273,6 @@ fn missing_message(spec: &ValidSpec, spec_file: &Path, missing: &[layer::Missing
         None => msg.push_str("\nbuild them (the spec has no `build` hint), then pack again"),
     }
     msg
-}
-
-/// The output's directory, checked before any work: it must exist, and the
-/// output must not be a directory.
-fn check_output(output: &Path) -> Result<PathBuf> {
-    if output.as_os_str().is_empty() {
-        return Err(usage("the output path is empty"));
-    }
-    if output.is_dir() {
-        return Err(usage(format!("output {} is a directory", output.display())));
-    }
-    let dir = match output.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !dir.is_dir() {
-        return Err(usage(format!(
-            "cannot write {}: directory {} does not exist",
-            output.display(),
-            dir.display()
-        )));
-    }
-    Ok(dir)
 }
 
 fn progress_bar(wanted: bool, total: u64) -> indicatif::ProgressBar {

@@ -151,7 +151,7 @@ pub struct ValidFile {
 /// Reads and validates `<dir>/image.yaml`. Every problem is the user's input (exit 2),
 /// reported all at once with its key and position, as imgforge.yaml's are.
 pub fn load(spec_file: &Path) -> Result<ValidSpec> {
-    let text = std::fs::read_to_string(spec_file).map_err(|e| {
+    let text = crate::fsutil::read_small(spec_file).map_err(|e| {
         crate::exit::usage(format!("reading image spec {}: {e}", spec_file.display()))
     })?;
     Ok(parse(&text, spec_file)?)
@@ -171,7 +171,7 @@ pub fn parse(text: &str, file: &Path) -> Result<ValidSpec, Report> {
                 column: loc.map(|l| l.column()),
             },
             value: None,
-            message: msg.split(" at line ").next().unwrap_or(&msg).to_owned(),
+            message: crate::spec::parse_message(&msg),
             help: String::new(),
         })
     })?;

@@ -27,14 +27,15 @@ impl Templates {
             for name in Embedded::iter() {
                 let path = dir.join(name.as_ref());
                 if path.exists() {
-                    let text = std::fs::read_to_string(&path)
-                        .with_context(|| format!("reading template {}", path.display()))?;
+                    let text = crate::fsutil::read_small(&path).map_err(|e| {
+                        crate::exit::usage(format!("--templates: {}: {e}", path.display()))
+                    })?;
                     overrides.insert(name.to_string(), text);
                 }
             }
             let known: Vec<String> = Embedded::iter().map(|n| n.to_string()).collect();
             let entries = std::fs::read_dir(dir)
-                .with_context(|| format!("reading template directory {}", dir.display()))?;
+                .map_err(|e| crate::exit::usage(format!("--templates {}: {e}", dir.display())))?;
             for entry in entries {
                 let entry = entry
                     .with_context(|| format!("reading template directory {}", dir.display()))?;
@@ -56,17 +57,27 @@ impl Templates {
                 Some(t) => t.clone(),
                 None => embedded_text(&name)?,
             };
-            hbs.register_template_string(&name, text)
-                .with_context(|| format!("parsing template {name}"))?;
+            let overridden = overrides.contains_key(name.as_ref());
+            hbs.register_template_string(&name, text).map_err(|e| {
+                if overridden {
+                    crate::exit::usage(format!("--templates: {name}: {e}"))
+                } else {
+                    anyhow::anyhow!("parsing the embedded template {name}: {e}")
+                }
+            })?;
         }
         Ok(Templates { hbs, overrides })
     }
 
     /// Renders the template `name` (`*.hbs`) with `data`; a missing variable is an error.
     pub fn render<T: Serialize>(&self, name: &str, data: &T) -> Result<String> {
-        self.hbs
-            .render(name, data)
-            .with_context(|| format!("rendering template {name}"))
+        self.hbs.render(name, data).map_err(|e| {
+            if self.overrides.contains_key(name) {
+                crate::exit::usage(format!("--templates: {name}: {}", e.reason()))
+            } else {
+                anyhow::anyhow!("rendering the embedded template {name}: {e}")
+            }
+        })
     }
 
     /// A file that is not a template, as it is.

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use locate::positions;
-pub use report::{Entry, Origin, Report, Severity};
+pub use report::{parse_message, Entry, Origin, Report, Severity};
 pub use settings::{DnsProvider, Setting, Settings, UserDataSettings, DEFAULT_IMAGE};
 pub use types::*;
 
@@ -110,7 +110,7 @@ impl ConfigFile {
             line,
             column,
         };
-        let text = fs::read_to_string(path).map_err(|e| {
+        let text = crate::fsutil::read_small(path).map_err(|e| {
             Report::single(Entry {
                 severity: Severity::Error,
                 origin: origin(None, None),
@@ -124,9 +124,7 @@ impl ConfigFile {
         } else {
             serde_yaml_ng::from_str(&text).map_err(|e| {
                 let loc = e.location();
-                // serde_yaml_ng appends " at line L column C"; the position is shown apart.
-                let msg = e.to_string();
-                let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+                let msg = report::parse_message(&e.to_string());
                 Report::single(Entry {
                     severity: Severity::Error,
                     origin: origin(loc.as_ref().map(|l| l.line()), loc.map(|l| l.column())),
@@ -442,7 +440,13 @@ impl<'a> Validator<'a> {
     fn dns_token(&mut self, path: &Path, origin: Origin) -> Option<DnsToken> {
         use std::os::unix::fs::PermissionsExt;
         let shown = path.display().to_string();
-        let read = fs::metadata(path).and_then(|m| Ok((m, fs::read_to_string(path)?)));
+        let read = fs::metadata(path).and_then(|m| {
+            if m.is_file() && m.permissions().mode() & 0o077 != 0 {
+                // Refused for its mode before a byte of it is read.
+                return Ok((m, String::new()));
+            }
+            Ok((m, crate::fsutil::read_small(path)?))
+        });
         match read {
             Err(e) => {
                 self.report.error(
@@ -485,7 +489,7 @@ impl<'a> Validator<'a> {
             (None, None) => return Ok(None),
         };
         let shown = path.display().to_string();
-        match fs::read_to_string(&path) {
+        match crate::fsutil::read_small(&path) {
             Ok(text) => match PemBundle::parse(&text) {
                 Ok(pem) => Ok(Some(pem)),
                 Err(p) => {
@@ -545,7 +549,7 @@ impl<'a> Validator<'a> {
         let mut ok = true;
         for (path, origin) in sources {
             let shown = path.display().to_string();
-            let text = match fs::read_to_string(&path) {
+            let text = match crate::fsutil::read_small(&path) {
                 Ok(text) => text,
                 Err(e) => {
                     self.report.error(

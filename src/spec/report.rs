@@ -128,3 +128,65 @@ impl fmt::Display for Report {
         Ok(())
     }
 }
+
+/// The YAML library's message about a file, without the values it quotes from it (a
+/// value in the wrong place may be a secret: a private key or a token passed as the
+/// file), and in the file's terms rather than the program's type names.
+pub fn parse_message(msg: &str) -> String {
+    // The position is shown apart from the message.
+    let msg = msg.split(" at line ").next().unwrap_or(msg);
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("string \"") {
+        out.push_str(&rest[..i]);
+        out.push_str("a string");
+        let quoted = &rest[i + "string \"".len()..];
+        let mut end = quoted.len();
+        let mut escaped = false;
+        for (j, c) in quoted.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = j + 1;
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        rest = &quoted[end..];
+    }
+    out.push_str(rest);
+    let mut out = match (out.find("unknown variant `"), out.find("`, expected")) {
+        (Some(a), Some(b)) if a < b => format!("{}unknown value{}", &out[..a], &out[b + 1..]),
+        _ => out,
+    };
+    while let Some(i) = out.find("struct ") {
+        let name_end = out[i + 7..]
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .map_or(out.len(), |e| i + 7 + e);
+        out.replace_range(i..name_end, "a mapping of keys");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_message;
+
+    #[test]
+    fn parse_messages_quote_no_value_and_name_no_type() {
+        let secret = "-----BEGIN OPENSSH PRIVATE KEY----- b3BlbnNzaC1rZXk \\\"x\\\" end";
+        let msg = format!(
+            "invalid type: string \"{secret}\", expected struct Settings at line 1 column 1"
+        );
+        let shown = parse_message(&msg);
+        assert_eq!(shown, "invalid type: a string, expected a mapping of keys");
+        let shown = parse_message("domain: unknown variant `hunter2`, expected `a` or `b`");
+        assert_eq!(shown, "domain: unknown value, expected `a` or `b`");
+        assert!(!parse_message("invalid value: string \"SECRET\", expected x").contains("SECRET"));
+        assert_eq!(
+            parse_message("unknown field `foo`, expected one of `bar`"),
+            "unknown field `foo`, expected one of `bar`"
+        );
+    }
+}

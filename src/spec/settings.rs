@@ -219,6 +219,19 @@ pub struct UserDataSettings {
     pub base64: bool,
 }
 
+impl Settings {
+    /// The files these flags name (the config file, keys, CA bundle, token): an output
+    /// must not be one of them.
+    pub fn input_files(&self) -> Vec<&std::path::Path> {
+        let mut files: Vec<&std::path::Path> = Vec::new();
+        files.extend(self.config.as_deref());
+        files.extend(self.admin.ssh_key_files.iter().map(PathBuf::as_path));
+        files.extend(self.tls.ca_bundle.as_deref());
+        files.extend(self.dns.token_file.as_deref());
+        files
+    }
+}
+
 /// One `--env NAME=VALUE` or `app.env` entry, as given. A file value that is not a
 /// string is kept (as YAML) so the report can show it and ask for quotes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,14 +336,14 @@ pub const DATA_DIR: Setting<UnixPath> = Setting {
     key: "app.data-dir",
     default: Some("/srv/app/data"),
     get: |s| s.app.data_dir.as_deref(),
-    parse: UnixPath::parse,
+    parse: UnixPath::parse_data_dir,
 };
 pub const DATA_PATH: Setting<UnixPath> = Setting {
     flag: "--data-path",
     key: "app.data-path",
     default: Some("/app/data"),
     get: |s| s.app.data_path.as_deref(),
-    parse: UnixPath::parse,
+    parse: UnixPath::parse_data_path,
 };
 pub const HEALTH_PATH: Setting<UrlPath> = Setting {
     flag: "--health-path",

@@ -227,6 +227,50 @@ const RESERVED_USERS: &[&str] = &[
     "_apt",
     "ubuntu",
     "debian",
+    // Ubuntu's and Debian's other system users and groups: a new user of that name
+    // collides with the group, or is a nologin account.
+    "audio",
+    "cdrom",
+    "crontab",
+    "dialout",
+    "dip",
+    "disk",
+    "dnsmasq",
+    "floppy",
+    "fwupd-refresh",
+    "input",
+    "kmem",
+    "kvm",
+    "landscape",
+    "lxd",
+    "netdev",
+    "nogroup",
+    "operator",
+    "plugdev",
+    "pollinate",
+    "polkitd",
+    "render",
+    "sasl",
+    "sgx",
+    "shadow",
+    "src",
+    "ssh",
+    "staff",
+    "systemd-coredump",
+    "systemd-journal",
+    "systemd-oom",
+    "systemd-timesync",
+    "tape",
+    "tcpdump",
+    "tss",
+    "tty",
+    "users",
+    "usbmux",
+    "utmp",
+    "uuidd",
+    "video",
+    "voice",
+    "wheel",
 ];
 
 impl Username {
@@ -581,6 +625,87 @@ impl UnixPath {
         }
         Ok(UnixPath(s.to_owned()))
     }
+
+    /// The app's data directory on the VM: the container gets it read-write and it is
+    /// handed to the image's user, so it must not be, hold or sit inside what the system
+    /// runs on (or a user's home).
+    pub fn parse_data_dir(s: &str) -> Parsed<Self> {
+        let path = Self::parse(s)?;
+        let help = "use a directory of its own, such as /srv/app/data";
+        if let Some(system) = overlaps(s, SYSTEM_DIRS) {
+            return Err(Problem::new(
+                format!(
+                    "{s} overlaps {system}, which the system needs: the container would own it"
+                ),
+                help,
+            ));
+        }
+        if s == "/home" || (s.starts_with("/home/") && s[6..].split('/').count() == 1) {
+            return Err(Problem::new(
+                format!("{s} is a user's home directory (or all of them)"),
+                help,
+            ));
+        }
+        Ok(path)
+    }
+
+    /// Where the data directory appears in the container: not over the kernel's own
+    /// filesystems.
+    pub fn parse_data_path(s: &str) -> Parsed<Self> {
+        let path = Self::parse(s)?;
+        if let Some(system) = overlaps(s, &["/proc", "/sys", "/dev"]) {
+            return Err(Problem::new(
+                format!("{s} overlaps {system}, which the container's kernel filesystems hold"),
+                "use a directory of the app's, such as /app/data",
+            ));
+        }
+        Ok(path)
+    }
+}
+
+/// What the VM's system lives on: a data directory may be none of these, inside none,
+/// and hold none.
+const SYSTEM_DIRS: &[&str] = &[
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/snap",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var/backups",
+    "/var/cache",
+    "/var/lib/apt",
+    "/var/lib/cloud",
+    "/var/lib/containerd",
+    "/var/lib/docker",
+    "/var/lib/dpkg",
+    "/var/lib/imgforge",
+    "/var/lib/systemd",
+    "/var/log",
+    "/var/tmp",
+];
+
+/// The first of `dirs` that `path` is, is inside of, or holds.
+fn overlaps<'a>(path: &str, dirs: &[&'a str]) -> Option<&'a str> {
+    let within = |inner: &str, outer: &str| {
+        inner == outer
+            || inner
+                .strip_prefix(outer)
+                .is_some_and(|r| r.starts_with('/'))
+    };
+    dirs.iter()
+        .copied()
+        .find(|d| within(path, d) || within(d, path))
 }
 
 string_newtype!(

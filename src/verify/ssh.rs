@@ -165,7 +165,7 @@ impl Ssh {
 
 /// Host names in the first field of a plain (unhashed) known_hosts file.
 fn known_hosts_names(path: &std::path::Path) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(path) else {
+    let Ok(text) = crate::fsutil::read_small(path) else {
         return Vec::new();
     };
     text.lines()

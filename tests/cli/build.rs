@@ -522,7 +522,7 @@ fn unsupported_formats_missing_inputs_and_tools_are_usage_errors() {
     );
     assert_usage_error(
         &build(&base, &dir.path().join("no/such/dir/o.raw"), &[], &pubkey),
-        "output directory",
+        "no/such/dir does not exist",
     );
     let sha = sha256_file(&base);
     assert_usage_error(&build(&base, &base, &[], &pubkey), "never modified");

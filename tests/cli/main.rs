@@ -7,6 +7,7 @@ mod common;
 
 mod build;
 mod deploy;
+mod hostile;
 mod pack;
 mod render;
 mod runner;
