@@ -116,6 +116,12 @@ pub fn package(text: &str, provider: Provider, enc: Encoding) -> Result<Packaged
             limits.name
         )));
     }
+    if enc.base64 && !limits.gzip_ok {
+        return Err(crate::exit::usage(format!(
+            "--base64: {}'s user-data field takes the text itself and decodes nothing, so cloud-init would read base64; render without --base64",
+            limits.name
+        )));
+    }
     let plain = encode(text, &limits, enc)?;
     if fits(&plain, &limits) || enc.gzip || !limits.gzip_ok {
         return check_fits(plain, &limits, enc);
@@ -252,6 +258,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("takes text"));
+        for provider in [Provider::Hetzner, Provider::Digitalocean] {
+            let err = package(
+                "#cloud-config\n",
+                provider,
+                Encoding {
+                    gzip: false,
+                    base64: true,
+                },
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("--base64"), "{err}");
+        }
     }
 
     #[test]

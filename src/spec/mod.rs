@@ -119,6 +119,8 @@ impl ConfigFile {
                 help: "check the path, or run `imgforge init` to write a starter file".into(),
             })
         })?;
+        // A byte order mark is not YAML's business.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text).to_owned();
         let settings: Settings = if text.trim().is_empty() {
             Settings::default()
         } else {
@@ -400,6 +402,15 @@ impl<'a> Validator<'a> {
                 let labels: Vec<&str> = d.as_str().split('.').collect();
                 if labels.len() != 3 || !d.as_str().ends_with(".duckdns.org") {
                     self.report.error(Origin::Flag("--domain"), Some(d.as_str()), "DuckDNS registers NAME.duckdns.org names only", "use --domain NAME.duckdns.org (the subdomain of your DuckDNS account), or --dns cloudflare");
+                    ok = false;
+                }
+                if let Ok(Some(zone)) = &zone {
+                    self.report.error(
+                        Origin::Flag("--dns-zone"),
+                        Some(zone.as_str()),
+                        "DuckDNS has no zones: --dns-zone is for Cloudflare",
+                        "leave --dns-zone out",
+                    );
                     ok = false;
                 }
             }

@@ -94,7 +94,17 @@ impl fmt::Display for Entry {
         };
         write!(f, "{severity}[{name}]: {}", self.message)?;
         if let Some(value) = &self.value {
-            write!(f, "\n  value: {value}")?;
+            // A long value is shown by its start: enough to find it.
+            const SHOWN: usize = 200;
+            match value.char_indices().nth(SHOWN) {
+                Some((end, _)) => write!(
+                    f,
+                    "\n  value: {}… ({} bytes in all)",
+                    &value[..end],
+                    value.len()
+                )?,
+                None => write!(f, "\n  value: {value}")?,
+            }
         }
         if let Origin::File {
             file, line, column, ..

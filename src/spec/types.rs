@@ -791,6 +791,12 @@ impl HttpsUrl {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
+        if authority.contains('@') {
+            return Err(Problem::new(
+                "the URL carries a user name or password, which would end up in the VM's configuration",
+                "use a URL without credentials",
+            ));
+        }
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) => (h, Some(p)),
             None => (authority, None),

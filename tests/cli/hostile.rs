@@ -245,3 +245,57 @@ fn a_file_that_is_not_a_bundle_is_exit_2_without_its_bytes() {
     }
     assert!(!home.join("seed.img").exists());
 }
+
+#[test]
+fn flags_that_cannot_work_together_or_would_leak_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let key = format!("{FIXTURES}/admin_ed25519.pub");
+    let out = run(
+        home,
+        &render_args(&key, &["--provider", "hetzner", "--base64"]),
+    );
+    refused(&out, "--base64");
+    let out = run(
+        home,
+        &render_args(
+            &key,
+            &[
+                "--bundle-url",
+                "https://user:pass@files.example.com/b.tar",
+                "--bundle-sha256",
+                &"a".repeat(64),
+            ],
+        ),
+    );
+    refused(&out, "user name or password");
+    // A byte order mark before the config's first key is not an error.
+    fs::write(
+        home.join("bom.yaml"),
+        "\u{feff}domain: api.example.com\nemail: ops@example.com\n",
+    )
+    .unwrap();
+    let out = run(
+        home,
+        &[
+            "render",
+            "-c",
+            "bom.yaml",
+            "--ssh-key",
+            &key,
+            "--image",
+            "ghcr.io/acme/app:1.0",
+            "-o",
+            "ud",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A 100 KB value is shown by its start, not whole.
+    let long = format!("A={}", "x".repeat(100_000));
+    let out = run(
+        home,
+        &render_args(&key, &["--env", &long, "--health-path", "bad path"]),
+    );
+    let err = refused(&out, "--health-path");
+    assert!(err.len() < 5_000, "{} bytes of error", err.len());
+}
