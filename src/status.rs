@@ -45,6 +45,35 @@ pub struct Status {
     /// Set by a provisioning boot when it ends: whether everything went in.
     #[serde(default)]
     pub provisioned: Option<bool>,
+    /// The runs of first boot on this VM (more than one after a new instance-id).
+    #[serde(default)]
+    pub first_boot: Option<FirstBoot>,
+    /// The DNS registration (`ok`, `pending`, `refused`) and the provider's answer.
+    #[serde(default)]
+    pub dns: Option<String>,
+    #[serde(default)]
+    pub dns_detail: Option<String>,
+    /// The `apt-get upgrade` started once the app serves, and how it ended.
+    #[serde(default)]
+    pub upgrade: Option<String>,
+    #[serde(default)]
+    pub upgrade_detail: Option<String>,
+    /// Set when the VM found a status.json of another version and started afresh.
+    #[serde(default)]
+    pub previous_version: Option<u32>,
+}
+
+/// First boot on this VM: how many times cloud-init ran it, and what a later run kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirstBoot {
+    pub runs: u32,
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    #[serde(default)]
+    pub started: Option<String>,
+    /// The version a later run found serving and kept.
+    #[serde(default)]
+    pub kept: Option<String>,
 }
 
 /// The version of the app a slot runs.
@@ -73,9 +102,6 @@ pub struct Deploy {
     pub result: String,
     #[serde(default)]
     pub error: Option<String>,
-    /// The new container's last log lines, when it failed.
-    #[serde(default)]
-    pub log: Vec<String>,
     /// Seconds from start to healthy, and from healthy to traffic on it.
     #[serde(default)]
     pub healthy_s: Option<f64>,

@@ -1,28 +1,44 @@
 """The app, blue-green: two slots on two loopback ports, nginx sending traffic to one.
 
 A deploy starts the new version in the idle slot, waits for its health path, switches
-nginx's upstream (reload: requests in flight finish), then drains and stops the old
-slot. A version that never gets healthy switches nothing. First boot deploys the first
-version the same way. State lives in app.json: which record each slot runs, which slot
-is active, the version before it (the rollback target) and the deploy history.
+traffic to it, then drains and stops the old slot. A version that never gets healthy
+switches nothing. First boot deploys the first version the same way. State lives in
+app.json: which record each slot runs, which slot is active, the version before it (the
+rollback target) and the deploy history.
+
+A switch is one transaction. The intent (switch.json) is written first; then the new
+slot's unit is enabled for boot, the upstream file names it and nginx reloads; then
+app.json names it active (the commit); then the old unit is disabled and the intent
+removed. Whatever ends a switch early (an exception, a kill, a power cut), `reconcile`
+makes the upstream file, nginx's running configuration and the units enabled for boot
+agree with app.json again: at every boot (imgforge-recover.service), and when the program
+starts and finds an intent nobody holds the lock for.
+
+Each slot's unit runs `supervise`: the container, and its liveness. A container that is
+loading keeps loading; one whose health path fails for LIVENESS_FAILURES checks in a row,
+once it answered (or once its start allowance is over), is restarted.
 """
 
 import contextlib
 import fcntl
-import glob
 import hashlib
 import json
 import os
+import signal
+import subprocess
 import time
 import urllib.request
 
-from .system import Failed, log, out, read_json, run, wait_for, write_atomic
+from . import proxy
+from .system import ENV, Failed, log, out, phase, read_json, run, wait_for, write_atomic
 
 SLOTS = ("blue", "green")
 HISTORY = 20
 # The longest an old slot keeps serving requests it had when traffic switched.
 DRAIN_SECONDS = 30
 LOG_LINES = 20
+LIVENESS_INTERVAL = 10
+LIVENESS_FAILURES = 6
 
 
 class Refused(Failed):
@@ -35,6 +51,10 @@ def other(slot):
 
 def unit(slot):
     return f"imgforge-app@{slot}.service"
+
+
+def now():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def docker_run_argv(conf, paths, slot, record):
@@ -53,38 +73,17 @@ def docker_run_argv(conf, paths, slot, record):
             record["image_id"]]
 
 
-def upstream_conf(port):
-    return ("# Written by imgforge-vm: the app slot nginx sends traffic to.\n"
-            "upstream imgforge_app {\n"
-            f"    server 127.0.0.1:{int(port)};\n"
-            "    keepalive 8;\n"
-            "}\n")
-
-
-def draining():
-    """nginx workers from before the switch that still finish requests."""
-    for path in glob.glob("/proc/[0-9]*/cmdline"):
-        try:
-            with open(path, "rb") as f:
-                if b"worker process is shutting down" in f.read():
-                    return True
-        except OSError:
-            pass
-    return False
-
-
-def drain(seconds):
-    """Waits (at most `seconds`) until nginx's old workers have finished with the old slot."""
-    time.sleep(min(1.0, seconds))
-    wait_for(lambda: not draining(), seconds, 0.5)
+def answers(url, timeout=10):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status < 400
+    except Exception:
+        return False
 
 
 def healthy(url, timeout, interval=1.0):
     """True once url answers below 400 within timeout seconds."""
-    def answers():
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status < 400
-    return wait_for(answers, timeout, interval)
+    return wait_for(lambda: answers(url, 5), timeout, interval)
 
 
 class Apps:
@@ -105,6 +104,10 @@ class Apps:
     def health_url(self, slot):
         return f"http://127.0.0.1:{self.paths.slot_port(slot)}{self.conf['health_path']}"
 
+    def start_allowance(self):
+        """Seconds a version may take to answer its health path when it starts."""
+        return self.conf.get("app_start_timeout", 600)
+
     # -- records -----------------------------------------------------------------
     def record(self, image, env_text):
         """A version: the image (by id), its label, and its environment file (0600,
@@ -121,30 +124,35 @@ class Apps:
 
     # -- deploys -----------------------------------------------------------------
     @contextlib.contextmanager
-    def locked(self):
-        """One deploy at a time on this VM; a second one is refused at once."""
+    def locked(self, wait=0):
+        """One deploy at a time on this VM; a second one is refused, after `wait` seconds."""
         os.makedirs(self.paths.state_dir, exist_ok=True)
         with open(self.paths.under("state_dir", "deploy.lock"), "w") as lock:
-            try:
+            def take():
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise Refused("another deploy is running on this VM; try again when it ends") from None
+                return True
+            if not wait_for(take, wait, 0.2):
+                raise Refused("another deploy is running on this VM; try again when it ends "
+                              "(imgforge deploy --attach follows it)")
             yield
 
-    def deploy(self, record, kind="deploy", health_timeout=60, drain_s=DRAIN_SECONDS):
+    def retire(self, st, old, drain_s):
+        """The slot that served before stops (day two drains it first: remote.Deploys)."""
+        run("systemctl", "stop", unit(old), check=False)
+
+    def deploy(self, record, kind="deploy", health_timeout=None, drain_s=DRAIN_SECONDS):
         """Runs record in the idle slot and switches traffic to it once healthy. Raises
         Failed (nothing switched, the old version still serving) if it never is. The
         caller holds `locked()`."""
-        return self._deploy(record, kind, health_timeout, drain_s)
-
-    def _deploy(self, record, kind, health_timeout, drain_s):
+        health_timeout = health_timeout or self.start_allowance()
+        record = dict(record, start_timeout=max(health_timeout, self.start_allowance()))
         st = self.load()
         old = st["active"]
         slot = other(old) if old else SLOTS[0]
         entry = {"kind": kind, "version": record["version"], "image": record["image"],
-                 "image_id": record["image_id"], "slot": slot,
-                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        log(f"{kind}: {record['image']} ({record['version']}) into the {slot} slot")
+                 "image_id": record["image_id"], "slot": slot, "started": now()}
+        phase(self.paths, "start", f"{kind}: {record['image']} ({record['version']}) "
+                                   f"into the {slot} slot")
         self.own_data_dir(record)
         replaced = st["running"].get(slot)
         began = time.monotonic()
@@ -152,32 +160,115 @@ class Apps:
             st["running"][slot] = record
             self.save(st)
             self.start(slot)
+        phase(self.paths, "health", f"waiting for {self.conf['health_path']} on the {slot} "
+                                    f"slot (at most {health_timeout} s)")
         if not healthy(self.health_url(slot), health_timeout):
-            lines = self.container_log(slot)
+            where = self.keep_log(slot)
             run("systemctl", "stop", unit(slot), check=False)
             if replaced:
                 st["running"][slot] = replaced
             else:
                 st["running"].pop(slot, None)
             reason = f"{record['image']} did not answer {self.conf['health_path']} within {health_timeout} s"
-            self.finish(st, dict(entry, result="failed", error=reason, log=lines))
-            raise Failed(reason + ("; its last log lines: " + " | ".join(lines[-5:]) if lines else ""))
+            self.finish(st, dict(entry, result="failed", error=reason))
+            raise Failed(f"{reason}; its last log lines are in {where}")
         healthy_after = time.monotonic() - began
-        self.switch(slot)
+        try:
+            self.switch(st, slot)
+        except BaseException as e:
+            self.finish(self.load(), dict(entry, result="failed",
+                                          error=f"switching traffic: {e or type(e).__name__}"))
+            raise
         switched_after = time.monotonic() - began
-        run("systemctl", "enable", unit(slot))
         if old:
-            st["previous"] = st["running"].get(old)
-            run("systemctl", "disable", unit(old), check=False)
-        st["active"] = slot
-        self.save(st)
-        if old:
-            drain(drain_s)
-            run("systemctl", "stop", unit(old), check=False)
-        self.prune_images(st)
+            self.retire(st, old, drain_s)
         self.finish(st, dict(entry, result="ok", healthy_s=round(healthy_after, 2),
                              switch_s=round(switched_after - healthy_after, 2)))
+        log(f"{kind}: {record['version']} serves from the {slot} slot")
         return slot
+
+    def switch(self, st, slot):
+        """Gives slot the traffic, as one transaction (see the module's doc)."""
+        old = st["active"]
+        intent = {"from": old, "to": slot, "record": st["running"][slot], "started": now()}
+        write_atomic(self.paths.switch_intent, json.dumps(intent) + "\n", 0o600)
+        try:
+            run("systemctl", "enable", unit(slot))
+            proxy.point_upstream(self.paths, self.paths.slot_port(slot))
+            proxy.reload()
+            phase(self.paths, "switch", f"nginx sends new requests to the {slot} slot")
+            if old:
+                st["previous"] = st["running"].get(old)
+            st["active"] = slot
+            self.save(st)
+        except BaseException:
+            log("the switch did not complete: the version before keeps the traffic")
+            self.reconcile(note=False)
+            raise
+        if old:
+            run("systemctl", "disable", unit(old), check=False)
+        os.remove(self.paths.switch_intent)
+
+    def reconcile(self, booting=False, note=True):
+        """Makes the upstream file, nginx's running configuration and the units enabled
+        for boot agree with app.json, and ends an interrupted switch (in the history, with
+        `note`). The caller holds `locked()` (or it is boot, when no deploy runs). Returns
+        what it changed."""
+        st = self.load()
+        intent = read_json(self.paths.switch_intent, None)
+        active = st["active"]
+        changed = []
+        if active:
+            # After an interrupted switch nginx may run another upstream than its file.
+            if proxy.point_upstream(self.paths, self.paths.slot_port(active)) or intent:
+                proxy.reload(started_only=True)
+                changed.append(f"nginx sends traffic to the {active} slot")
+            for slot in SLOTS:
+                want = slot == active
+                enabled = run("systemctl", "is-enabled", "--quiet", unit(slot),
+                              check=False).returncode == 0
+                if enabled != want:
+                    run("systemctl", "enable" if want else "disable", unit(slot))
+                    changed.append(f"{unit(slot)} {'enabled' if want else 'disabled'}")
+                if not want and (booting or self.starting(slot)):
+                    run("systemctl", "stop", "--no-block", unit(slot), check=False)
+            if not self.starting(active):
+                run("systemctl", "start", "--no-block", unit(active))
+                if not booting:
+                    changed.append(f"{unit(active)} started")
+        if intent and not note:
+            os.remove(self.paths.switch_intent)
+        elif intent:
+            rec = intent.get("record") or {}
+            entry = {"kind": "switch", "version": rec.get("version", "?"),
+                     "image": rec.get("image", "?"), "image_id": rec.get("image_id", ""),
+                     "slot": intent.get("to"), "started": intent.get("started", now())}
+            if active == intent.get("to"):
+                entry["result"] = "ok"
+            else:
+                entry.update(result="interrupted",
+                             error=f"the switch to the {intent.get('to')} slot was interrupted; "
+                                   f"the {active} slot keeps the traffic")
+            self.finish(st, entry)
+            os.remove(self.paths.switch_intent)
+            changed.append(f"an interrupted switch ended {entry['result']}")
+        for c in changed:
+            log(f"recovered: {c}")
+        return changed
+
+    def finish_interrupted(self):
+        """An intent nobody works on is finished or undone. The caller holds `locked()`."""
+        return self.reconcile() if os.path.exists(self.paths.switch_intent) else []
+
+    def recover(self):
+        """At a program start: finish_interrupted, unless a deploy runs (its intent)."""
+        if not os.path.exists(self.paths.switch_intent):
+            return []
+        try:
+            with self.locked():
+                return self.finish_interrupted()
+        except Refused:
+            return []
 
     def start(self, slot):
         """(Re)starts slot's unit, which runs the record app.json gives it; no wait."""
@@ -202,41 +293,13 @@ class Apps:
             return
         slot = SLOTS[0]
         self.own_data_dir(record)
-        st["running"][slot] = record
+        st["running"][slot] = dict(record, start_timeout=self.start_allowance())
         self.save(st)
         self.start(slot)
 
-    def switch(self, slot):
-        """Points nginx at slot; the previous upstream comes back if nginx refuses it."""
-        path = self.paths.nginx_upstream
-        try:
-            with open(path) as f:
-                before = f.read()
-        except OSError:
-            before = None
-        write_atomic(path, upstream_conf(self.paths.slot_port(slot)))
-        try:
-            run("nginx", "-t", capture=True)
-        except Failed:
-            if before is not None:
-                write_atomic(path, before)
-            raise
-        run("systemctl", "reload", "nginx.service")
-
-    def rollback(self, health_timeout=60, drain_s=DRAIN_SECONDS):
+    def active_record(self):
         st = self.load()
-        if not st.get("previous"):
-            raise Refused("there is no previous version to roll back to")
-        return self.deploy(st["previous"], "rollback", health_timeout, drain_s)
-
-    def env_text(self):
-        """The environment the running version has."""
-        st = self.load()
-        rec = st["running"].get(st["active"]) if st.get("active") else None
-        if not rec:
-            return ""
-        with open(rec["env_file"]) as f:
-            return f.read()
+        return st["running"].get(st["active"]) if st.get("active") else None
 
     def own_data_dir(self, record):
         """The data directory belongs to the user the image runs as, when it is numeric."""
@@ -246,29 +309,19 @@ class Apps:
         if ids and all(i.isdigit() for i in ids):
             os.chown(data_dir, int(ids[0]), int(ids[-1]))
 
-    def container_log(self, slot):
+    def keep_log(self, slot):
+        """The slot's last log lines into a root-only file, never into status.json or on
+        the console (they may hold secrets); returns the file's path."""
         proc = run("docker", "logs", "--tail", str(LOG_LINES), self.paths.container(slot),
                    check=False, capture=True)
         text = (proc.stdout or "") + (proc.stderr or "")
-        return [line[:300] for line in text.splitlines()[-LOG_LINES:]]
-
-    def prune_images(self, st):
-        """Keeps the images of both slots and the rollback target; removes the older
-        ones this program deployed, and environment files no version uses."""
-        keep = {r["image_id"] for r in list(st["running"].values()) + [st.get("previous")] if r}
-        for h in st["history"]:
-            image_id = h.get("image_id")
-            if image_id and image_id not in keep:
-                run("docker", "image", "rm", image_id, check=False, capture=True)
-        env_keep = {r["env_file"] for r in list(st["running"].values()) + [st.get("previous")] if r}
-        env_dir = self.paths.app_env_dir
-        for name in os.listdir(env_dir) if os.path.isdir(env_dir) else []:
-            path = os.path.join(env_dir, name)
-            if path not in env_keep:
-                os.remove(path)
+        path = self.paths.under("log_dir", f"app-{slot}.log")
+        write_atomic(path, "".join(line[:300] + "\n" for line in text.splitlines()[-LOG_LINES:]),
+                     0o600)
+        return path
 
     def finish(self, st, entry):
-        entry["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        entry["finished"] = now()
         st["history"] = (st["history"] + [entry])[-HISTORY:]
         self.save(st)
         self.ctx.update(app=self.summary(st), deploys=st["history"][-5:])
@@ -283,14 +336,45 @@ class Apps:
                 "since": next((h["finished"] for h in reversed(st["history"])
                                if h.get("result") == "ok" and h.get("slot") == active), None)}
 
+    def active(self):
+        return self.load().get("active")
+
     # -- for systemd ----------------------------------------------------------------
-    def exec_slot(self, slot):
-        """imgforge-app@SLOT.service's ExecStart: becomes `docker run` for the slot's record."""
+    def supervise(self, slot, notify=None):
+        """imgforge-app@SLOT.service's ExecStart: runs the slot's container and restarts it
+        (by ending, for systemd's Restart=always) once it stops answering its health path:
+        LIVENESS_FAILURES checks in a row, counted after it first answered or after its
+        start allowance. Slow to start is not dead."""
         rec = self.load()["running"].get(slot)
         if not rec:
             raise Failed(f"the {slot} slot has no version to run")
         argv = docker_run_argv(self.conf, self.paths, slot, rec)
-        os.execvp(argv[0], argv)
+        child = subprocess.Popen(argv, env=ENV)
+        signal.signal(signal.SIGTERM, lambda *_: run(
+            "docker", "stop", "--time", "20", self.paths.container(slot), check=False))
+        allowance = rec.get("start_timeout") or self.start_allowance()
+        began, ready, failures = time.monotonic(), False, 0
+        while True:
+            try:
+                return child.wait(timeout=LIVENESS_INTERVAL)
+            except subprocess.TimeoutExpired:
+                pass
+            if answers(self.health_url(slot)):
+                if not ready:
+                    log(f"{slot}: {rec['version']} answers its health path")
+                ready, failures = True, 0
+            elif (ready or time.monotonic() - began > allowance) and not self.backing_up():
+                failures += 1
+                if failures >= LIVENESS_FAILURES:
+                    log(f"{slot}: {rec['version']} did not answer its health path "
+                        f"{failures} times in a row: restarting it")
+                    run("docker", "kill", self.paths.container(slot), check=False)
 
-    def active(self):
-        return self.load().get("active")
+    def backing_up(self):
+        """The backup pauses the container while it copies: no answers then is no fault."""
+        with open(self.paths.under("state_dir", "backup.lock"), "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return False
+            except OSError:
+                return True

@@ -1,5 +1,6 @@
 """The daily backup of the data directory, keeping the newest N archives."""
 
+import fcntl
 import glob
 import os
 import subprocess
@@ -26,6 +27,9 @@ def backup(ctx, container):
     dest = ctx.paths.backup_dir
     os.makedirs(dest, mode=0o700, exist_ok=True)
     name = os.path.join(dest, f"data-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.tar.gz")
+    # Held while the app is paused: its unit does not take the pause for a fault.
+    lock = open(ctx.paths.under("state_dir", "backup.lock"), "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     # Paused, the app cannot write half a transaction into the archive.
     paused = container is not None and subprocess.run(
         ["docker", "pause", container], env=ENV, timeout=60).returncode == 0
@@ -36,6 +40,7 @@ def backup(ctx, container):
     finally:
         if paused:
             run("docker", "unpause", container, check=False)
+        lock.close()
         if os.path.exists(name + ".part"):
             os.remove(name + ".part")
         prune(dest, ctx.conf["backup_keep"])

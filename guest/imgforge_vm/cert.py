@@ -2,19 +2,25 @@
 
 The timer calls `attempt` every minute. Nothing is asked of the ACME server until the
 domain reaches this VM (a token nginx serves) and the ACME directory answers; after a
-certbot failure the next try waits 2, 4, 8, 16, 32, then 60 minutes.
+certbot failure the next try waits 2, 4, 8, 16, 32, then 60 minutes. certbot only
+obtains the certificate (`certonly --webroot`: nginx serves the challenge from a
+directory); the HTTPS site is imgforge's own, installed whenever a valid certificate for
+the domain exists, so a run of first boot again never drops HTTPS.
 """
 
 import fcntl
 import json
 import os
+import re
 import ssl
 import subprocess
 import time
 
+from . import proxy, status
 from .system import ENV, fetch, log, read_json, run, write_atomic
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+LIVE = "/etc/letsencrypt/live"
 # Unchecked conditions (DNS not pointing here yet, ACME server down) are looked at again
 # after this many seconds; they cost the ACME server nothing.
 RECHECK = 60
@@ -27,13 +33,23 @@ def backoff(failures):
     return 60 * min(2 ** failures, 60)
 
 
-def certbot_argv(conf):
-    argv = ["certbot", "--nginx", "--non-interactive", "--agree-tos", "--email", conf["email"],
-            "--no-eff-email", "--domain", conf["domain"], "--redirect", "--hsts",
+def certbot_argv(conf, webroot):
+    argv = ["certbot", "certonly", "--webroot", "--webroot-path", webroot, "--non-interactive",
+            "--agree-tos", "--email", conf["email"], "--no-eff-email", "--domain", conf["domain"],
             "--keep-until-expiring", "--deploy-hook", "systemctl reload nginx"]
     if conf.get("acme_server"):
         argv += ["--server", conf["acme_server"]]
     return argv
+
+
+def valid(domain, live=LIVE):
+    """Whether a certificate for domain exists that has not expired, with its key."""
+    cert = os.path.join(live, domain, "fullchain.pem")
+    if not os.path.exists(os.path.join(live, domain, "privkey.pem")):
+        return False
+    proc = run("openssl", "x509", "-in", cert, "-noout", "-checkend", "0", "-ext",
+               "subjectAltName", check=False, capture=True)
+    return proc.returncode == 0 and domain in re.findall(r"DNS:([^,\s]+)", proc.stdout)
 
 
 class Certificate:
@@ -60,12 +76,23 @@ class Certificate:
                 return "busy"
             return self._attempt(time.time())
 
+    def installed(self):
+        """With a valid certificate, the HTTPS site is nginx's (installed if it was not)."""
+        if not valid(self.ctx.conf["domain"]):
+            return False
+        if proxy.install_site(self.ctx.paths, tls=True):
+            proxy.reload()
+            log("HTTPS site installed")
+        return True
+
     def _attempt(self, now):
         conf = self.ctx.conf
-        st = self.load()
-        live = f"/etc/letsencrypt/live/{conf['domain']}/fullchain.pem"
-        if st.get("installed") and os.path.exists(live):
+        if self.installed():
+            if (status.read(self.ctx.paths) or {}).get("certificate") != "ok":
+                self.save({"failures": 0, "next": 0})
+                self.report("ok")
             return "installed"
+        st = self.load()
         if now < st["next"]:
             return "waiting"
         problem = self.precondition()
@@ -74,15 +101,15 @@ class Certificate:
             self.save(st)
             self.report("pending", problem)
             return "pending"
-        argv = certbot_argv(conf)
+        argv = certbot_argv(conf, self.ctx.paths.acme_webroot)
         env = dict(ENV, REQUESTS_CA_BUNDLE=self.ctx.paths.acme_ca) if conf.get("acme_ca_bundle") else ENV
         log("run: " + " ".join(argv))
         try:
             ok = subprocess.run(argv, env=env, timeout=900).returncode == 0
         except subprocess.TimeoutExpired:
             ok = False
-        if ok:
-            self.save({"failures": 0, "next": 0, "installed": True})
+        if ok and self.installed():
+            self.save({"failures": 0, "next": 0})
             self.report("ok")
             return "ok"
         st["failures"] += 1
@@ -120,4 +147,3 @@ def start(ctx):
     Certificate(ctx).attempt()
     run("systemctl", "enable", "--now", "imgforge-cert.timer")
     return "ok"
-

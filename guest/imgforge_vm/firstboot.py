@@ -3,16 +3,22 @@
 The firewall comes first, before anything that can fail, so a failed step never leaves
 the VM open. A failed step stops the deployment: its error goes to status.json and
 cloud-init reports the failure.
+
+First boot converges. When cloud-init runs it again on a VM that already has a deployment
+(a new instance-id: a restored snapshot, a provider's migration, `cloud-init clean`), the
+running version, its data, its environment and the certificate stay; the steps make the
+rest as the user-data says.
 """
 
 import os
 import shutil
 import subprocess
 import tempfile
+import time
 
-from . import cert
-from .app import SLOTS, Apps, upstream_conf
-from .system import Failed, download, log, out, retry, run, sha256_file, write_atomic
+from . import cert, proxy, status
+from .app import SLOTS, Apps
+from .system import Failed, download, log, out, retry, run, wait_for, write_atomic
 
 # Waits for the dpkg lock (unattended-upgrades holds it at first boot) instead of failing.
 APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=1200", "-o", "Acquire::Retries=5",
@@ -24,8 +30,6 @@ DOCKER_CE = ["docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugi
              "docker-compose-plugin"]
 # Docker's Release key (docs.docker.com/engine/install): the only key apt trusts for it.
 DOCKER_KEY = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"
-# A bundle larger than this is refused before it fills the disk.
-BUNDLE_MAX_BYTES = 8 << 30
 DOCKER_LOAD_TIMEOUT = 1800
 
 
@@ -137,18 +141,32 @@ def os_release():
 def ssh(ctx):
     run("sshd", "-t", capture=True)
     run("systemctl", "try-reload-or-restart", "ssh.service")
+    effective = sshd_effective(out("sshd", "-T"))
+    with open(ctx.paths.sshd_config) as f:
+        wrong = [f"{k} is {effective.get(k, 'unset')!r}, not {v!r}"
+                 for k, v in sshd_effective(f.read()).items() if effective.get(k) != v]
+    if wrong:
+        raise Failed("sshd runs with other settings than " + ctx.paths.sshd_config + ": " +
+                     "; ".join(wrong) + " (another file of the distribution sets them first)")
 
 
-def load_bundle(path, sha256):
-    got = sha256_file(path)
-    if got != sha256:
-        raise Failed(f"bundle {path} has sha256 {got}, expected {sha256}")
-    run("docker", "load", "--input", path, timeout=DOCKER_LOAD_TIMEOUT)
+def sshd_effective(text):
+    """`Keyword value` lines as sshd -T prints them: lower-case keywords, each value once
+    (several HostKey lines are one list)."""
+    values = {}
+    for line in text.splitlines():
+        parts = line.split(None, 1)
+        if len(parts) == 2 and not parts[0].startswith("#"):
+            key = parts[0].lower()
+            values[key] = values[key] + " " + parts[1] if key == "hostkey" and key in values else parts[1]
+    return values
 
 
 def image(ctx):
     run("systemctl", "enable", "--now", "docker.service")
     run("systemctl", "enable", "--now", "imgforge-docker-firewall.service")
+    if Apps(ctx).active_record():
+        return "kept"
     fetch_image(ctx)
     # The app starts loading now, while nginx and the certificate are set up; the app
     # step gives it traffic once it is healthy.
@@ -164,50 +182,40 @@ def app_env(ctx):
 
 def fetch_image(ctx):
     """Puts the app's image into Docker's store, from wherever the deployment says."""
-    conf, paths = ctx.conf, ctx.paths
-    b = conf["bundle"]
-    if b["kind"] == "registry":
+    conf = ctx.conf
+    kind = conf["bundle"]["kind"]
+    if kind == "registry":
         retry("docker pull", lambda: run("docker", "pull", conf["image"], timeout=DOCKER_LOAD_TIMEOUT),
               tries=6, delay=10)
-    elif b["kind"] == "url":
-        dest = paths.under("state_dir", "bundle-download.oci.tar")
-        retry("downloading the bundle",
-              lambda: download(b["url"], dest, BUNDLE_MAX_BYTES, sha256=b["sha256"]), tries=4, delay=10)
-        try:
-            run("docker", "load", "--input", dest, timeout=DOCKER_LOAD_TIMEOUT)
-        finally:
-            os.remove(dest)
-    elif b["kind"] == "file":
-        load_bundle(paths.baked_bundle, b["sha256"])
-    elif b["kind"] == "baked":
-        pass  # provisioned into Docker's store when the image was built
-    elif b["kind"] == "seed":
-        dev = next((d for d in ("/dev/disk/by-label/CIDATA", "/dev/disk/by-label/cidata")
-                    if os.path.exists(d)), None)
-        if dev is None:
-            raise Failed("no seed disk labelled CIDATA is attached")
-        with tempfile.TemporaryDirectory() as mnt:
-            run("mount", "-o", "ro", dev, mnt)
-            try:
-                load_bundle(os.path.join(mnt, paths.seed_bundle), b["sha256"])
-            finally:
-                run("umount", mnt)
-    else:
-        raise Failed(f"unknown bundle kind {b['kind']!r}")
+    elif kind != "baked":  # baked: provisioned into Docker's store when the image was built
+        # Shipped only to VMs whose image comes as a bundle (see render::program).
+        from . import bundle
+        bundle.fetch(ctx)
     run("docker", "image", "inspect", "--format", "{{.Id}}", conf["image"], capture=True)
 
 
 def app(ctx):
     apps = Apps(ctx)
     with apps.locked():
-        apps.deploy(apps.record(ctx.conf["image"], app_env(ctx)), kind="first-boot",
-                    health_timeout=300)
+        kept = apps.active_record()
+        if not kept:
+            apps.deploy(apps.record(ctx.conf["image"], app_env(ctx)), kind="first-boot")
+            return "ok"
+        apps.reconcile()
+        wait = apps.start_allowance()
+        if not wait_for(lambda: proxy.answers(ctx.paths, ctx.conf), wait, 2):
+            raise Failed(f"{kept['version']}, the version this VM ran, did not answer "
+                         f"{ctx.conf['health_path']} within {wait} s")
+        return "kept"
 
 
 def nginx(ctx):
-    paths = ctx.paths
+    """The HTTPS site when a valid certificate exists (a run again keeps HTTPS), else
+    plain HTTP until the certificate step gets one."""
+    paths, conf = ctx.paths, ctx.conf
     if not os.path.exists(paths.probe_token):
         write_atomic(paths.probe_token, os.urandom(16).hex() + "\n")
+    os.makedirs(paths.acme_webroot, mode=0o755, exist_ok=True)
     if os.path.lexists("/etc/nginx/sites-enabled/default"):
         os.remove("/etc/nginx/sites-enabled/default")
     enabled = "/etc/nginx/sites-enabled/imgforge"
@@ -215,7 +223,8 @@ def nginx(ctx):
         os.symlink(paths.nginx_site, enabled)
     if not os.path.exists(paths.nginx_upstream):
         # The slot the app step will switch to; until it does, nginx answers 502.
-        write_atomic(paths.nginx_upstream, upstream_conf(paths.slot_port(SLOTS[0])))
+        write_atomic(paths.nginx_upstream, proxy.upstream_conf(paths.slot_port(SLOTS[0])))
+    proxy.install_site(paths, tls=conf["tls"] and cert.valid(conf["domain"]))
     run("nginx", "-t", capture=True)
     run("systemctl", "enable", "nginx.service")
     run("systemctl", "reload-or-restart", "nginx.service")
@@ -259,7 +268,23 @@ def run_steps(ctx, steps=STEPS):
 def deploy(ctx):
     run("systemctl", "daemon-reload")
     # Started now, the report waits for cloud-init to finish, so a failed step is reported too.
-    run("systemctl", "enable", "imgforge-report.service")
+    run("systemctl", "enable", "imgforge-report.service", "imgforge-recover.service")
     run("systemctl", "start", "--no-block", "imgforge-report.service")
-    ctx.update()
+    before = status.read(ctx.paths) or {}
+    kept = Apps(ctx).active_record()
+    runs = max((before.get("first_boot") or {}).get("runs", 0), 1 if kept else 0) + 1
+    if kept:
+        log(f"first boot runs again (run {runs}) on a VM that serves {kept['version']}: "
+            "it keeps that version, its data and its certificate")
+    status.begin(ctx.paths, ctx.step_names, first_boot={
+        "runs": runs, "instance_id": instance_id(), "started": time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kept": kept["version"] if kept else None})
     return run_steps(ctx)
+
+
+def instance_id(path="/var/lib/cloud/data/instance-id"):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None

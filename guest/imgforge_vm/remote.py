@@ -1,37 +1,88 @@
-"""What `imgforge deploy`, `rollback` and `status` run on the VM over SSH.
+"""Day two: what `imgforge deploy`, `rollback` and `status` run on the VM over SSH. Not
+part of the program first boot writes: `install-program` brings it with the first deploy
+or status.
 
-deploy-version reads its request from stdin, so no secret is in any command line: one
-JSON line ({"image", "env", "bundle": {"size", "sha256"}, "health_timeout", "drain"}),
-then, with a bundle, exactly `size` bytes of it. install-program reads one JSON line
-({"size", "sha256"}) and then the program. Each prints one JSON line with the result.
+Deploys and rollbacks run on the VM, not in the SSH session that asks for them.
+`deploy-version` reads its request from stdin (one JSON line: {"image", "env", "bundle":
+{"size", "sha256"}, "health_timeout", "drain"}, then with a bundle exactly `size` bytes of
+it), so no secret is in any command line; it starts the deploy as its own transient unit
+(imgforge-deploy.service running `run-job ID`, with its own root-only log) and follows that
+log. The client may go away at any time: the deploy goes on, and `attach` follows it again
+or says how it ended. The unit's name is taken while a deploy runs, so there is one at a time.
 """
 
 import hashlib
-import io
+import http.client
 import json
 import os
 import re
-import subprocess
+import signal
 import sys
-import zipfile
+import time
 
-from . import status
-from .app import Apps, Refused, healthy
-from .system import Failed, log, out, retry, run, sha256_file, write_atomic
+from . import proxy, status
+from .app import SLOTS, Apps, Refused, now, unit
+from .system import Failed, log, out, phase, read_json, retry, run, wait_for, write_atomic
 
 ENV_LINE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=[^\n\r\0]*")
 BUNDLE_MAX_BYTES = 8 << 30
-PROGRAM_MAX_BYTES = 4 << 20
+KEEP_JOBS = 10
 
 
-def request(stream):
+class Deploys(Apps):
+    """Day two's deploys: the old version drains before it stops, older images go, and
+    there is a version to roll back to."""
+
+    def retire(self, st, old, drain_s):
+        phase(self.paths, "drain", f"the {old} slot finishes its requests (at most {drain_s} s)")
+        time.sleep(min(1.0, drain_s))
+        wait_for(lambda: not proxy.draining(), drain_s, 0.5)
+        run("systemctl", "stop", unit(old), check=False)
+        self.prune_images(st)
+
+    def prune_images(self, st):
+        """Keeps the images of both slots and the rollback target; removes the older
+        ones this program deployed, and environment files no version uses."""
+        kept = [r for r in list(st["running"].values()) + [st.get("previous")] if r]
+        keep = {r["image_id"] for r in kept}
+        for h in st["history"]:
+            image_id = h.get("image_id")
+            if image_id and image_id not in keep:
+                run("docker", "image", "rm", image_id, check=False, capture=True)
+        env_keep = {r["env_file"] for r in kept}
+        env_dir = self.paths.app_env_dir
+        for name in os.listdir(env_dir) if os.path.isdir(env_dir) else []:
+            path = os.path.join(env_dir, name)
+            if path not in env_keep:
+                os.remove(path)
+
+    def rollback(self, health_timeout=None, drain_s=30):
+        st = self.load()
+        if not st.get("previous"):
+            raise Refused("there is no previous version to roll back to")
+        return self.deploy(st["previous"], "rollback", health_timeout, drain_s)
+
+    def env_text(self):
+        """The environment the running version has."""
+        rec = self.active_record()
+        if not rec:
+            return ""
+        with open(rec["env_file"]) as f:
+            return f.read()
+
+
+class Interrupted(BaseException):
+    """The deploy's unit was stopped (SIGTERM): the switch, if one runs, is undone."""
+
+
+def request(stream, image=True):
     try:
-        head = json.loads(stream.readline(1 << 20))
+        head = json.loads(stream.readline(1 << 20) or "{}")
     except ValueError as e:
         raise Refused(f"the request is not JSON: {e}") from None
-    image, env = head.get("image"), head.get("env")
-    if not isinstance(image, str) or not image:
+    if image and not (isinstance(head.get("image"), str) and head["image"]):
         raise Refused("the request names no image")
+    env = head.get("env")
     if env is not None:
         bad = [line for line in env.splitlines() if line and not line.startswith("#")
                and not ENV_LINE.fullmatch(line)]
@@ -40,115 +91,212 @@ def request(stream):
     return head
 
 
-def receive(stream, dest, size, sha256):
-    """Exactly `size` bytes from stream into dest (0600), checked against sha256."""
+def receive(paths, stream, dest, size, sha256):
+    """Exactly `size` bytes from stream into dest (0600), checked against sha256; a
+    bundle that is not the one the client named is refused and removed."""
     if not isinstance(size, int) or not 0 < size <= BUNDLE_MAX_BYTES:
         raise Refused(f"bundle size {size!r} is not between 1 and {BUNDLE_MAX_BYTES}")
     h, left = hashlib.sha256(), size
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        while left:
-            block = stream.read(min(left, 1 << 20))
-            if not block:
-                raise Failed(f"the bundle ended after {size - left} of {size} bytes")
-            h.update(block)
-            f.write(block)
-            left -= len(block)
-    if h.hexdigest() != sha256:
-        raise Failed(f"the bundle arrived with sha256 {h.hexdigest()}, expected {sha256}")
-
-
-def read_exactly(stream, size, what):
-    data = stream.read(size)
-    if len(data) != size:
-        raise Failed(f"{what} ended after {len(data)} of {size} bytes")
-    return data
-
-
-def install_program(ctx, stream, python=sys.executable):
-    """Replaces this program with the one on stdin, which `imgforge deploy` sends first so
-    that the VM runs the program of the imgforge that deploys to it. Checked before it
-    replaces anything: the sha256, a zip with this program's entry point, and that it runs
-    (`--help`) with this VM's python3. Then renamed into place: a command already running
-    keeps the modules it imported, and every later one runs the new program."""
     try:
-        head = json.loads(stream.readline(1 << 20))
-    except ValueError as e:
-        raise Refused(f"the request is not JSON: {e}") from None
-    size, sha256 = head.get("size"), head.get("sha256")
-    if not isinstance(size, int) or not 0 < size <= PROGRAM_MAX_BYTES:
-        raise Refused(f"program size {size!r} is not between 1 and {PROGRAM_MAX_BYTES}")
-    data = read_exactly(stream, size, "the program")
-    got = hashlib.sha256(data).hexdigest()
-    if got != sha256:
-        raise Failed(f"the program arrived with sha256 {got}, expected {sha256}")
-    path = ctx.paths.program
-    previous = sha256_file(path) if os.path.exists(path) else None
-    if previous == got:
-        return {"program": got, "replaced": False}
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            names = set(z.namelist())
-            if not {"__main__.py", "imgforge_vm/cli.py"} <= names or z.testzip() is not None:
-                raise zipfile.BadZipFile("not this program's files")
-    except zipfile.BadZipFile as e:
-        raise Refused(f"the program is not an imgforge-vm zip: {e}") from None
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            while left:
+                block = stream.read(min(left, 1 << 20))
+                if not block:
+                    raise Failed(f"the bundle ended after {size - left} of {size} bytes")
+                h.update(block)
+                f.write(block)
+                if left == size:
+                    phase(paths, "upload", f"receiving the bundle ({size} bytes)")
+                left -= len(block)
+        if h.hexdigest() != sha256:
+            raise Refused(f"the bundle arrived with sha256 {h.hexdigest()}, not the {sha256} "
+                          "imgforge sent: nothing changed; send it again")
+    except BaseException:
+        os.remove(dest)
+        raise
 
-    def runs(tmp):
+
+class Jobs:
+    """Deploys as units: each has an id, a request (0600, removed once read), a log
+    (root-only) and a result."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.paths = ctx.paths
+        self.dir = ctx.paths.jobs_dir
+
+    def path(self, job, suffix):
+        if suffix == "log":
+            return self.paths.under("log_dir", f"deploy-{job}.log")
+        return os.path.join(self.dir, f"{job}.{suffix}")
+
+    def running(self):
+        state = run("systemctl", "show", "--property", "ActiveState", "--value",
+                    self.paths.deploy_unit + ".service", check=False, capture=True).stdout.strip()
+        return state in ("active", "activating", "deactivating")
+
+    def latest(self):
         try:
-            proc = subprocess.run([python, tmp, "--help"], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True, timeout=120)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise Failed(f"the new program did not run: {e}") from None
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise Failed(f"the new program does not run with {python}: {last}")
+            with open(os.path.join(self.dir, "latest")) as f:
+                return f.read().strip() or None
+        except OSError:
+            return None
 
-    write_atomic(path, data, 0o755, check=runs)
-    log(f"program replaced: sha256 {got} (was {previous})")
-    return {"program": got, "replaced": True, "previous": previous}
+    def submit(self, kind, head, stream):
+        """Starts a deploy (kind "deploy" or "rollback") as its own unit; returns its id.
+        Refused while another deploy runs, or with a bundle that is not the one sent."""
+        apps = Apps(self.ctx)
+        with apps.locked():
+            apps.finish_interrupted()
+            if self.running():
+                raise Refused("another deploy is running on this VM; `imgforge deploy --attach` follows it")
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            os.makedirs(self.paths.log_dir, mode=0o700, exist_ok=True)
+            job = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex()
+            bundle = head.get("bundle")
+            if bundle:
+                dest = self.path(job, "oci.tar")
+                receive(self.paths, stream, dest, bundle.get("size"), bundle.get("sha256"))
+                head = dict(head, bundle=dest)
+            write_atomic(self.path(job, "request"), json.dumps(dict(head, kind=kind)), 0o600)
+            write_atomic(self.path(job, "log"), "", 0o600)
+            write_atomic(os.path.join(self.dir, "latest"), job + "\n", 0o600)
+            log_to = "append:" + self.path(job, "log")
+            run("systemd-run", "--unit", self.paths.deploy_unit, "--collect", "--quiet",
+                "--property", "StandardOutput=" + log_to, "--property", "StandardError=" + log_to,
+                "--property", "TimeoutStopSec=120", self.paths.program, "run-job", job)
+        self.prune()
+        return job
+
+    def run(self, job):
+        """The deploy itself (imgforge-deploy.service): writes its result whatever happens."""
+        def stop(*_):
+            raise Interrupted("the deploy's unit was stopped")
+        signal.signal(signal.SIGTERM, stop)
+        result = {"id": job, "exit": 1, "started": now()}
+        head = read_json(self.path(job, "request"), {})
+        if os.path.exists(self.path(job, "request")):
+            os.remove(self.path(job, "request"))
+        apps = Deploys(self.ctx)
+        try:
+            with apps.locked(wait=120):
+                apps.finish_interrupted()
+                if head.get("kind") == "rollback":
+                    apps.rollback(head.get("health_timeout"), head.get("drain", 30))
+                else:
+                    if head.get("bundle"):
+                        phase(self.paths, "load", "loading the image into Docker")
+                        run("docker", "load", "--input", head["bundle"], timeout=1800)
+                    else:
+                        phase(self.paths, "load", f"pulling {head['image']}")
+                        retry("docker pull", lambda: run("docker", "pull", head["image"],
+                                                         timeout=1800), tries=4)
+                    env = head["env"] if head.get("env") is not None else apps.env_text()
+                    apps.deploy(apps.record(head["image"], env), "deploy",
+                                head.get("health_timeout"), head.get("drain", 30))
+            result.update(exit=0)
+        except Refused as e:
+            result.update(exit=2, error=str(e))
+        except (Failed, Interrupted) as e:
+            result.update(error=str(e))
+            self.show_app_log(apps)
+        except Exception as e:
+            result.update(error=f"{type(e).__name__}: {e}")
+        finally:
+            if head.get("bundle") and os.path.exists(head["bundle"]):
+                os.remove(head["bundle"])
+            history = apps.load()["history"]
+            if history and history[-1]["started"] >= result["started"]:
+                result["entry"] = history[-1]
+            write_atomic(self.path(job, "result"), json.dumps(result) + "\n", 0o600)
+            log(f"done: {'ok' if result['exit'] == 0 else result.get('error')}")
+        return result["exit"]
+
+    def show_app_log(self, apps):
+        """A failed version's last log lines, for the client's terminal (this log is root's)."""
+        for slot in SLOTS:
+            path = apps.paths.under("log_dir", f"app-{slot}.log")
+            if os.path.exists(path) and time.time() - os.path.getmtime(path) < 60:
+                with open(path) as f:
+                    for line in f:
+                        log(f"  {slot}| {line.rstrip()}")
+
+    def follow(self, job, stream=None):
+        """Copies the job's log to stderr as it grows, until the job ends; returns its
+        result. A client that went away (a broken pipe) leaves the job running."""
+        stream = stream or sys.stderr
+        pos = 0
+        while True:
+            done = os.path.exists(self.path(job, "result")) or not self.running()
+            with open(self.path(job, "log"), "rb") as f:
+                f.seek(pos)
+                chunk = f.read()
+            if chunk:
+                pos += len(chunk)
+                stream.write(chunk.decode(errors="replace"))
+                stream.flush()
+            if done and not chunk:
+                break
+            time.sleep(0.5)
+        result = read_json(self.path(job, "result"), None)
+        if result is None:
+            raise Failed("the deploy ended without a result (its unit was killed): "
+                         "`imgforge status` shows which version serves")
+        return result
+
+    def prune(self):
+        """Keeps the last KEEP_JOBS deploys' results and logs."""
+        jobs = sorted({n.split(".")[0] for n in os.listdir(self.dir) if n[0].isdigit()})
+        for job in jobs[:-KEEP_JOBS]:
+            for path in (self.path(job, "result"), self.path(job, "log")):
+                if os.path.exists(path):
+                    os.remove(path)
+
+
+def answer(result):
+    """The job's result as the command's: its entry on stdout, or the error (exit 1/2)."""
+    if result["exit"] == 2:
+        raise Refused(result.get("error", "refused"))
+    if result["exit"] != 0:
+        raise Failed(result.get("error", "the deploy failed"))
+    return result.get("entry", {})
 
 
 def deploy_version(ctx, stream):
-    head = request(stream)
-    apps = Apps(ctx)
-    with apps.locked():
-        return _deploy_version(ctx, apps, head, stream)
-
-
-def _deploy_version(ctx, apps, head, stream):
-    bundle = head.get("bundle")
-    if bundle:
-        dest = ctx.paths.under("state_dir", "incoming.oci.tar")
-        try:
-            receive(stream, dest, bundle.get("size"), bundle.get("sha256"))
-            run("docker", "load", "--input", dest, timeout=1800)
-        finally:
-            if os.path.exists(dest):
-                os.remove(dest)
-    else:
-        retry("docker pull", lambda: run("docker", "pull", head["image"], timeout=1800), tries=4)
-    env = head["env"] if head.get("env") is not None else apps.env_text()
-    apps.deploy(apps.record(head["image"], env), "deploy", head.get("health_timeout", 60),
-                head.get("drain", 30))
-    return apps.load()["history"][-1]
+    jobs = Jobs(ctx)
+    return answer(jobs.follow(jobs.submit("deploy", request(stream), stream)))
 
 
 def rollback(ctx, stream):
-    head = json.loads(stream.readline(1 << 20) or "{}")
-    apps = Apps(ctx)
-    with apps.locked():
-        apps.rollback(head.get("health_timeout", 60), head.get("drain", 30))
-    return apps.load()["history"][-1]
+    jobs = Jobs(ctx)
+    return answer(jobs.follow(jobs.submit("rollback", request(stream, image=False), stream)))
+
+
+def attach(ctx, stream):
+    jobs = Jobs(ctx)
+    job = jobs.latest()
+    if not jobs.running() or not job:
+        last = read_json(jobs.path(job, "result"), None) if job else None
+        if last is None:
+            raise Refused("no deploy is running on this VM, and none ran before")
+        e = last.get("entry") or {}
+        raise Refused(f"no deploy is running on this VM; the last one ({job}, "
+                      f"{e.get('version', '?')}) ended {e.get('result') or last.get('error')}"
+                      " (imgforge status shows what serves)")
+    return answer(jobs.follow(job))
 
 
 def report(ctx):
-    """status.json, and what only root sees: the certificate, disk use, health now."""
+    """status.json, and what only root sees: the certificate, disk use, a running deploy,
+    and whether the path users take answers and everything agrees on what serves."""
     conf, paths = ctx.conf, ctx.paths
-    doc = {"status": status.read(paths), "certificate": None, "disk": {}}
-    apps = Apps(ctx)
-    slot = apps.active()
-    doc["healthy"] = slot is not None and healthy(apps.health_url(slot), 5)
+    Apps(ctx).recover()
+    jobs = Jobs(ctx)
+    doc = {"status": status.read(paths), "certificate": None, "disk": {},
+           "deploy": jobs.latest() if jobs.running() else None}
+    doc["serving"] = serving(ctx, deploying=doc["deploy"] is not None)
+    doc["healthy"] = doc["serving"]["answers"] and not doc["serving"]["problems"]
     cert = f"/etc/letsencrypt/live/{conf['domain']}/cert.pem" if conf.get("domain") else ""
     if cert and os.path.exists(cert):
         text = out("openssl", "x509", "-noout", "-issuer", "-enddate", "-in", cert)
@@ -158,4 +306,53 @@ def report(ctx):
     for name, path in (("data", conf["data_dir"]), ("backups", paths.backup_dir)):
         if os.path.isdir(path):
             doc["disk"][name] = int(out("du", "-sb", path).split()[0])
+    return doc
+
+
+def running_port(paths, conf):
+    """The slot port nginx's running configuration proxies to (its loopback check server
+    answers with the upstream address it used), or None when nginx does not answer."""
+    c = http.client.HTTPConnection("127.0.0.1", paths.nginx_check_port, timeout=10)
+    try:
+        c.request("GET", conf["health_path"])
+        addr = c.getresponse().getheader("X-Imgforge-Upstream") or ""
+    except OSError:
+        return None
+    finally:
+        c.close()
+    # After a failed try nginx lists every address it tried; the last one answered.
+    m = re.search(r":(\d+)$", addr.split(",")[-1].strip())
+    return int(m.group(1)) if m else None
+
+
+def serving(ctx, deploying=False):
+    """What serves, checked on the VM: the health path through nginx as users reach it,
+    and app.json, the upstream file, nginx's running configuration and the units enabled
+    for boot naming the same slot (while a deploy runs, they may differ for a moment)."""
+    paths, conf = ctx.paths, ctx.conf
+    active = Apps(ctx).active()
+    got = proxy.user_path(paths, conf)
+    doc = {"slot": active, "answers": 0 < got < 400,
+           "path": f"{'https' if proxy.tls_installed(paths) else 'http'}://"
+                   f"{conf.get('domain') or 'localhost'}{conf['health_path']}",
+           "answer": got, "problems": []}
+    if active is None or deploying:
+        return doc
+    port = paths.slot_port(active)
+    problems = doc["problems"]
+    named = proxy.upstream_port(paths)
+    if named != port:
+        problems.append(f"the upstream file names port {named}, app.json the {active} slot ({port})")
+    running = running_port(paths, conf)
+    if running is None:
+        problems.append("nginx's check server does not answer: nginx is not running as configured")
+    elif running != port:
+        problems.append(f"nginx runs with port {running}, not the {active} slot's ({port}): "
+                        "its configuration was not reloaded")
+    for slot in SLOTS:
+        enabled = run("systemctl", "is-enabled", "--quiet", unit(slot), check=False).returncode == 0
+        if enabled != (slot == active):
+            problems.append(f"{unit(slot)} is {'enabled' if enabled else 'disabled'} for boot")
+    if os.path.exists(paths.switch_intent):
+        problems.append("a switch was interrupted and is not finished")
     return doc

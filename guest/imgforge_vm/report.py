@@ -4,13 +4,13 @@ import glob
 import json
 import os
 
-from .app import Apps, healthy
+from . import proxy
+from .app import Apps
 from .system import wait_for
 
 # cloud-init's result appears when its last stage ends; a first boot that installs
 # packages can take long, but not this long.
 CLOUD_INIT_WAIT = 5400
-HEALTH_WAIT = 180
 
 
 def cloud_init_result(path, timeout, interval=2.0):
@@ -38,7 +38,10 @@ def host_keys(pattern="/etc/ssh/ssh_host_*_key.pub"):
 
 
 def report(ctx, result_path="/run/cloud-init/result.json"):
+    """Healthy is the app answering through nginx, the way users come, within the app's
+    start allowance (a slow app is given its time, at every boot)."""
     ci = cloud_init_result(result_path, CLOUD_INIT_WAIT)
-    slot = Apps(ctx).active()
-    ok = slot is not None and healthy(Apps(ctx).health_url(slot), HEALTH_WAIT, interval=2)
+    apps = Apps(ctx)
+    ok = apps.active() is not None and wait_for(
+        lambda: proxy.answers(ctx.paths, ctx.conf), apps.start_allowance(), 2)
     ctx.update(cloud_init=ci, health="ok" if ok else "failed", host_keys=host_keys())

@@ -15,7 +15,7 @@ from .system import log, read_json, write_atomic
 
 VERSION = 1
 PREFIX = "imgforge-status: "
-DONE = ("ok", "skipped")
+DONE = ("ok", "skipped", "kept")
 
 
 def new(step_names):
@@ -46,8 +46,7 @@ def read(paths):
 def update(paths, step_names, steps=None, **fields):
     """Merges steps and fields into status.json under a lock, derives the state and
     prints the document on the console. Returns the new document."""
-    os.makedirs(paths.state_dir, exist_ok=True)
-    with open(os.path.join(paths.state_dir, ".status.lock"), "w") as lock:
+    with open(os.path.join(_ready(paths), ".status.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         st = read(paths) or new(step_names)
         if st.get("version") != VERSION:
@@ -64,6 +63,24 @@ def update(paths, step_names, steps=None, **fields):
         write_atomic(paths.status, dumps(st), 0o644)
     announce(paths, st)
     return st
+
+
+def begin(paths, step_names, **fields):
+    """A run of first boot starts: every step pending again, cloud-init running, no
+    error; what the VM runs, its certificate and its deploys stay."""
+    old = read(paths) or {}
+    keep = {k: old[k] for k in ("certificate", "certificate_detail", "app", "deploys",
+                                "host_keys", "dns", "dns_detail") if k in old}
+    fresh = dict(new(step_names), **keep)
+    with open(os.path.join(_ready(paths), ".status.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        write_atomic(paths.status, dumps(fresh), 0o644)
+    return update(paths, step_names, **fields)
+
+
+def _ready(paths):
+    os.makedirs(paths.state_dir, exist_ok=True)
+    return paths.state_dir
 
 
 def announce(paths, st):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive", NEEDRESTART_MODE="a",
@@ -24,9 +25,10 @@ def log(msg):
     print("imgforge: " + msg, file=sys.stderr, flush=True)
 
 
-def run(*argv, timeout=DEFAULT_TIMEOUT, env=None, check=True, capture=False):
+def run(*argv, timeout=DEFAULT_TIMEOUT, env=None, check=True, capture=False, quiet=False):
     """Runs argv (never through a shell). Raises Failed on a non-zero exit or a timeout."""
-    log("run: " + " ".join(argv))
+    if not quiet:
+        log("run: " + " ".join(argv))
     try:
         # A command's own output goes to stderr too: stdout carries remote answers.
         proc = subprocess.run(argv, env=env or ENV, timeout=timeout, text=True,
@@ -77,10 +79,31 @@ def write_atomic(path, data, mode=0o644, check=None):
         if check:
             check(tmp)
         os.replace(tmp, path)
+        sync_dir(parent)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def sync_dir(path):
+    """Makes a rename in directory `path` durable: a power cut after it keeps it."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def redact(url):
+    """url as it may be shown (status.json, the console, logs): no user, password, query
+    or fragment, where presigned URLs carry their signature."""
+    try:
+        u = urllib.parse.urlsplit(url)
+        host = (u.hostname or "") + (f":{u.port}" if u.port else "")
+        return urllib.parse.urlunsplit((u.scheme, host, u.path, "", "")) + ("?…" if u.query else "")
+    except ValueError:
+        return "(an unreadable URL)"
 
 
 def wait_for(check, timeout, interval=1.0):
@@ -119,6 +142,7 @@ def download(url, dest, max_bytes, sha256=None, timeout=30, deadline=1800, conte
     whole transfer `deadline` s; more than max_bytes or a wrong sha256 is an error and
     leaves nothing at dest."""
     part = dest + ".part"
+    shown = redact(url)
     end = time.monotonic() + deadline
     h = hashlib.sha256()
     size = 0
@@ -126,28 +150,28 @@ def download(url, dest, max_bytes, sha256=None, timeout=30, deadline=1800, conte
         with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
             declared = resp.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise Failed(f"{url} is {declared} bytes, over the limit of {max_bytes}")
+                raise Failed(f"{shown} is {declared} bytes, over the limit of {max_bytes}")
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:
                 while True:
                     if time.monotonic() > end:
-                        raise Failed(f"downloading {url} took over {deadline} s")
+                        raise Failed(f"downloading {shown} took over {deadline} s")
                     block = resp.read(1 << 20)
                     if not block:
                         break
                     size += len(block)
                     if size > max_bytes:
-                        raise Failed(f"{url} sent over {max_bytes} bytes")
+                        raise Failed(f"{shown} sent over {max_bytes} bytes")
                     h.update(block)
                     f.write(block)
         got = h.hexdigest()
         if sha256 is not None and got != sha256:
-            raise Failed(f"{url} has sha256 {got}, expected {sha256}")
+            raise Failed(f"{shown} has sha256 {got}, expected {sha256}")
         os.replace(part, dest)
         return got
     except (OSError, ValueError) as e:
         # Timeouts, refused connections, HTTP errors: one kind of failure, with its cause.
-        raise Failed(f"downloading {url}: {e}") from None
+        raise Failed(f"downloading {shown}: {e}") from None
     finally:
         if os.path.exists(part):
             os.remove(part)
@@ -158,5 +182,22 @@ def fetch(url, max_bytes, timeout=15, context=None):
     with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
         body = resp.read(max_bytes + 1)
     if len(body) > max_bytes:
-        raise Failed(f"{url} sent over {max_bytes} bytes")
+        raise Failed(f"{redact(url)} sent over {max_bytes} bytes")
     return body
+
+
+def phase(paths, name, what):
+    """Says which phase a deploy is in (`[name] what`), and holds there while the file
+    paths.hold names it (an hour at most): how the boot tests stop a deploy at a known
+    point. /run is a tmpfs, so a power cut clears it."""
+    log(f"[{name}] {what}")
+
+    def held():
+        try:
+            with open(paths.hold) as f:
+                return f.read().strip() == name
+        except OSError:
+            return False
+    if held():
+        log(f"held at {name} while {paths.hold} names it")
+        wait_for(lambda: not held(), 3600, 0.5)

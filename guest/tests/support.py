@@ -11,6 +11,7 @@ from unittest import mock
 from imgforge_vm import firstboot
 from imgforge_vm.context import Ctx
 from imgforge_vm.layout import Layout
+from imgforge_vm.system import Failed
 
 CONF = {
     "version": 1, "domain": "api.example.com", "tls": True, "email": "ops@example.com",
@@ -19,6 +20,7 @@ CONF = {
     "docker_source": "docker-ce", "offline": False, "data_dir": "/srv/app/data",
     "data_path": "/app/data", "container_port": 8000, "health_path": "/health",
     "max_body_size": "10m", "backup_keep": 7, "app": {"memory": "1g", "pids_limit": 512},
+    "app_start_timeout": 600,
 }
 
 
@@ -50,28 +52,43 @@ class Vm:
 
 class Docker:
     """Stands in for the commands the program runs: records each argv; `docker image
-    inspect` answers with an image per reference."""
+    inspect` answers with an image per reference; systemctl keeps units' states and
+    whether they are enabled; `fail` names an argv prefix that fails."""
 
     def __init__(self):
         self.calls = []
         self.images = {}
         self.units = {}
+        self.enabled = set()
+        self.fail = None
 
     def add_image(self, ref, image_id, version):
         self.images[ref] = {"Id": image_id, "Config": {
             "User": "10001:10001", "Labels": {"org.opencontainers.image.version": version}}}
 
-    def run(self, *argv, **kw):
-        """Records argv; systemctl start, stop and show keep and tell units' states."""
+    def run(self, *argv, check=True, **kw):
+        """Records argv; systemctl start, stop, show, enable, disable and is-enabled keep
+        and tell units' states."""
         self.calls.append(list(argv))
-        stdout = ""
+        if self.fail and tuple(argv[:len(self.fail)]) == tuple(self.fail):
+            if check:
+                raise Failed(" ".join(argv) + " exited 1")
+            return mock.Mock(returncode=1, stdout="", stderr="")
+        stdout, code = "", 0
+        units = [a for a in argv[2:] if a.endswith(".service")]
         if argv[:2] == ("systemctl", "start"):
-            self.units[argv[-1]] = "activating"
+            self.units.update((u, "activating") for u in units)
         elif argv[:2] == ("systemctl", "stop"):
-            self.units.update((u, "inactive") for u in argv[2:])
+            self.units.update((u, "inactive") for u in units)
         elif argv[:2] == ("systemctl", "show"):
             stdout = self.units.get(argv[-1], "inactive") + "\n"
-        return mock.Mock(returncode=0, stdout=stdout, stderr="")
+        elif argv[:2] == ("systemctl", "enable"):
+            self.enabled.update(units)
+        elif argv[:2] == ("systemctl", "disable"):
+            self.enabled.difference_update(units)
+        elif argv[:2] == ("systemctl", "is-enabled"):
+            code = 0 if argv[-1] in self.enabled else 1
+        return mock.Mock(returncode=code, stdout=stdout, stderr="")
 
     def out(self, *argv, **kw):
         self.calls.append(list(argv))

@@ -1,12 +1,16 @@
 import fcntl
+import json
 import os
+import subprocess
 import unittest
 from unittest import mock
 
-from imgforge_vm import app
+from imgforge_vm import app, proxy, remote
 from imgforge_vm.system import Failed
 
 from .support import Docker, Vm
+
+BLUE, GREEN = "imgforge-app@blue.service", "imgforge-app@green.service"
 
 
 class Argv(unittest.TestCase):
@@ -25,31 +29,53 @@ class Argv(unittest.TestCase):
             vm.cleanup()
 
     def test_the_upstream_names_one_loopback_port(self):
-        self.assertIn("server 127.0.0.1:8001;", app.upstream_conf(8001))
+        self.assertIn("server 127.0.0.1:8001;", proxy.upstream_conf(8001))
         with self.assertRaises(ValueError):
-            app.upstream_conf("8001; include /etc/passwd")
+            proxy.upstream_conf("8001; include /etc/passwd")
 
 
-class Deploys(unittest.TestCase):
+class Fixture(unittest.TestCase):
+    """A VM whose commands are recorded: nginx runs the upstream it last reloaded."""
+
     def setUp(self):
         self.vm = Vm()
         self.docker = Docker()
-        self.docker.add_image("app:1", "sha256:" + "1" * 64, "1.0")
-        self.docker.add_image("app:2", "sha256:" + "2" * 64, "2.0")
-        self.docker.add_image("app:3", "sha256:" + "3" * 64, "3.0")
+        for ref, n in (("app:1", "1"), ("app:2", "2"), ("app:3", "3")):
+            self.docker.add_image(ref, "sha256:" + n * 64, n + ".0")
         self.healthy = {}
-        patches = [mock.patch.object(app, "run", self.docker.run),
+        self.nginx_port = None
+        self.phases = []
+        run = self.docker.run
+
+        def run_and_reload(*argv, **kw):
+            res = run(*argv, **kw)
+            if argv[0] == "systemctl" and "nginx.service" in argv and res.returncode == 0:
+                self.nginx_port = proxy.upstream_port(self.vm.paths)
+            if argv[:2] == ("docker", "logs"):
+                res.stdout = "loading the model\nTOKEN=s3cret in a log line\n"
+            return res
+
+        patches = [mock.patch.object(app, "run", run_and_reload),
+                   mock.patch.object(proxy, "run", run_and_reload),
                    mock.patch.object(app, "out", self.docker.out),
                    mock.patch.object(app, "healthy", self.is_healthy),
+                   mock.patch.object(app, "phase", self.phase),
+                   mock.patch.object(remote, "phase", self.phase),
+                   mock.patch.object(remote, "run", run_and_reload),
+                   mock.patch.object(proxy, "draining", lambda: False),
                    mock.patch.object(app.os, "chown"),
                    mock.patch.object(app.time, "sleep")]
         for p in patches:
             p.start()
             self.addCleanup(p.stop)
-        self.apps = app.Apps(self.vm.ctx)
+        # Day two's deploys (first boot's program has the core: no drain, prune or rollback).
+        self.apps = remote.Deploys(self.vm.ctx)
 
     def tearDown(self):
         self.vm.cleanup()
+
+    def phase(self, paths, name, what):
+        self.phases.append(name)
 
     def is_healthy(self, url, timeout, interval=1.0):
         port = int(url.split(":")[2].split("/")[0])
@@ -63,33 +89,59 @@ class Deploys(unittest.TestCase):
         with self.apps.locked():
             return self.apps.deploy(self.apps.record(ref, env), **kw)
 
+    def agrees(self, slot):
+        """app.json, the upstream file, nginx and the units enabled for boot name slot."""
+        port = self.vm.paths.slot_port(slot)
+        self.assertEqual(self.apps.active(), slot)
+        self.assertEqual(proxy.upstream_port(self.vm.paths), port)
+        self.assertEqual(self.nginx_port, port, "nginx runs another upstream")
+        self.assertEqual(self.docker.enabled, {app.unit(slot)})
+        self.assertFalse(os.path.exists(self.vm.paths.switch_intent))
+
+
+class Deploys(Fixture):
     def test_first_deploy_goes_to_blue_then_the_next_to_green(self):
         self.assertEqual(self.deploy("app:1", kind="first-boot"), "blue")
-        self.assertIn(":8000;", self.upstream())
+        self.agrees("blue")
         self.assertEqual(self.deploy("app:2"), "green")
-        self.assertIn(":8001;", self.upstream())
+        self.agrees("green")
+        self.assertEqual(self.phases, ["start", "health", "switch"] * 2 + ["drain"])
         st = self.apps.load()
-        self.assertEqual(st["active"], "green")
         self.assertEqual(st["previous"]["version"], "1.0")
-        # The old slot is disabled (a reboot starts green) and stopped after the switch.
-        self.assertIn(["systemctl", "disable", "imgforge-app@blue.service"], self.docker.calls)
-        stops = self.docker.ran("systemctl", "stop", "imgforge-app@blue.service")
-        self.assertTrue(stops)
+        # The old slot is stopped after the switch.
+        self.assertEqual(self.docker.units[BLUE], "inactive")
         status = self.vm.status()
         self.assertEqual(status["app"]["version"], "2.0")
         self.assertEqual([d["result"] for d in status["deploys"]], ["ok", "ok"])
 
+    def test_first_boots_program_stops_the_old_slot_without_draining_or_pruning(self):
+        core = app.Apps(self.vm.ctx)
+        with core.locked():
+            core.deploy(core.record("app:1", ""))
+            core.deploy(core.record("app:2", ""))
+        self.assertEqual(self.phases, ["start", "health", "switch"] * 2)
+        self.assertEqual(self.docker.units[BLUE], "inactive")
+        self.assertFalse(self.docker.ran("docker", "image", "rm"))
+
+    def test_a_deploy_waits_as_long_as_the_start_allowance_unless_told(self):
+        waits = []
+        with mock.patch.object(app, "healthy", lambda url, t, *a: waits.append(t) or True):
+            self.deploy("app:1")
+            self.deploy("app:2", health_timeout=900)
+        self.assertEqual(waits, [600, 900])
+        # The slot keeps the longer of the two as its own allowance (its unit reads it).
+        self.assertEqual(self.apps.load()["running"]["green"]["start_timeout"], 900)
+
     def test_first_boot_takes_over_the_prestarted_version_without_restarting_it(self):
         with self.apps.locked():
             self.apps.prestart(self.apps.record("app:1", "A=1\n"))
-        blue = "imgforge-app@blue.service"
-        self.assertEqual(self.docker.units[blue], "activating")
+        self.assertEqual(self.docker.units[BLUE], "activating")
         self.assertIsNone(self.apps.active(), "no traffic before it is healthy")
         calls = len(self.docker.calls)
         self.assertEqual(self.deploy("app:1", kind="first-boot"), "blue")
         self.assertFalse([c for c in self.docker.calls[calls:]
                           if c[:2] in (["systemctl", "start"], ["systemctl", "stop"])])
-        self.assertIn(":8000;", self.upstream())
+        self.agrees("blue")
         # Once a version serves, prestart leaves everything alone.
         calls = len(self.docker.calls)
         with self.apps.locked():
@@ -98,39 +150,46 @@ class Deploys(unittest.TestCase):
         self.assertEqual(self.apps.load()["running"]["blue"]["image"], "app:1")
 
     def test_a_prestarted_version_that_stopped_or_differs_is_started_again(self):
-        blue = "imgforge-app@blue.service"
         with self.apps.locked():
             self.apps.prestart(self.apps.record("app:1", "A=1\n"))
-        self.docker.units[blue] = "failed"
-        starts = len(self.docker.ran("systemctl", "start", "--no-block", blue))
+        self.docker.units[BLUE] = "failed"
+        starts = len(self.docker.ran("systemctl", "start", "--no-block", BLUE))
         self.deploy("app:1", kind="first-boot")
-        self.assertEqual(len(self.docker.ran("systemctl", "start", "--no-block", blue)),
-                         starts + 1)
+        self.assertEqual(len(self.docker.ran("systemctl", "start", "--no-block", BLUE)), starts + 1)
         vm2 = Vm()
         self.addCleanup(vm2.cleanup)
         apps = app.Apps(vm2.ctx)
         with apps.locked():
             apps.prestart(apps.record("app:1", "A=1\n"))
-            starts = len(self.docker.ran("systemctl", "start", "--no-block", blue))
+            starts = len(self.docker.ran("systemctl", "start", "--no-block", BLUE))
             apps.deploy(apps.record("app:1", "A=2\n"), kind="first-boot")
-        self.assertEqual(len(self.docker.ran("systemctl", "start", "--no-block", blue)),
-                         starts + 1)
+        self.assertEqual(len(self.docker.ran("systemctl", "start", "--no-block", BLUE)), starts + 1)
 
-    def test_a_version_that_never_gets_healthy_switches_nothing(self):
+    def test_a_version_that_never_gets_healthy_switches_nothing_and_its_log_stays_root_only(self):
         self.deploy("app:1")
         self.deploy("app:2")
         before = self.upstream()
         self.healthy[8000] = False  # app:3 would go to blue
         with self.assertRaises(Failed) as e:
             self.deploy("app:3")
+        log = self.vm.paths.under("log_dir", "app-blue.log")
         self.assertIn("did not answer /health", str(e.exception))
+        self.assertIn(log, str(e.exception))
+        self.assertNotIn("s3cret", str(e.exception))
         self.assertEqual(self.upstream(), before)
+        self.agrees("green")
         st = self.apps.load()
-        self.assertEqual(st["active"], "green")
         # Blue still holds the version it had: the rollback target is untouched.
         self.assertEqual(st["running"]["blue"]["version"], "1.0")
         self.assertEqual(st["previous"]["version"], "1.0")
         self.assertEqual(st["history"][-1]["result"], "failed")
+        # The app's lines are in a root-only file, not in status.json or on the console.
+        with open(log) as f:
+            self.assertIn("s3cret", f.read())
+        self.assertEqual(os.stat(log).st_mode & 0o777, 0o600)
+        with open(self.vm.paths.status) as f:
+            self.assertNotIn("s3cret", f.read())
+        self.assertFalse([line for line in self.vm.console_lines() if "s3cret" in line])
         self.assertEqual(self.vm.status()["deploys"][-1]["result"], "failed")
 
     def test_rollback_returns_to_the_version_before(self):
@@ -142,6 +201,7 @@ class Deploys(unittest.TestCase):
         self.assertEqual(st["running"][st["active"]]["version"], "1.0")
         self.assertEqual(st["previous"]["version"], "2.0")
         self.assertEqual(st["history"][-1]["kind"], "rollback")
+        self.agrees("blue")
 
     def test_rollback_without_a_previous_version_is_an_error(self):
         self.deploy("app:1")
@@ -162,9 +222,154 @@ class Deploys(unittest.TestCase):
         os.makedirs(self.vm.paths.state_dir, exist_ok=True)
         with open(os.path.join(self.vm.paths.state_dir, "deploy.lock"), "w") as held:
             fcntl.flock(held, fcntl.LOCK_EX)
-            with self.assertRaises(Failed) as e:
+            with self.assertRaises(app.Refused) as e:
                 self.deploy("app:1")
         self.assertIn("another deploy is running", str(e.exception))
+
+
+class Switch(Fixture):
+    """Whatever ends a switch early leaves one version serving, everywhere."""
+
+    def test_nginx_refusing_the_new_upstream_leaves_the_old_version_everywhere(self):
+        self.deploy("app:1")
+        self.docker.fail = ("nginx", "-t")
+        with self.assertRaises(Failed):
+            self.deploy("app:2")
+        self.docker.fail = None
+        self.agrees("blue")
+        self.assertEqual(self.docker.units[GREEN], "inactive")
+        last = self.apps.load()["history"][-1]
+        self.assertEqual((last["version"], last["result"]), ("2.0", "failed"))
+        self.assertIn("switching traffic", last["error"])
+
+    def test_a_kill_in_the_middle_of_the_switch_restores_the_version_before(self):
+        self.deploy("app:1")
+
+        def killed(paths, name, what):
+            if name == "switch":
+                raise KeyboardInterrupt  # what SIGINT or the deploy unit's SIGTERM raise
+        with mock.patch.object(app, "phase", killed), self.assertRaises(KeyboardInterrupt):
+            self.deploy("app:2")
+        self.agrees("blue")
+        self.assertEqual(self.docker.units[GREEN], "inactive")
+        self.assertEqual(self.apps.load()["history"][-1]["result"], "failed")
+
+    def cut(self, committed):
+        """The state a power cut leaves: blue served, the intent written, green enabled,
+        the upstream on green; with `committed`, app.json already names green."""
+        self.deploy("app:1")
+        st = self.apps.load()
+        green = dict(self.apps.record("app:2", "A=2\n"), start_timeout=600)
+        st["running"]["green"] = green
+        if committed:
+            st["previous"], st["active"] = st["running"]["blue"], "green"
+        self.apps.save(st)
+        with open(self.vm.paths.switch_intent, "w") as f:
+            json.dump({"from": "blue", "to": "green", "record": green, "started": "t"}, f)
+        self.docker.enabled.add(GREEN)
+        proxy.point_upstream(self.vm.paths, 8001)
+        self.docker.units[GREEN] = "active"
+
+    def test_a_switch_cut_before_its_commit_is_undone_at_the_next_start(self):
+        self.cut(committed=False)
+        changed = self.apps.recover()
+        self.assertTrue(changed)
+        self.agrees("blue")
+        self.assertEqual(self.docker.units[GREEN], "inactive")
+        last = self.vm.status()["deploys"][-1]
+        self.assertEqual((last["version"], last["result"]), ("2.0", "interrupted"))
+        self.assertEqual(self.apps.recover(), [], "a second start finds nothing to do")
+
+    def test_a_switch_cut_after_its_commit_is_finished_at_the_next_start(self):
+        self.cut(committed=True)
+        self.apps.recover()
+        self.agrees("green")
+        self.assertEqual(self.docker.units[BLUE], "inactive")
+        self.assertEqual(self.vm.status()["deploys"][-1]["result"], "ok")
+        self.assertEqual(self.vm.status()["app"]["version"], "2.0")
+
+    def test_at_boot_the_slot_app_json_does_not_name_is_kept_from_starting(self):
+        self.cut(committed=False)
+        self.nginx_port = None  # nginx starts after the recovery
+        with self.apps.locked():
+            self.apps.reconcile(booting=True)
+        self.assertEqual(proxy.upstream_port(self.vm.paths), 8000)
+        self.assertIn(["systemctl", "stop", "--no-block", GREEN], self.docker.calls)
+        self.assertEqual(self.docker.enabled, {BLUE})
+
+
+class Child:
+    """A `docker run` that runs until `exits_after` checks, or until killed."""
+
+    def __init__(self, docker, exits_after=None):
+        self.docker, self.exits_after, self.checks = docker, exits_after, 0
+
+    def wait(self, timeout=None):
+        if self.docker.ran("docker", "kill") or self.checks == self.exits_after:
+            return 137
+        self.checks += 1
+        raise subprocess.TimeoutExpired("docker", timeout)
+
+
+class Supervise(unittest.TestCase):
+    """The slot's unit: a slow start is not a fault; a sustained failure after it is."""
+
+    def setUp(self):
+        self.vm = Vm()
+        self.docker = Docker()
+        self.clock = [0.0]
+        patches = [mock.patch.object(app, "run", self.docker.run),
+                   mock.patch.object(app.signal, "signal"),
+                   mock.patch.object(app.time, "monotonic", lambda: self.clock[0])]
+        for p in patches:
+            p.start()
+            self.addCleanup(p.stop)
+        self.apps = app.Apps(self.vm.ctx)
+        self.apps.save({"active": "blue", "history": [], "previous": None, "running": {
+            "blue": {"image_id": "sha256:1", "env_file": "/x.env", "version": "1.0",
+                     "start_timeout": 300}}})
+
+    def tearDown(self):
+        self.vm.cleanup()
+
+    def supervise(self, answers, exits_after=None):
+        """Runs the unit with the health path answering as `answers` says at each check
+        (10 s apart); returns the docker kills and the checks made."""
+        child = Child(self.docker, exits_after)
+        seq = iter(answers)
+
+        def answer(url, timeout=10):
+            self.clock[0] += app.LIVENESS_INTERVAL
+            return next(seq, answers[-1])
+        with mock.patch.object(app.subprocess, "Popen", lambda *a, **k: child), \
+                mock.patch.object(app, "answers", answer):
+            code = self.apps.supervise("blue")
+        return code, len(self.docker.ran("docker", "kill")), child.checks
+
+    def test_a_container_still_loading_within_its_allowance_is_never_restarted(self):
+        code, kills, checks = self.supervise([False] * 29, exits_after=29)
+        self.assertEqual((kills, checks), (0, 29))  # 290 s of silence, allowance 300 s
+        self.assertEqual(code, 137)
+
+    def test_one_that_answered_then_stops_answering_is_restarted_after_a_sustained_failure(self):
+        code, kills, checks = self.supervise([True] + [False] * 10)
+        self.assertEqual((kills, checks), (1, 1 + app.LIVENESS_FAILURES))
+
+    def test_a_short_failure_is_forgiven(self):
+        answers = [True] + [False] * (app.LIVENESS_FAILURES - 1) + [True] * 5
+        _, kills, _ = self.supervise(answers, exits_after=len(answers))
+        self.assertEqual(kills, 0)
+
+    def test_one_that_never_answers_is_restarted_once_its_allowance_is_over(self):
+        _, kills, checks = self.supervise([False] * 100)
+        self.assertEqual(kills, 1)
+        self.assertEqual(checks, 300 // app.LIVENESS_INTERVAL + app.LIVENESS_FAILURES)
+
+    def test_a_backup_pausing_the_container_is_no_failure(self):
+        with open(self.vm.paths.under("state_dir", "backup.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _, kills, _ = self.supervise([True] + [False] * 10, exits_after=11)
+        self.assertEqual(kills, 0)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@ import tempfile
 import unittest
 from unittest import mock
 
-from imgforge_vm import firstboot
+from imgforge_vm import app, firstboot, proxy, status
 from imgforge_vm.system import Failed
 
-from .support import Vm, serving
+from .support import Docker, Vm, serving
 
 
 class Steps(unittest.TestCase):
@@ -108,3 +108,73 @@ class AptUpdate(unittest.TestCase):
             firstboot._updated.clear()
             firstboot.apt("update")
             self.assertEqual(len(calls), 3)
+
+
+class Sshd(unittest.TestCase):
+    """The effective configuration (sshd -T) is checked, not assumed."""
+
+    OURS = "# comment\nPermitRootLogin no\nAllowUsers deploy\nHostKey /etc/ssh/ssh_host_ed25519_key\n"
+
+    def check(self, effective):
+        vm = Vm()
+        self.addCleanup(vm.cleanup)
+        os.makedirs(os.path.dirname(vm.paths.sshd_config))
+        with open(vm.paths.sshd_config, "w") as f:
+            f.write(self.OURS)
+        with mock.patch.object(firstboot, "run"), \
+                mock.patch.object(firstboot, "out", lambda *a, **k: effective):
+            firstboot.ssh(vm.ctx)
+
+    def test_what_sshd_runs_matches_the_file(self):
+        self.check("port 22\npermitrootlogin no\nallowusers deploy\n"
+                   "hostkey /etc/ssh/ssh_host_ed25519_key\n")
+
+    def test_a_value_another_file_set_first_is_named(self):
+        with self.assertRaises(Failed) as e:
+            self.check("permitrootlogin yes\nallowusers deploy\n"
+                       "hostkey /etc/ssh/ssh_host_ed25519_key\nhostkey /etc/ssh/ssh_host_rsa_key\n")
+        self.assertIn("permitrootlogin is 'yes', not 'no'", str(e.exception))
+        self.assertIn("hostkey is", str(e.exception))
+
+
+class Converge(unittest.TestCase):
+    """First boot run again on a VM with a deployment keeps what serves."""
+
+    def setUp(self):
+        self.vm = Vm()
+        self.addCleanup(self.vm.cleanup)
+        self.docker = Docker()
+        self.docker.add_image("app:1", "sha256:" + "1" * 64, "1.0")
+        for p in [mock.patch.object(app, "run", self.docker.run),
+                  mock.patch.object(app, "out", self.docker.out),
+                  mock.patch.object(proxy, "run", self.docker.run),
+                  mock.patch.object(firstboot, "run", self.docker.run),
+                  mock.patch.object(app, "healthy", lambda *a, **k: True),
+                  mock.patch.object(proxy, "answers", lambda *a: True),
+                  mock.patch.object(app.os, "chown")]:
+            p.start()
+            self.addCleanup(p.stop)
+        apps = app.Apps(self.vm.ctx)
+        with apps.locked():
+            apps.deploy(apps.record("app:1", ""), kind="first-boot")
+        self.vm.ctx.update({n: "ok" for n in firstboot.STEP_NAMES}, certificate="ok",
+                           cloud_init={"status": "done", "errors": []}, health="ok")
+
+    def test_a_run_again_starts_its_steps_afresh_and_says_it_runs_again(self):
+        seen = []
+        with mock.patch.object(firstboot, "run_steps", lambda ctx: seen.append(status.read(ctx.paths))):
+            firstboot.deploy(self.vm.ctx)
+        st = seen[0]
+        self.assertEqual(st["first_boot"]["runs"], 2)
+        self.assertEqual(st["first_boot"]["kept"], "1.0")
+        self.assertTrue(all(v == "pending" for v in st["steps"].values()), st["steps"])
+        self.assertEqual((st["state"], st["cloud_init"]["status"]), ("pending", "running"))
+        self.assertEqual((st["certificate"], st["app"]["version"]), ("ok", "1.0"))
+
+    def test_the_image_and_the_app_are_kept_not_deployed_again(self):
+        with mock.patch.object(firstboot, "fetch_image") as fetch:
+            self.assertEqual(firstboot.image(self.vm.ctx), "kept")
+            fetch.assert_not_called()
+        deploys = len(app.Apps(self.vm.ctx).load()["history"])
+        self.assertEqual(firstboot.app(self.vm.ctx), "kept")
+        self.assertEqual(len(app.Apps(self.vm.ctx).load()["history"]), deploys)

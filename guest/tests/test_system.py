@@ -132,3 +132,19 @@ class Run(unittest.TestCase):
             run("sh", "-c", "echo boom >&2; exit 3", capture=True)
         self.assertIn("exited 3", str(e.exception))
         self.assertIn("boom", str(e.exception))
+
+
+class Redact(unittest.TestCase):
+    def test_no_credentials_query_or_fragment_are_shown(self):
+        from imgforge_vm.system import redact
+        shown = redact("https://user:pw@objects.example.com/b/app.tar?X-Amz-Signature=abc#f")
+        self.assertEqual(shown, "https://objects.example.com/b/app.tar?…")
+        self.assertEqual(redact("https://h.example/app.tar"), "https://h.example/app.tar")
+
+
+class Downloads(unittest.TestCase):
+    def test_a_failed_download_names_the_url_without_its_query(self):
+        with self.assertRaises(Failed) as e:
+            download("http://127.0.0.1:1/bundle.tar?sig=s3cret", "/nonexistent/x", 10)
+        self.assertIn("http://127.0.0.1:1/bundle.tar?…", str(e.exception))
+        self.assertNotIn("s3cret", str(e.exception))

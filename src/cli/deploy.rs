@@ -19,6 +19,8 @@ Examples:
       --env-file app.env --known-hosts known_hosts
   imgforge rollback --host api.example.com
 
+  imgforge deploy --host api.example.com --attach
+
 The new version starts beside the running one, on the other loopback port.
 Once it answers its health path, nginx sends new requests to it (a reload:
 requests in flight finish), the old one drains and stops. If it never gets
@@ -27,12 +29,19 @@ lines. A reboot keeps the version that serves. Without --env/--env-file the
 new version gets the running one's environment; with them, exactly the
 environment they give; with --env-clear alone, none.
 
+The deploy runs on the VM as its own unit, not in this SSH session: deploy
+shows its progress, and Ctrl-C (or a dropped connection) leaves it running.
+--attach follows it again, or says how the last one ended.
+
 First, deploy and rollback make the VM run this imgforge's VM program: it is
 sent, and the VM replaces its own when it differs and the new one runs there.")]
 pub struct Args {
     /// OCI bundle to upload (`imgforge pack`); its sha256 is checked on the VM
-    #[arg(long, value_name = "FILE", required_unless_present = "image")]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["image", "attach"])]
     pub bundle: Option<PathBuf>,
+    /// Follow the deploy running on the VM (or say how the last one ended)
+    #[arg(long, conflicts_with_all = ["bundle", "image", "env", "env_file", "env_clear"])]
+    pub attach: bool,
     /// Image to deploy: pulled from its registry, or the name the bundle must hold
     #[arg(long, value_name = "REF")]
     pub image: Option<String>,
@@ -54,9 +63,10 @@ pub struct Args {
 
 #[derive(Debug, clap::Args)]
 pub struct Timing {
-    /// Seconds the new version has to answer its health path
-    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub health_timeout: u64,
+    /// Seconds the new version has to answer its health path [default: the VM's
+    /// --app-start-timeout]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub health_timeout: Option<u64>,
     /// Most seconds the old version keeps finishing its requests after the switch
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub drain: u64,
@@ -71,7 +81,18 @@ pub struct RollbackArgs {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.attach {
+        args.host.update_program()?;
+        let result = args
+            .host
+            .call(&["attach"], |stdin| send(stdin, &json!({}), None))?;
+        print_result("deployed", &result, None);
+        return Ok(());
+    }
     let env = environment(&args)?;
+    if !args.env.is_empty() {
+        eprintln!("warning: --env puts the value in this machine's process list and shell history; pass secrets with --env-file FILE (chmod 600)");
+    }
     let image = match &args.image {
         Some(i) => Some(ImageRef::parse(i).map_err(|p| {
             crate::exit::usage(format!("--image {i:?}: {}; {}", p.message, p.help))
@@ -95,6 +116,7 @@ pub fn run(args: Args) -> Result<()> {
         None => None,
     };
     let started = Instant::now();
+    args.host.update_program()?;
     let name = match (&bundle, &image) {
         (Some((_, info)), None) => {
             // Another repository than the one running is a different app: say so first.
@@ -116,7 +138,6 @@ pub fn run(args: Args) -> Result<()> {
         (None, Some(image)) => image.to_string(),
         (None, None) => unreachable!("clap requires --bundle or --image"),
     };
-    args.host.update_program()?;
     let mut head = json!({
         "image": name,
         "env": env,
@@ -145,7 +166,7 @@ pub fn run(args: Args) -> Result<()> {
             .host
             .call(&["deploy-version"], |stdin| send(stdin, &head, None))?,
     };
-    print_result("deployed", &result, started);
+    print_result("deployed", &result, Some(started));
     Ok(())
 }
 
@@ -156,19 +177,22 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
     let result = args
         .host
         .call(&["rollback"], |stdin| send(stdin, &head, None))?;
-    print_result("rolled back to", &result, started);
+    print_result("rolled back to", &result, Some(started));
     Ok(())
 }
 
-fn print_result(what: &str, r: &Value, started: Instant) {
+fn print_result(what: &str, r: &Value, started: Option<Instant>) {
     println!(
-        "{what} {} ({}) on the {} slot: healthy after {}s, traffic on it {}s later; {:.1}s in all",
+        "{what} {} ({}) on the {} slot: healthy after {}s, traffic on it {}s later{}",
         r["version"].as_str().unwrap_or("?"),
         r["image"].as_str().unwrap_or("?"),
         r["slot"].as_str().unwrap_or("?"),
         r["healthy_s"],
         r["switch_s"],
-        started.elapsed().as_secs_f64()
+        started.map_or(String::new(), |s| format!(
+            "; {:.1}s in all",
+            s.elapsed().as_secs_f64()
+        ))
     );
 }
 

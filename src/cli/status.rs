@@ -1,5 +1,7 @@
-//! `imgforge status`: what a deployed VM runs, since when, its certificate, the last
-//! deploys and the disk its data and backups take, over one SSH connection.
+//! `imgforge status`: what a deployed VM runs, since when, whether the path users take
+//! answers and everything on the VM agrees on what serves, its certificate, the last
+//! deploys and the disk its data and backups take. Exits 1 when it does not serve or
+//! disagrees with itself.
 
 use anyhow::Result;
 use serde_json::{json, Value};
@@ -16,14 +18,21 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    // The VM's answer comes from this imgforge's program (first boot's lacks day two).
+    args.host.update_program()?;
     let doc = args
         .host
         .call(&["status"], |stdin| send(stdin, &json!({}), None))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(());
+    } else {
+        print!("{}", summary(&args.host.host, &doc));
     }
-    print!("{}", summary(&args.host.host, &doc));
+    anyhow::ensure!(
+        doc["healthy"] == true,
+        "{} does not serve as it should (see above)",
+        args.host.host
+    );
     Ok(())
 }
 
@@ -33,18 +42,35 @@ pub fn summary(host: &str, doc: &Value) -> String {
     let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
     let mut out = format!("{host}: {}\n", s(&st["state"]));
     let app = &st["app"];
+    let serving = &doc["serving"];
     out.push_str(&format!(
-        "  app          {} ({}) on the {} slot since {}; {}\n",
+        "  app          {} ({}) on the {} slot since {}\n",
         s(&app["version"]),
         s(&app["image"]),
         s(&app["slot"]),
         s(&app["since"]),
-        if doc["healthy"] == true {
-            "healthy"
-        } else {
-            "NOT answering its health path"
-        }
     ));
+    let answer = match &serving["answer"] {
+        Value::Number(n) => format!("HTTP {n}"),
+        other => other.as_str().unwrap_or("no answer").to_owned(),
+    };
+    out.push_str(&format!(
+        "  serving      {} {}: {answer}\n",
+        s(&serving["path"]),
+        if serving["answers"] == true {
+            "answers"
+        } else {
+            "does NOT answer"
+        },
+    ));
+    for problem in serving["problems"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  PROBLEM      {}\n", s(problem)));
+    }
+    if let Some(job) = doc["deploy"].as_str() {
+        out.push_str(&format!(
+            "  deploying    {job} (imgforge deploy --attach follows it)\n"
+        ));
+    }
     let cert = &doc["certificate"];
     if cert.is_null() {
         out.push_str(&format!("  certificate  {}\n", s(&st["certificate"])));
@@ -53,6 +79,12 @@ pub fn summary(host: &str, doc: &Value) -> String {
             "  certificate  from {}, expires {}\n",
             s(&cert["issuer"]),
             s(&cert["not_after"])
+        ));
+    }
+    if let Some(runs) = st["first_boot"]["runs"].as_u64().filter(|r| *r > 1) {
+        out.push_str(&format!(
+            "  first boot   ran {runs} times (a new instance: it kept {})\n",
+            s(&st["first_boot"]["kept"])
         ));
     }
     for d in st["deploys"].as_array().into_iter().flatten() {

@@ -19,7 +19,7 @@ pub use templates::Templates;
 pub use vm::{layout, Layout, VmConfig};
 
 use crate::keys::KeyPair;
-use crate::spec::{DockerSource, Spec};
+use crate::spec::{Bundle, DockerSource, Spec};
 
 /// The rendered user-data, and the `known_hosts` line when a host key was generated.
 pub struct UserData {
@@ -50,11 +50,7 @@ fn cloud_config(spec: &Spec, templates: &Templates) -> Result<(CloudConfig, Opti
             "0600",
         ),
         WriteFile::new(&layout.app_env, env_file(spec), "0600"),
-        WriteFile::new(
-            "/etc/ssh/sshd_config.d/00-imgforge.conf",
-            t("sshd-hardening.conf.hbs")?,
-            "0644",
-        ),
+        WriteFile::new(&layout.sshd_config, t("sshd-hardening.conf.hbs")?, "0644"),
         WriteFile::new("/etc/docker/daemon.json", docker_daemon_json()?, "0644"),
         WriteFile::new(
             "/etc/apt/apt.conf.d/20auto-upgrades",
@@ -66,7 +62,10 @@ fn cloud_config(spec: &Spec, templates: &Templates) -> Result<(CloudConfig, Opti
             t("nginx-http.conf.hbs")?,
             "0644",
         ),
-        WriteFile::new(&layout.nginx_site, t("nginx-site.conf.hbs")?, "0644"),
+        // The sites go to imgforge's directory: imgforge-vm installs one of them as nginx's
+        // live site, so that a run of first boot again never replaces HTTPS by HTTP.
+        WriteFile::new(&layout.nginx_app, t("nginx-app.conf.hbs")?, "0600"),
+        WriteFile::new(&layout.nginx_site_http, t("nginx-site.conf.hbs")?, "0600"),
         WriteFile::new(
             &unit("imgforge-app@.service"),
             t("imgforge-app@.service.hbs")?,
@@ -90,6 +89,11 @@ fn cloud_config(spec: &Spec, templates: &Templates) -> Result<(CloudConfig, Opti
         WriteFile::new(
             &unit("imgforge-report.service"),
             t("imgforge-report.service.hbs")?,
+            "0644",
+        ),
+        WriteFile::new(
+            &unit("imgforge-recover.service"),
+            t("imgforge-recover.service.hbs")?,
             "0644",
         ),
     ];
@@ -119,6 +123,11 @@ fn cloud_config(spec: &Spec, templates: &Templates) -> Result<(CloudConfig, Opti
     }
     if let Some(tls) = &spec.tls {
         files.push(WriteFile::new(
+            &layout.nginx_site_tls,
+            t("nginx-site-tls.conf.hbs")?,
+            "0600",
+        ));
+        files.push(WriteFile::new(
             &unit("imgforge-cert.service"),
             t("imgforge-cert.service.hbs")?,
             "0644",
@@ -144,6 +153,8 @@ fn cloud_config(spec: &Spec, templates: &Templates) -> Result<(CloudConfig, Opti
     files.push(program_file(program::Needs {
         dns: spec.dns.is_some(),
         provision: false,
+        day_two: false,
+        bundle: !matches!(spec.app.bundle, Bundle::Registry | Bundle::Baked),
     })?);
 
     let (ssh_keys, known_hosts) = if spec.host_key {
@@ -216,6 +227,8 @@ pub fn provisioning_user_data(spec: &Spec) -> Result<String> {
             program_file(program::Needs {
                 dns: false,
                 provision: true,
+                day_two: false,
+                bundle: !matches!(spec.app.bundle, Bundle::Registry | Bundle::Baked),
             })?,
         ],
         runcmd: vec![vec![layout.program.clone(), "provision".to_owned()]],

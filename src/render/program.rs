@@ -35,37 +35,139 @@ pub fn shipped(name: &str) -> Vec<u8> {
     }
 }
 
-/// Drops blank lines, comment lines and docstrings (a docstring becomes `pass`, so a body
-/// that was only a docstring stays a body), and indents by one space a level instead of
-/// four. Relies on the program's conventions, checked by tests: triple quotes appear only
-/// where a docstring starts and ends, and blocks are indented by four spaces.
+/// Drops blank lines, comments and docstrings (a docstring that is a block's only
+/// statement becomes `pass`), joins the lines of a bracketed expression into one, and
+/// indents by one space a level instead of four. Relies on the program's conventions,
+/// checked by tests: triple quotes appear only where a docstring starts and ends, and
+/// blocks are indented by four spaces.
 pub fn minify(src: &str) -> String {
+    let lines: Vec<&str> = src.lines().collect();
     let mut out = String::with_capacity(src.len());
-    let mut lines = src.lines();
-    while let Some(line) = lines.next() {
+    // An unfinished logical line (open brackets or a trailing backslash): the next
+    // physical line joins it.
+    let mut pending: Option<String> = None;
+    let mut depth = 0i32;
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        i += 1;
         let code = line.trim_start_matches(' ');
-        let indent = " ".repeat((line.len() - code.len()) / 4);
-        let indent = indent.as_str();
-        if code.trim().is_empty() || code.starts_with('#') {
-            continue;
-        }
-        if let Some(rest) = code.strip_prefix("\"\"\"") {
-            if !rest.contains("\"\"\"") {
-                for inner in lines.by_ref() {
-                    if inner.contains("\"\"\"") {
-                        break;
-                    }
-                }
+        let level = (line.len() - code.len()) / 4;
+        if pending.is_none() {
+            if code.trim().is_empty() || code.starts_with('#') {
+                continue;
             }
-            out.push_str(indent);
-            out.push_str("pass\n");
-            continue;
+            if let Some(rest) = code.strip_prefix("\"\"\"") {
+                if !rest.contains("\"\"\"") {
+                    while i < lines.len() && !lines[i].contains("\"\"\"") {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                // Only a block with nothing else in it needs a statement in its place.
+                let next = lines[i.min(lines.len())..]
+                    .iter()
+                    .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+                let alone =
+                    next.is_none_or(|l| (l.len() - l.trim_start_matches(' ').len()) / 4 < level);
+                if alone {
+                    out.push_str(&" ".repeat(level));
+                    out.push_str("pass\n");
+                }
+                continue;
+            }
         }
-        out.push_str(indent);
-        out.push_str(code);
-        out.push('\n');
+        let (code, opened, continued) = scan(code);
+        depth += opened;
+        let text = match pending.take() {
+            Some(mut joined) => {
+                joined.push(' ');
+                joined.push_str(code.trim());
+                joined
+            }
+            None => format!("{}{}", " ".repeat(level), code.trim_end()),
+        };
+        if depth > 0 || continued {
+            pending = Some(text);
+        } else {
+            push_squeezed(&mut out, &text);
+        }
+    }
+    if let Some(text) = pending {
+        push_squeezed(&mut out, &text);
     }
     out
+}
+
+/// Pushes a logical line without the spaces Python does not need: those next to an
+/// operator or a bracket, outside strings (the indentation stays).
+fn push_squeezed(out: &mut String, line: &str) {
+    let code = line.trim_start_matches(' ');
+    out.push_str(&line[..line.len() - code.len()]);
+    let punct = |c: Option<char>| c.is_some_and(|c| ",()[]{}=:+-*/%<>!|&^~;".contains(c));
+    let chars: Vec<char> = code.chars().collect();
+    let mut quote = None;
+    let mut last = None;
+    let mut k = 0;
+    while k < chars.len() {
+        let c = chars[k];
+        match quote {
+            Some(_) if c == '\\' => {
+                out.push(c);
+                k += 1;
+                if let Some(&n) = chars.get(k) {
+                    out.push(n);
+                }
+                k += 1;
+                continue;
+            }
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if c == ' ' && (punct(last) || punct(chars.get(k + 1).copied())) => {
+                k += 1;
+                continue;
+            }
+            None => {}
+        }
+        out.push(c);
+        last = Some(c);
+        k += 1;
+    }
+    out.push('\n');
+}
+
+/// One physical line's code without its comment, how many brackets it leaves open, and
+/// whether it ends with a backslash that continues it. Strings are skipped whole (the
+/// program keeps each string on one line).
+fn scan(line: &str) -> (&str, i32, bool) {
+    let bytes = line.as_bytes();
+    let (mut depth, mut quote, mut end) = (0i32, None::<u8>, line.len());
+    let mut j = 0;
+    while j < bytes.len() {
+        let c = bytes[j];
+        match quote {
+            Some(_) if c == b'\\' => j += 1,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None => match c {
+                b'\'' | b'"' => quote = Some(c),
+                b'(' | b'[' | b'{' => depth += 1,
+                b')' | b']' | b'}' => depth -= 1,
+                b'#' => {
+                    end = j;
+                    break;
+                }
+                _ => {}
+            },
+        }
+        j += 1;
+    }
+    let code = line[..end].trim_end();
+    match code.strip_suffix('\\') {
+        Some(head) => (head, depth, true),
+        None => (code, depth, false),
+    }
 }
 
 /// Modules a deployment may leave out when it does not use them: the user-data carries
@@ -77,12 +179,18 @@ pub struct Needs {
     pub dns: bool,
     /// Runs a provisioning boot (`imgforge build --provision`).
     pub provision: bool,
+    /// Serves day two (deploy, rollback, status): `install-program` brings it later.
+    pub day_two: bool,
+    /// Gets its app's image as a bundle (from a URL, the seed disk or the image).
+    pub bundle: bool,
 }
 
 type Uses = fn(Needs) -> bool;
 const OPTIONAL: &[(&str, Uses)] = &[
     ("imgforge_vm/dns.py", |n| n.dns),
     ("imgforge_vm/provision.py", |n| n.provision),
+    ("imgforge_vm/remote.py", |n| n.day_two),
+    ("imgforge_vm/bundle.py", |n| n.bundle),
 ];
 
 /// The program with every module.
@@ -172,7 +280,16 @@ mod tests {
         let src = "\"\"\"Module.\n\nMore.\n\"\"\"\n# comment\nimport os\n\n\nclass E(Exception):\n    \"\"\"Only a docstring.\"\"\"\n\n\ndef f():\n    \"\"\"Doc.\n    more\n    \"\"\"\n    return '#not a comment'  # trailing\n";
         assert_eq!(
             minify(src),
-            "pass\nimport os\nclass E(Exception):\n pass\ndef f():\n pass\n return '#not a comment'  # trailing\n"
+            "import os\nclass E(Exception):\n pass\ndef f():\n return '#not a comment'\n"
+        );
+    }
+
+    #[test]
+    fn minify_joins_bracketed_lines_and_drops_trailing_comments() {
+        let src = "x = f(a,  # why\n      \"b)#\",\n      c)\ny = [1,\n     2] + \\\n    [3]\nz = '\\'' # q\n";
+        assert_eq!(
+            minify(src),
+            "x=f(a,\"b)#\",c)\ny=[1,2]+[3]\nz='\\''\n"
         );
     }
 

@@ -66,6 +66,8 @@ pub struct App {
     pub health_path: UrlPath,
     pub max_body_size: BodySize,
     pub memory: MemorySize,
+    /// Seconds the app may take to answer its health path when it starts.
+    pub start_timeout: u32,
     pub bundle: Bundle,
 }
 
@@ -318,6 +320,7 @@ impl<'a> Validator<'a> {
         let health_path = self.with_default(&s::HEALTH_PATH);
         let max_body_size = self.with_default(&s::MAX_BODY_SIZE);
         let memory = self.with_default(&s::APP_MEMORY);
+        let start_timeout = self.with_default(&s::APP_START_TIMEOUT);
         let backup_keep = self.with_default(&s::BACKUP_KEEP);
         let env = self.env();
         let dns = self.dns(domain.as_ref().and_then(|d| d.as_ref()));
@@ -351,6 +354,7 @@ impl<'a> Validator<'a> {
                 health_path: health_path?,
                 max_body_size: max_body_size?,
                 memory: memory?,
+                start_timeout: start_timeout?,
                 bundle: bundle?,
             },
             docker_source: flags

@@ -120,6 +120,11 @@ pub struct AppSettings {
     #[arg(long = "app-memory", value_name = "SIZE")]
     #[serde(default, deserialize_with = "scalar")]
     pub memory: Option<String>,
+    /// Seconds the app may take to answer its health path after it starts, at first
+    /// boot, after a reboot and in a deploy without --health-timeout [default: 600]
+    #[arg(long = "app-start-timeout", value_name = "SECS")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub start_timeout: Option<String>,
     #[command(flatten)]
     #[serde(default)]
     pub bundle: BundleSettings,
@@ -367,6 +372,20 @@ pub const APP_MEMORY: Setting<MemorySize> = Setting {
     get: |s| s.app.memory.as_deref(),
     parse: MemorySize::parse,
 };
+/// Generous: a model that loads for minutes on a small VM is slow, not broken.
+pub const APP_START_TIMEOUT: Setting<u32> = Setting {
+    flag: "--app-start-timeout",
+    key: "app.start-timeout",
+    default: Some("600"),
+    get: |s| s.app.start_timeout.as_deref(),
+    parse: |s| match s.parse::<u32>() {
+        Ok(n @ 10..=86_400) => Ok(n),
+        _ => Err(Problem::new(
+            "not a start allowance in seconds",
+            "give the seconds the app may take to answer its health path, 10 to 86400 (e.g. 600)",
+        )),
+    },
+};
 pub const BUNDLE_URL: Setting<HttpsUrl> = Setting {
     flag: "--bundle-url",
     key: "app.bundle.url",
@@ -429,6 +448,7 @@ pub const NAMES: &[(&str, &str)] = &[
     (HEALTH_PATH.flag, HEALTH_PATH.key),
     (MAX_BODY_SIZE.flag, MAX_BODY_SIZE.key),
     (APP_MEMORY.flag, APP_MEMORY.key),
+    (APP_START_TIMEOUT.flag, APP_START_TIMEOUT.key),
     (BUNDLE_URL.flag, BUNDLE_URL.key),
     (BUNDLE_SHA256.flag, BUNDLE_SHA256.key),
     (ACME_SERVER.flag, ACME_SERVER.key),

@@ -1,0 +1,99 @@
+"""nginx in front of the app: the site it serves (plain HTTP until a certificate exists,
+then HTTPS with a redirect), the upstream file naming the active slot, and what nginx
+really runs, asked through its loopback-only check server.
+"""
+
+import glob
+import os
+import re
+
+from .system import Failed, run, write_atomic
+
+UPSTREAM_PORT = re.compile(r"server 127\.0\.0\.1:(\d+);")
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def upstream_conf(port):
+    return ("# Written by imgforge-vm: the app slot nginx sends traffic to.\n"
+            "upstream imgforge_app {\n"
+            f"    server 127.0.0.1:{int(port)};\n"
+            "    keepalive 8;\n"
+            "}\n")
+
+
+def upstream_port(paths):
+    """The port the upstream file names, or None."""
+    m = UPSTREAM_PORT.search(read(paths.nginx_upstream) or "")
+    return int(m.group(1)) if m else None
+
+
+def checked(path, text):
+    """Writes text to path (an nginx file) if it differs; the file before comes back when
+    `nginx -t` refuses the new one. Returns whether it changed."""
+    before = read(path)
+    if before == text:
+        return False
+    write_atomic(path, text)
+    try:
+        run("nginx", "-t", capture=True)
+    except Failed:
+        if before is None:
+            os.remove(path)
+        else:
+            write_atomic(path, before)
+        raise
+    return True
+
+
+def point_upstream(paths, port):
+    return checked(paths.nginx_upstream, upstream_conf(port))
+
+
+def install_site(paths, tls):
+    """Makes the HTTPS site (tls) or the plain HTTP one nginx's live site."""
+    return checked(paths.nginx_site, read(paths.nginx_site_tls if tls else paths.nginx_site_http))
+
+
+def tls_installed(paths):
+    site = read(paths.nginx_site)
+    return site is not None and site == read(paths.nginx_site_tls)
+
+
+def reload(started_only=False):
+    """nginx reads its files again; requests in flight finish on the old workers. With
+    `started_only`, a stopped nginx stays stopped (it reads them when it starts)."""
+    run("systemctl", "try-reload-or-restart" if started_only else "reload-or-restart", "nginx.service")
+
+
+def user_path(paths, conf):
+    """The health path the way users come (the public server, HTTPS once its site is
+    installed, with the domain's name): the HTTP status, 0 when nothing answers."""
+    name = conf.get("domain") or "localhost"
+    port, scheme = (443, "https") if tls_installed(paths) else (80, "http")
+    proc = run("curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+               "--resolve", f"{name}:{port}:127.0.0.1", f"{scheme}://{name}{conf['health_path']}",
+               check=False, capture=True, quiet=True)
+    return int(proc.stdout) if proc.stdout.isdigit() else 0
+
+
+def answers(paths, conf):
+    return 0 < user_path(paths, conf) < 400
+
+
+def draining():
+    """nginx workers from before the switch that still finish requests."""
+    for path in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(path, "rb") as f:
+                if b"worker process is shutting down" in f.read():
+                    return True
+        except OSError:
+            pass
+    return False
