@@ -266,6 +266,9 @@ def run_steps(ctx, steps=STEPS):
 
 
 def deploy(ctx):
+    # A document gzipped as a whole brings the program as modules, which are in the
+    # program now (render::with_program_modules).
+    shutil.rmtree(ctx.paths.program_src, ignore_errors=True)
     run("systemctl", "daemon-reload")
     # Started now, the report waits for cloud-init to finish, so a failed step is reported too.
     run("systemctl", "enable", "imgforge-report.service", "imgforge-recover.service")

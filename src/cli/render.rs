@@ -48,7 +48,7 @@ pub fn run(args: Args) -> Result<()> {
         gzip: args.user_data.gzip || file.gzip,
         base64: args.user_data.base64 || file.base64,
     };
-    let packaged = crate::render::package(&rendered.text, provider, encoding)?;
+    let packaged = crate::render::package_user_data(&rendered, provider, encoding)?;
     if packaged.binary && args.output.is_none() && std::io::stdout().is_terminal() {
         return Err(crate::exit::usage(
             "gzip output is binary: pass -o FILE or --base64",

@@ -14,7 +14,7 @@ use base64::Engine;
 use serde_json::json;
 
 pub use cloud_config::{CloudConfig, HostKeys, User, WriteFile, HEADER};
-pub use provider::{package, Encoding, Packaged, Provider};
+pub use provider::{package, package_texts, Encoding, Packaged, Provider};
 pub use templates::Templates;
 pub use vm::{layout, Layout, VmConfig};
 
@@ -24,19 +24,66 @@ use crate::spec::{Bundle, DockerSource, Spec};
 /// The rendered user-data, and the `known_hosts` line when a host key was generated.
 pub struct UserData {
     pub text: String,
+    /// The same deployment for a document that is gzipped as a whole ([`package_user_data`]):
+    /// the VM program's modules travel as plain files, which the outer gzip compresses
+    /// better than the program gzipped on its own, and python3's `zipapp` assembles them
+    /// on the VM into the same program.
+    pub gzip_text: String,
     pub known_hosts: Option<String>,
 }
 
 /// Renders `spec` as cloud-init user-data (`#cloud-config` text). With `spec.host_key`,
 /// a new host key is generated and its `known_hosts` line returned.
 pub fn user_data(spec: &Spec, templates: &Templates) -> Result<UserData> {
-    let (cloud_config, known_hosts) = cloud_config(spec, templates)?;
+    let (cloud_config, needs, known_hosts) = cloud_config(spec, templates)?;
     let text = cloud_config.to_user_data()?;
     check_parses_back(&text)?;
-    Ok(UserData { text, known_hosts })
+    let gzip_text = with_program_modules(cloud_config, needs).to_user_data()?;
+    check_parses_back(&gzip_text)?;
+    Ok(UserData {
+        text,
+        gzip_text,
+        known_hosts,
+    })
 }
 
-fn cloud_config(spec: &Spec, templates: &Templates) -> Result<(CloudConfig, Option<String>)> {
+/// Packages the user-data for `provider`: [`UserData::text`] as it is, or
+/// [`UserData::gzip_text`] when the document is gzipped.
+pub fn package_user_data(ud: &UserData, provider: Provider, enc: Encoding) -> Result<Packaged> {
+    provider::package_texts(&ud.text, &ud.gzip_text, provider, enc)
+}
+
+/// `config` with the program's modules written as plain files (and no zipapp), assembled
+/// into the program by the first command.
+fn with_program_modules(mut config: CloudConfig, needs: program::Needs) -> CloudConfig {
+    let layout = layout();
+    config.write_files.retain(|f| f.path != layout.program);
+    for name in program::files_for(needs) {
+        let text = String::from_utf8(program::shipped(&name)).expect("the program is text");
+        let path = format!("{}/{name}", layout.program_src);
+        config.write_files.push(WriteFile::new(&path, text, "0644"));
+    }
+    let python = "/usr/bin/python3".to_owned();
+    let assemble = [
+        &python,
+        "-m",
+        "zipapp",
+        &layout.program_src,
+        "-o",
+        &layout.program,
+        "-p",
+        &python,
+    ];
+    config
+        .runcmd
+        .insert(0, assemble.iter().map(|s| s.to_string()).collect());
+    config
+}
+
+fn cloud_config(
+    spec: &Spec,
+    templates: &Templates,
+) -> Result<(CloudConfig, program::Needs, Option<String>)> {
     let layout = layout();
     let config = VmConfig::new(spec);
     let vars = json!({ "config": &config, "layout": layout });
@@ -150,12 +197,13 @@ fn cloud_config(spec: &Spec, templates: &Templates) -> Result<(CloudConfig, Opti
             ));
         }
     }
-    files.push(program_file(program::Needs {
+    let needs = program::Needs {
         dns: spec.dns.is_some(),
         provision: false,
         day_two: false,
         bundle: !matches!(spec.app.bundle, Bundle::Registry | Bundle::Baked),
-    })?);
+    };
+    files.push(program_file(needs)?);
 
     let (ssh_keys, known_hosts) = if spec.host_key {
         let pair = KeyPair::generate("imgforge host key")?;
@@ -194,7 +242,7 @@ fn cloud_config(spec: &Spec, templates: &Templates) -> Result<(CloudConfig, Opti
             layout.status
         ),
     };
-    Ok((cloud_config, known_hosts))
+    Ok((cloud_config, needs, known_hosts))
 }
 
 fn program_file(needs: program::Needs) -> Result<WriteFile> {

@@ -200,11 +200,15 @@ pub fn zipapp() -> Vec<u8> {
 
 /// The program without the optional modules the VM does not need.
 pub fn zipapp_for(needs: Needs) -> Vec<u8> {
-    let names: Vec<String> = files()
+    zip(&files_for(needs))
+}
+
+/// The files of the program a VM with `needs` runs.
+pub fn files_for(needs: Needs) -> Vec<String> {
+    files()
         .into_iter()
         .filter(|n| OPTIONAL.iter().all(|(name, used)| n != name || used(needs)))
-        .collect();
-    zip(&names)
+        .collect()
 }
 
 /// The shebang line, then a zip of `names`.
@@ -287,10 +291,7 @@ mod tests {
     #[test]
     fn minify_joins_bracketed_lines_and_drops_trailing_comments() {
         let src = "x = f(a,  # why\n      \"b)#\",\n      c)\ny = [1,\n     2] + \\\n    [3]\nz = '\\'' # q\n";
-        assert_eq!(
-            minify(src),
-            "x=f(a,\"b)#\",c)\ny=[1,2]+[3]\nz='\\''\n"
-        );
+        assert_eq!(minify(src), "x=f(a,\"b)#\",c)\ny=[1,2]+[3]\nz='\\''\n");
     }
 
     #[test]

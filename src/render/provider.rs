@@ -109,6 +109,17 @@ pub struct Packaged {
 /// Packages `text` for `provider`, or says (exit code 2) why it cannot be. Over the
 /// provider's limit and allowed to, it gzips by itself and says so in [`Packaged::note`].
 pub fn package(text: &str, provider: Provider, enc: Encoding) -> Result<Packaged> {
+    package_texts(text, text, provider, enc)
+}
+
+/// [`package`], gzipping `gzip_text` (the same deployment, laid out to compress well)
+/// where the document is gzipped.
+pub fn package_texts(
+    text: &str,
+    gzip_text: &str,
+    provider: Provider,
+    enc: Encoding,
+) -> Result<Packaged> {
     let limits = provider.limits();
     if enc.gzip && !limits.gzip_ok {
         return Err(crate::exit::usage(format!(
@@ -122,11 +133,14 @@ pub fn package(text: &str, provider: Provider, enc: Encoding) -> Result<Packaged
             limits.name
         )));
     }
+    if enc.gzip {
+        return check_fits(encode(gzip_text, &limits, enc)?, &limits, enc);
+    }
     let plain = encode(text, &limits, enc)?;
-    if fits(&plain, &limits) || enc.gzip || !limits.gzip_ok {
+    if fits(&plain, &limits) || !limits.gzip_ok {
         return check_fits(plain, &limits, enc);
     }
-    let gzipped = encode(text, &limits, Encoding { gzip: true, ..enc })?;
+    let gzipped = encode(gzip_text, &limits, Encoding { gzip: true, ..enc })?;
     let mut packaged = check_fits(gzipped, &limits, Encoding { gzip: true, ..enc })?;
     packaged.note = Some(format!(
         "the user-data is {} bytes, over {}'s limit of {} bytes: gzipped it to {} bytes (cloud-init decompresses it)",

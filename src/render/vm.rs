@@ -14,6 +14,7 @@ use crate::spec::{Bundle, DockerSource, Spec};
 #[serde(deny_unknown_fields)]
 pub struct Layout {
     pub program: String,
+    pub program_src: String,
     pub config: String,
     pub app_env: String,
     pub app_env_dir: String,

@@ -152,6 +152,66 @@ fn deploy_json(doc: &serde_yaml_ng::Value) -> serde_json::Value {
     serde_json::from_str(&written(doc, "/etc/imgforge/deploy.json")).unwrap()
 }
 
+/// A document gzipped as a whole carries the VM program as plain modules, which its first
+/// command assembles with python3's zipapp: the modules are the shipped program's own, and
+/// everything else is `plain`'s.
+fn same_deployment(gzipped: &[u8], plain: &[u8]) {
+    use imgforge::render::program;
+    let layout = imgforge::render::layout();
+    let (gz, plain) = (yaml(gzipped), yaml(plain));
+    let files = |doc: &serde_yaml_ng::Value| -> Vec<serde_yaml_ng::Value> {
+        doc["write_files"].as_sequence().unwrap().clone()
+    };
+    let src = format!("{}/", layout.program_src);
+    let (modules, rest): (Vec<_>, Vec<_>) = files(&gz)
+        .into_iter()
+        .partition(|f| f["path"].as_str().unwrap().starts_with(&src));
+    let expected: Vec<_> = files(&plain)
+        .into_iter()
+        .filter(|f| f["path"].as_str() != Some(layout.program.as_str()))
+        .collect();
+    assert_eq!(rest, expected, "the files besides the program");
+    let shipped = program::files_for(program::Needs {
+        dns: false,
+        provision: false,
+        day_two: false,
+        bundle: false,
+    });
+    let names: Vec<&str> = modules
+        .iter()
+        .map(|f| &f["path"].as_str().unwrap()[src.len()..])
+        .collect();
+    assert_eq!(names, shipped, "the program's modules");
+    for (f, name) in modules.iter().zip(&shipped) {
+        assert_eq!(
+            f["content"].as_str().unwrap().as_bytes(),
+            program::shipped(name),
+            "{name}"
+        );
+    }
+    let runcmd = gz["runcmd"].as_sequence().unwrap();
+    let assemble: Vec<&str> = runcmd[0]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        assemble,
+        [
+            "/usr/bin/python3",
+            "-m",
+            "zipapp",
+            &layout.program_src,
+            "-o",
+            &layout.program,
+            "-p",
+            "/usr/bin/python3"
+        ]
+    );
+    assert_eq!(runcmd[1..], plain["runcmd"].as_sequence().unwrap()[..]);
+}
+
 fn gunzip(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(data)
@@ -177,7 +237,19 @@ fn no_tls_renders_an_http_only_deployment() {
     cloud_init_schema(&out.stdout);
     let doc = yaml(&out.stdout);
     assert_eq!(deploy_json(&doc)["tls"], false);
-    assert!(written(&doc, "/etc/nginx/sites-available/imgforge").contains("server_name _;"));
+    let layout = imgforge::render::layout();
+    assert!(written(&doc, &layout.nginx_site_http).contains("server_name _;"));
+    // No HTTPS site to install, ever.
+    let paths: Vec<&str> = doc["write_files"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    assert!(
+        !paths.contains(&layout.nginx_site_tls.as_str()),
+        "{paths:?}"
+    );
 }
 
 #[test]
@@ -261,7 +333,9 @@ fn every_provider_preset_gets_the_same_document_in_its_encoding() {
     assert!(stderr(&out).contains("gzipped it"), "{}", stderr(&out));
     let file = std::fs::read(run.path("ud.gz")).unwrap();
     assert!(file.len() <= 16 * 1024);
-    assert_eq!(gunzip(&file), plain);
+    let gzipped = gunzip(&file);
+    same_deployment(&gzipped, &plain);
+    cloud_init_schema(&gzipped);
     let gz = render_ok(&run, &["--provider", "aws", "--gzip", "-o", "ud2.gz"]);
     assert!(gz.is_empty());
     assert_eq!(std::fs::read(run.path("ud2.gz")).unwrap(), file);
@@ -270,7 +344,7 @@ fn every_provider_preset_gets_the_same_document_in_its_encoding() {
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(String::from_utf8(b64).unwrap().trim())
         .unwrap();
-    assert_eq!(gunzip(&decoded), plain);
+    assert_eq!(gunzip(&decoded), gzipped);
     // Text-only consoles refuse gzip.
     let mut args = vec![
         "render".to_string(),
@@ -853,6 +927,39 @@ fn the_shipped_vm_program_passes_its_unit_tests_and_runs() {
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("run-slot"),
         "python3 imgforge-vm --help: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // As a document gzipped as a whole brings it: modules, which python3's zipapp puts
+    // together on the VM (render::with_program_modules).
+    let src = dir.path().join("src");
+    for name in program::files_for(program::Needs {
+        dns: false,
+        provision: false,
+        day_two: false,
+        bundle: false,
+    }) {
+        let path = src.join(&name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, program::shipped(&name)).unwrap();
+    }
+    let assembled = dir.path().join("assembled");
+    let out = Command::new("python3")
+        .args(["-m", "zipapp"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&assembled)
+        .args(["-p", "/usr/bin/python3"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(&assembled).arg("--help").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("usage: imgforge-vm"),
+        "the assembled program: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
