@@ -211,15 +211,11 @@ fn environment(args: &Args) -> Result<Option<String>> {
     if let Some(path) = &args.env_file {
         let text = crate::fsutil::read_small(path)
             .map_err(|e| crate::exit::usage(format!("--env-file {}: {e}", path.display())))?;
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() || line.trim_start().starts_with('#') {
-                continue;
-            }
-            let origin = format!("--env-file {}:{}", path.display(), i + 1);
-            let (name, value) = line
-                .split_once('=')
-                .ok_or_else(|| crate::exit::usage(format!("{origin}: expected NAME=VALUE")))?;
-            items.push((origin, name.to_owned(), value.to_owned()));
+        for (line, item) in crate::spec::env_file_lines(&text) {
+            let origin = format!("--env-file {}:{line}", path.display());
+            let (name, value) =
+                item.ok_or_else(|| crate::exit::usage(format!("{origin}: expected NAME=VALUE")))?;
+            items.push((origin, name, value));
         }
     }
     for item in &args.env {

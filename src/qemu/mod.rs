@@ -188,6 +188,8 @@ pub struct Vm {
     qmp_socket: PathBuf,
     qemu_log: PathBuf,
     watcher: Watcher,
+    config: VmConfig,
+    forwards: BTreeMap<u16, u16>,
 }
 
 impl Vm {
@@ -205,6 +207,8 @@ impl Vm {
         let accel = accel::resolve(config.accel, config.kernel.as_deref());
 
         let serial_log = run_dir.join("serial.log");
+        // QEMU appends to it (a power cut starts QEMU again on the same log).
+        let _ = fs::remove_file(&serial_log);
         let qmp_socket = run_dir.join("qmp.sock");
         let qemu_log = run_dir.join("qemu.log");
         let mut guest_ports: Vec<u16> = DEFAULT_FORWARDS.to_vec();
@@ -251,6 +255,8 @@ impl Vm {
                         qmp_socket: qmp_socket.clone(),
                         qemu_log: qemu_log.clone(),
                         watcher: Watcher::spawn(serial_log.clone(), power_on),
+                        config: config.clone(),
+                        forwards,
                     };
                     let json =
                         serde_json::to_vec_pretty(&vm.info).context("serializing boot.json")?;
@@ -424,6 +430,32 @@ impl Vm {
         Ok(())
     }
 
+    /// Pulls the plug: QEMU is killed at once (what the guest had not written to its disk
+    /// is lost), then started again on the same disk with the same ports. Waits then look
+    /// at the new boot.
+    pub fn power_cut(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.note_reboot();
+        let _ = fs::remove_file(&self.qmp_socket);
+        let mut child = spawn_qemu(
+            &self.config,
+            self.accel,
+            &self.info.overlay,
+            &self.info.serial_log,
+            &self.qmp_socket,
+            &self.qemu_log,
+            &self.forwards,
+        )?;
+        wait_for_monitor(&mut child, &self.qmp_socket, &self.qemu_log)?;
+        self.info.pid = child.id();
+        self.child = Some(child);
+        let json = serde_json::to_vec_pretty(&self.info).context("serializing boot.json")?;
+        crate::fsutil::write_file_atomic(&self.run_dir.join(BOOT_JSON), &json, 0o644)
+    }
+
     /// Call right before rebooting the guest from inside (e.g. `ssh ... sudo reboot`), so
     /// that waits look at the next boot only, and its timings start now.
     pub fn note_reboot(&mut self) {
@@ -538,7 +570,10 @@ fn spawn_qemu(
         .args(["-m", &config.memory_mib.to_string()])
         .args(["-smp", &config.cpus.to_string()])
         .arg("-chardev")
-        .arg(format!("file,id=serial0,path={}", serial_log.display()))
+        .arg(format!(
+            "file,id=serial0,path={},append=on",
+            serial_log.display()
+        ))
         .args(["-serial", "chardev:serial0"])
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()))

@@ -618,13 +618,63 @@ impl<'a> Validator<'a> {
         ok.then_some(keys)
     }
 
-    /// The file's `app.env`, with `--env` entries replacing or adding to it.
+    /// The file's `app.env`, then the env file's lines, then `--env` entries, each
+    /// replacing or adding to what came before.
     fn env(&mut self) -> Option<Vec<(EnvName, EnvValue)>> {
         let mut merged: indexmap::IndexMap<String, (Result<String, String>, Origin)> =
             indexmap::IndexMap::new();
         for item in &self.file_settings.app.env {
             let origin = self.file_origin(&format!("app.env.{}", item.name));
             merged.insert(item.name.clone(), (item.value.clone(), origin));
+        }
+        let env_file = match (&self.flags.app.env_file, &self.file_settings.app.env_file) {
+            (Some(p), _) => Some((p.clone(), Origin::Flag("--env-file"))),
+            (None, Some(p)) => self
+                .file
+                .map(|f| (f.resolve(p, self.home), f.origin("app.env-file"))),
+            (None, None) => None,
+        };
+        let mut ok = true;
+        if let Some((path, origin)) = env_file {
+            let shown = path.display().to_string();
+            match crate::fsutil::read_small(&path) {
+                Ok(text) => {
+                    for (line, item) in env_file_lines(&text) {
+                        match item {
+                            Some((name, value)) => {
+                                merged.insert(name, (Ok(value), origin.clone()));
+                            }
+                            None => {
+                                self.report.error(
+                                    origin.clone(),
+                                    Some(&format!("{shown}:{line}")),
+                                    "not a NAME=VALUE line",
+                                    "write one NAME=VALUE a line (# starts a comment)",
+                                );
+                                ok = false;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.report.error(
+                        origin,
+                        Some(&shown),
+                        format!("reading env file {shown}: {e}"),
+                        "pass a readable file of NAME=VALUE lines",
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if !self.flags.app.env.is_empty() {
+            self.report.push(Entry {
+                severity: Severity::Warning,
+                origin: Origin::Flag("--env"),
+                value: None,
+                message: "values on the command line are in this machine's process list and shell history".into(),
+                help: "pass secrets with --env-file FILE (chmod 600) or in imgforge.yaml's app.env".into(),
+            });
         }
         for item in &self.flags.app.env {
             merged.insert(
@@ -633,7 +683,6 @@ impl<'a> Validator<'a> {
             );
         }
         let mut env = Vec::new();
-        let mut ok = true;
         for (name, (value, origin)) in merged {
             let value = match value {
                 Ok(v) => v,
@@ -700,4 +749,17 @@ impl<'a> Validator<'a> {
             }
         }
     }
+}
+
+/// The lines of an env file (`NAME=VALUE` a line, blank lines and `#` comments skipped),
+/// numbered from 1: each a name and a value, or `None` for a line that is not one.
+pub fn env_file_lines(text: &str) -> Vec<(usize, Option<(String, String)>)> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .map(|(i, l)| {
+            let item = l.split_once('=').map(|(n, v)| (n.to_owned(), v.to_owned()));
+            (i + 1, item)
+        })
+        .collect()
 }

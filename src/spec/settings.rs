@@ -104,10 +104,14 @@ pub struct AppSettings {
     #[arg(long, value_name = "DIR")]
     #[serde(default, deserialize_with = "scalar")]
     pub data_path: Option<String>,
-    /// Environment variable for the container (repeatable)
+    /// Environment variable for the container (repeatable; secrets: --env-file)
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = EnvItem::from_flag)]
     #[serde(default, deserialize_with = "env_map")]
     pub env: Vec<EnvItem>,
+    /// File of NAME=VALUE lines for the container (# comments); --env adds to it
+    #[arg(long = "env-file", value_name = "FILE")]
+    #[serde(default)]
+    pub env_file: Option<PathBuf>,
     /// The app's health endpoint [default: /health]
     #[arg(long, value_name = "PATH")]
     #[serde(default, deserialize_with = "scalar")]
@@ -233,6 +237,7 @@ impl Settings {
         files.extend(self.admin.ssh_key_files.iter().map(PathBuf::as_path));
         files.extend(self.tls.ca_bundle.as_deref());
         files.extend(self.dns.token_file.as_deref());
+        files.extend(self.app.env_file.as_deref());
         files
     }
 }

@@ -25,10 +25,22 @@ layers:
 "#;
 pub const WEBAPP_INDEX: &str = "{\"service\":\"webapp\",\"baked\":true}\n";
 
-pub fn webapp_bundle(dir: &Path) -> PathBuf {
+/// The busybox web app packed; with `start_delay`, it waits that many seconds before it
+/// serves anything.
+pub fn webapp_bundle(dir: &Path, start_delay: Option<u64>) -> PathBuf {
     let app = dir.join("webapp");
     fs::create_dir_all(app.join("www")).unwrap();
-    fs::write(app.join("image.yaml"), WEBAPP_SPEC).unwrap();
+    let mut spec: serde_yaml_ng::Value = serde_yaml_ng::from_str(WEBAPP_SPEC).unwrap();
+    if let Some(delay) = start_delay {
+        let script = format!("sleep {delay} && exec /bin/busybox httpd -f -v -p 8000 -h /www");
+        spec["entrypoint"] =
+            serde_yaml_ng::to_value(["/bin/busybox", "sh", "-c", &script]).unwrap();
+    }
+    fs::write(
+        app.join("image.yaml"),
+        serde_yaml_ng::to_string(&spec).unwrap(),
+    )
+    .unwrap();
     // busybox-static: one binary with no libraries to bring along.
     fs::copy("/bin/busybox", app.join("busybox"))
         .expect("/bin/busybox (apt-get install busybox-static)");
@@ -49,7 +61,8 @@ pub fn webapp_bundle(dir: &Path) -> PathBuf {
 #[ignore = "boots a VM for minutes: cargo test --test boot -- --ignored"]
 fn baked_image_boots_without_a_seed_and_serves_https() {
     let (dir, guest, key) = Deployment::prepare("baked");
-    let bundle = webapp_bundle(&dir);
+    // It answers only after SLOW_START seconds: first boot gives it its time.
+    let bundle = webapp_bundle(&dir, Some(crate::day_two::SLOW_START));
     let base = guest.file("disk.qcow2");
     let base_sha = sha256_file(&base);
     let baked = dir.join("baked.qcow2");

@@ -60,10 +60,19 @@ pub struct Deployment {
 impl Deployment {
     /// A scratch directory, the guest image and an admin key pair.
     pub fn prepare(name: &str) -> (PathBuf, Guest, PathBuf) {
+        Deployment::prepare_on(name, None)
+    }
+
+    /// [`Deployment::prepare`] on Debian release `suite` (default: IMGFORGE_GUEST_SUITE,
+    /// else bookworm).
+    pub fn prepare_on(name: &str, suite: Option<&str>) -> (PathBuf, Guest, PathBuf) {
         let dir = std::env::temp_dir().join(format!("imgforge-boot-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let guest = Guest::get(&dir);
+        let guest = match suite {
+            Some(suite) => Guest::of(suite, "", &dir),
+            None => Guest::get(&dir),
+        };
         let key = dir.join("id_ed25519");
         ok(imgforge(&["keygen", "-o", key.to_str().unwrap()]));
         (dir, guest, key)
@@ -71,7 +80,17 @@ impl Deployment {
 
     /// Seeds the classifier bundle with the user's flags plus `extra`, and boots it.
     pub fn seeded(name: &str, extra: &[&str], extra_append: &str) -> Deployment {
-        let (dir, guest, key) = Deployment::prepare(name);
+        Deployment::seeded_on(None, name, extra, extra_append)
+    }
+
+    /// [`Deployment::seeded`] on Debian release `suite`.
+    pub fn seeded_on(
+        suite: Option<&str>,
+        name: &str,
+        extra: &[&str],
+        extra_append: &str,
+    ) -> Deployment {
+        let (dir, guest, key) = Deployment::prepare_on(name, suite);
         let bundle = classifier_bundle(&dir);
         let seed = dir.join("seed.img");
         let mut args: Vec<String> = vec!["seed".into()];

@@ -11,9 +11,11 @@
 mod common;
 
 mod baked;
+mod day_two;
 mod deploy;
 mod deployment;
 mod dns;
+mod faults;
 mod first_boot;
 mod minimal;
 mod provision;

@@ -105,3 +105,34 @@ fn a_host_key_other_than_the_pinned_one_is_refused() {
     args.extend(["--image", "example/app:2"]);
     refused(&deploy(&args), "pins no host key");
 }
+
+#[test]
+fn env_on_the_command_line_is_accepted_with_a_warning_that_names_env_file() {
+    let port = closed_port().to_string();
+    let out = deploy(&[
+        "--host",
+        "127.0.0.1",
+        "--ssh-port",
+        &port,
+        "--image",
+        "example/app:2",
+        "--env",
+        "TOKEN=s3cret",
+    ]);
+    // Refused for the unreachable host only after the warning.
+    refused(&out, "cannot reach");
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: --env") && err.contains("--env-file"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "the value was echoed: {err}");
+}
+
+#[test]
+fn attach_takes_no_deploy_of_its_own() {
+    let out = deploy(&["--host", "h", "--attach", "--image", "example/app:2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = deploy(&["--host", "h", "--attach", "--env", "A=1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

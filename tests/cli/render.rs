@@ -1070,3 +1070,39 @@ fn dns_registration_takes_its_token_from_a_private_file() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn env_file_values_reach_the_container_and_env_flags_warn_without_echoing() {
+    let run = Run::new();
+    std::fs::write(
+        run.path("app.env"),
+        "# secrets\nTOKEN=from the file\n\nLEVEL=debug\n",
+    )
+    .unwrap();
+    let text = render_ok(&run, &["--env-file", "app.env", "--env", "LEVEL=warn"]);
+    let env = written(&yaml(&text), "/etc/imgforge/app.env");
+    assert!(env.contains("\nTOKEN=from the file\n"), "{env}");
+    assert!(
+        env.contains("\nLEVEL=warn\n") && !env.contains("LEVEL=debug"),
+        "{env}"
+    );
+    let mut args = vec!["render".to_string()];
+    args.extend(base_args());
+    args.extend(["--env".into(), "TOKEN=s3cret".into()]);
+    let out = run.cmd(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("--env-file"),
+        "no warning naming --env-file: {err}"
+    );
+    assert!(!err.contains("s3cret"), "the value was echoed: {err}");
+    // A line that is not NAME=VALUE: exit 2, naming the file and the line.
+    std::fs::write(run.path("bad.env"), "A=1\njust words\n").unwrap();
+    let mut args = vec!["render".to_string()];
+    args.extend(base_args());
+    args.extend(["--env-file".into(), "bad.env".into()]);
+    let out = run.cmd(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("bad.env:2"), "{}", stderr(&out));
+}

@@ -86,10 +86,15 @@ impl Guest {
     /// `variant` is passed to build-image.sh as the third argument ("" for the default).
     pub fn variant(variant: &str, scratch: &Path) -> Guest {
         let suite = std::env::var("IMGFORGE_GUEST_SUITE").unwrap_or_else(|_| "bookworm".into());
+        Guest::of(&suite, variant, scratch)
+    }
+
+    /// The guest of Debian release `suite` (bookworm, trixie).
+    pub fn of(suite: &str, variant: &str, scratch: &Path) -> Guest {
         let started = Instant::now();
         let mut cmd = Command::new("bash");
         cmd.arg(format!("{ROOT}/tests/guest/build-image.sh"))
-            .arg(&suite)
+            .arg(suite)
             .arg(scratch.join(format!("guest{variant}")));
         if !variant.is_empty() {
             cmd.arg(variant);
@@ -231,8 +236,8 @@ impl Ssh {
     }
 
     /// One SSH command with `input` on its stdin (a secret stays out of every command
-    /// line, which sudo and the shell would log); must succeed; its stdout.
-    pub fn ok_with_input(&self, command: &str, input: &str) -> String {
+    /// line, which sudo and the shell would log).
+    pub fn run_with_input(&self, command: &str, input: &str) -> Output {
         use std::io::Write;
         self.pace(1);
         let mut child = self
@@ -243,13 +248,14 @@ impl Ssh {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        // The command may end before it read it all (it refused the request).
+        let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+        child.wait_with_output().unwrap()
+    }
+
+    /// [`Ssh::run_with_input`], which must succeed; its stdout.
+    pub fn ok_with_input(&self, command: &str, input: &str) -> String {
+        let out = self.run_with_input(command, input);
         assert!(
             out.status.success(),
             "ssh {command:?} failed: {}",

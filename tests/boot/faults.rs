@@ -1,0 +1,113 @@
+//! Day two under faults (the slow tier): under a steady stream of HTTPS requests, the
+//! deploy client is killed, with SIGINT and then with SIGKILL, at every phase of a deploy;
+//! then the power is cut during a switch and during a drain. After each fault the VM
+//! either finished the deploy or kept the version before, by itself; app.json, nginx's
+//! upstream and running configuration and the units enabled for boot agree; and after a
+//! boot the version it recorded as active serves.
+//!
+//! Each fault lands where it should: the VM program holds a deploy at a phase while
+//! /run/imgforge/hold names it (a tmpfs file: a power cut clears it).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::day_two::*;
+use crate::deployment::*;
+
+const PHASES: [&str; 6] = ["upload", "load", "start", "health", "switch", "drain"];
+
+fn hold(d: &Deployment, phase: &str) {
+    d.ssh.ok(&format!(
+        "sudo sh -c 'mkdir -p /run/imgforge && echo {phase} > /run/imgforge/hold'"
+    ));
+}
+
+fn release(d: &Deployment) {
+    d.ssh.ok("sudo rm -f /run/imgforge/hold");
+}
+
+/// Waits for a boot after a reboot or power cut to finish ready.
+fn booted(d: &mut Deployment, what: &str) {
+    let st = d.wait(what, Duration::from_secs(1800), &|s| s.is_finished());
+    assert!(st.is_ready(), "after {what}: {st:?}");
+}
+
+#[test]
+#[ignore = "boots a VM for tens of minutes: IMGFORGE_SLOW_TESTS=1 tests/ci.sh"]
+fn a_killed_client_or_a_power_cut_never_leaves_a_version_nobody_chose() {
+    let mut d = Deployment::seeded("faults", &[], "");
+    d.wait_ready_with_certificate();
+    let root = d.pebble_root();
+    let bundles: Vec<(String, PathBuf)> = ["0.2.0", "0.3.0"]
+        .iter()
+        .map(|v| (v.to_string(), classifier_version(&d.dir, v, &[], None)))
+        .collect();
+    let mut serving = "0.1.0".to_owned();
+    let mut expected = vec![serving.clone()];
+
+    // 1. The client killed at each phase: only a cut upload changes nothing; from the
+    //    image load on, the deploy is the VM's own and ends there.
+    let stream = Stream::start(&d, &root, "kills");
+    let mut n = 0;
+    for phase in PHASES {
+        for signal in ["INT", "KILL"] {
+            let (next, bundle) = &bundles[n % 2];
+            n += 1;
+            hold(&d, phase);
+            let client = Client::spawn(&d, "deploy", &["--bundle", bundle.to_str().unwrap()]);
+            client.wait_for(&format!("held at {phase}"), Duration::from_secs(900));
+            client.kill(signal);
+            release(&d);
+            settle(&d);
+            let now = serving_version(&d);
+            let want = if phase == "upload" { &serving } else { next };
+            assert_eq!(&now, want, "after SIG{signal} at {phase}");
+            eprintln!("SIG{signal} at {phase}: {now} serves, everything agrees");
+            if now != serving {
+                expected.push(now.clone());
+                serving = now;
+            }
+        }
+    }
+    let expected_runs: Vec<&str> = expected.iter().map(String::as_str).collect();
+    stream.stop_expecting("the killed deploys", &expected_runs);
+
+    // 2. A reboot serves the version recorded as active.
+    d.vm.note_reboot();
+    let _ = d.ssh.run("sudo systemctl reboot");
+    booted(&mut d, "the reboot");
+    assert_eq!(d.https_json(&root, "/", &[])["version"], serving.as_str());
+
+    // 3. The power cut during the switch (nginx already sends requests to the new slot,
+    //    app.json still names the old one): the next boot undoes it.
+    let (next, bundle) = &bundles[n % 2];
+    n += 1;
+    hold(&d, "switch");
+    let client = Client::spawn(&d, "deploy", &["--bundle", bundle.to_str().unwrap()]);
+    client.wait_for("held at switch", Duration::from_secs(900));
+    d.vm.power_cut().unwrap();
+    drop(client);
+    booted(&mut d, "the boot after the power cut during the switch");
+    assert_eq!(d.https_json(&root, "/", &[])["version"], serving.as_str());
+    assert_eq!(serving_version(&d), serving);
+    let doc = status(&d);
+    let last = doc["status"]["deploys"].as_array().unwrap().last().unwrap();
+    assert_eq!(
+        (last["version"].as_str(), last["result"].as_str()),
+        (Some(next.as_str()), Some("interrupted")),
+        "{last}"
+    );
+
+    // 4. The power cut during the drain (app.json names the new slot): the next boot
+    //    keeps the new version.
+    let (next, bundle) = &bundles[n % 2];
+    hold(&d, "drain");
+    let client = Client::spawn(&d, "deploy", &["--bundle", bundle.to_str().unwrap()]);
+    client.wait_for("held at drain", Duration::from_secs(900));
+    d.vm.power_cut().unwrap();
+    drop(client);
+    booted(&mut d, "the boot after the power cut during the drain");
+    assert_eq!(d.https_json(&root, "/", &[])["version"], next.as_str());
+    assert_eq!(&serving_version(&d), next);
+    d.finish();
+}
