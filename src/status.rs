@@ -237,6 +237,8 @@ mod tests {
         let app = s.app.as_ref().expect("app");
         assert_eq!((app.slot.as_str(), app.version.as_str()), ("blue", "0.1.0"));
         assert_eq!(s.deploys.last().map(|d| d.result.as_str()), Some("ok"));
+        let first_boot = s.first_boot.as_ref().expect("first_boot");
+        assert_eq!((first_boot.runs, first_boot.kept.as_deref()), (1, None));
     }
 
     #[test]

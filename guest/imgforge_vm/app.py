@@ -310,14 +310,15 @@ class Apps:
             os.chown(data_dir, int(ids[0]), int(ids[-1]))
 
     def keep_log(self, slot):
-        """The slot's last log lines into a root-only file, never into status.json or on
-        the console (they may hold secrets); returns the file's path."""
-        proc = run("docker", "logs", "--tail", str(LOG_LINES), self.paths.container(slot),
-                   check=False, capture=True)
-        text = (proc.stdout or "") + (proc.stderr or "")
+        """The slot's last log lines (its container's output and its unit's, from the
+        journal: a container that exits is gone with its own log) into a root-only file,
+        never into status.json or on the console (they may hold secrets); returns the
+        file's path."""
+        proc = run("journalctl", "--unit", unit(slot), "--boot", "--lines", str(LOG_LINES),
+                   "--output", "cat", "--no-pager", check=False, capture=True)
         path = self.paths.under("log_dir", f"app-{slot}.log")
-        write_atomic(path, "".join(line[:300] + "\n" for line in text.splitlines()[-LOG_LINES:]),
-                     0o600)
+        lines = (proc.stdout or "").splitlines()[-LOG_LINES:]
+        write_atomic(path, "".join(line[:300] + "\n" for line in lines), 0o600)
         return path
 
     def finish(self, st, entry):

@@ -225,7 +225,13 @@ def nginx(ctx):
         # The slot the app step will switch to; until it does, nginx answers 502.
         write_atomic(paths.nginx_upstream, proxy.upstream_conf(paths.slot_port(SLOTS[0])))
     proxy.install_site(paths, tls=conf["tls"] and cert.valid(conf["domain"]))
-    run("nginx", "-t", capture=True)
+    # What nginx really reads, not what a distribution's nginx.conf usually includes.
+    dump = out("nginx", "-T")
+    unread = [p for p in (enabled, "/etc/nginx/conf.d/imgforge.conf")
+              if f"# configuration file {p}:" not in dump]
+    if unread:
+        raise Failed("nginx does not read " + ", ".join(unread) +
+                     ": its nginx.conf must include conf.d/*.conf and sites-enabled/*")
     run("systemctl", "enable", "nginx.service")
     run("systemctl", "reload-or-restart", "nginx.service")
 

@@ -133,7 +133,8 @@ class Jobs:
 
     def running(self):
         state = run("systemctl", "show", "--property", "ActiveState", "--value",
-                    self.paths.deploy_unit + ".service", check=False, capture=True).stdout.strip()
+                    self.paths.deploy_unit + ".service", check=False, capture=True,
+                    quiet=True).stdout.strip()
         return state in ("active", "activating", "deactivating")
 
     def latest(self):

@@ -51,7 +51,7 @@ class Fixture(unittest.TestCase):
             res = run(*argv, **kw)
             if argv[0] == "systemctl" and "nginx.service" in argv and res.returncode == 0:
                 self.nginx_port = proxy.upstream_port(self.vm.paths)
-            if argv[:2] == ("docker", "logs"):
+            if argv[0] == "journalctl":
                 res.stdout = "loading the model\nTOKEN=s3cret in a log line\n"
             return res
 

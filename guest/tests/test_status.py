@@ -81,7 +81,10 @@ class Fixture(unittest.TestCase):
                       "image_id": app["image_id"], "slot": "blue",
                       "started": "2026-01-01T00:00:00Z", "finished": "2026-01-01T00:00:10Z",
                       "result": "ok", "healthy_s": 4.2, "switch_s": 0.3}
+            first_boot = {"runs": 1, "instance_id": "iid-1", "started": "2026-01-01T00:00:00Z",
+                          "kept": None}
             st = ctx.update(certificate="ok", certificate_detail="", app=app, deploys=[deploy],
+                            first_boot=first_boot,
                             cloud_init={"status": "done", "errors": []}, health="ok",
                             host_keys=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFixture"])
             st["updated"] = "2026-01-01T00:00:11Z"

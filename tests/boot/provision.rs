@@ -40,6 +40,36 @@ fn explain(d: &Deployment) {
     );
 }
 
+/// What makes a machine itself, as it says over SSH.
+#[derive(Debug)]
+struct Identity {
+    machine_id: String,
+    host_key: String,
+    docker_id: String,
+    random_seed: String,
+    boots: usize,
+    journal_dirs: Vec<String>,
+}
+
+fn identity(d: &Deployment) -> Identity {
+    let out = d.ssh.ok(
+        "cat /etc/machine-id; echo @@; sudo cat /etc/ssh/ssh_host_ed25519_key.pub; echo @@; \
+         sudo docker info --format '{{.ID}}'; echo @@; sudo sha256sum /var/lib/systemd/random-seed; \
+         echo @@; sudo journalctl --list-boots --no-pager | grep -cE '[0-9a-f]{32}'; echo @@; \
+         sudo ls /var/log/journal",
+    );
+    let parts: Vec<&str> = out.split("@@\n").map(str::trim).collect();
+    assert_eq!(parts.len(), 6, "{out}");
+    Identity {
+        machine_id: parts[0].to_owned(),
+        host_key: parts[1].to_owned(),
+        docker_id: parts[2].to_owned(),
+        random_seed: parts[3].split_whitespace().next().unwrap_or("").to_owned(),
+        boots: parts[4].parse().unwrap_or(0),
+        journal_dirs: parts[5].split_whitespace().map(str::to_owned).collect(),
+    }
+}
+
 fn serving(d: &mut Deployment) -> Duration {
     d.wait_ready_with_certificate();
     let at = d.power_on.elapsed();
@@ -114,6 +144,41 @@ fn a_provisioned_image_deploys_without_downloads_and_faster_than_the_seed_path()
         "",
     );
     let provisioned = serving(&mut d);
+
+    // A second VM from the same image: nothing of one machine was in the template.
+    let mut twin = Deployment::boot(
+        "provisioned-2",
+        dir.join("provisioned-2"),
+        bare.clone(),
+        key.clone(),
+        Some(&image),
+        None,
+        "",
+    );
+    let st = twin.wait("the second VM's first boot", Duration::from_secs(1800), &|s| {
+        s.is_finished()
+    });
+    assert!(st.is_ready(), "the second VM: {st:?}");
+    let (a, b) = (identity(&d), identity(&twin));
+    for (what, x, y) in [
+        ("machine-id", &a.machine_id, &b.machine_id),
+        ("SSH host key", &a.host_key, &b.host_key),
+        ("Docker engine id", &a.docker_id, &b.docker_id),
+        ("random seed", &a.random_seed, &b.random_seed),
+    ] {
+        assert!(!x.is_empty(), "no {what}");
+        assert_ne!(x, y, "two VMs from one image share their {what}");
+    }
+    for id in [&a, &b] {
+        assert_eq!(id.boots, 1, "the journal holds another boot than this one: {id:?}");
+        assert_eq!(
+            id.journal_dirs,
+            [id.machine_id.clone()],
+            "the provisioning boot's journal is in the image: {id:?}"
+        );
+    }
+    eprintln!("two VMs from one image: {a:?}\n{b:?}");
+    twin.finish();
     d.finish();
 
     // 3. The seed path on the bare guest, installing from Debian's mirror at first boot.
