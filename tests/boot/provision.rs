@@ -155,9 +155,11 @@ fn a_provisioned_image_deploys_without_downloads_and_faster_than_the_seed_path()
         None,
         "",
     );
-    let st = twin.wait("the second VM's first boot", Duration::from_secs(1800), &|s| {
-        s.is_finished()
-    });
+    let st = twin.wait(
+        "the second VM's first boot",
+        Duration::from_secs(1800),
+        &|s| s.is_finished(),
+    );
     assert!(st.is_ready(), "the second VM: {st:?}");
     let (a, b) = (identity(&d), identity(&twin));
     for (what, x, y) in [
@@ -170,7 +172,10 @@ fn a_provisioned_image_deploys_without_downloads_and_faster_than_the_seed_path()
         assert_ne!(x, y, "two VMs from one image share their {what}");
     }
     for id in [&a, &b] {
-        assert_eq!(id.boots, 1, "the journal holds another boot than this one: {id:?}");
+        assert_eq!(
+            id.boots, 1,
+            "the journal holds another boot than this one: {id:?}"
+        );
         assert_eq!(
             id.journal_dirs,
             [id.machine_id.clone()],
