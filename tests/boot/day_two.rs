@@ -180,6 +180,7 @@ pub fn cli(d: &Deployment, command: &str, extra: &[&str]) -> Output {
     d.ssh.pace(connections(command, extra));
     let started = Instant::now();
     let out = imgforge(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    d.ssh.made_until_now(connections(command, extra));
     eprintln!(
         "imgforge {command} {extra:?} ({:.0}s, {}):\n{}{}",
         started.elapsed().as_secs_f64(),
@@ -196,6 +197,7 @@ pub struct Client {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
+    connections: usize,
 }
 
 impl Client {
@@ -225,6 +227,7 @@ impl Client {
             child,
             lines,
             reader: Some(reader),
+            connections: connections(command, extra),
         }
     }
 
@@ -248,13 +251,14 @@ impl Client {
 
     /// Sends `signal` (`INT`, `KILL`) to imgforge and its ssh, as a terminal's Ctrl-C or a
     /// CI timeout does, and waits for them to end.
-    pub fn kill(mut self, signal: &str) -> Vec<String> {
+    pub fn kill(mut self, signal: &str, d: &Deployment) -> Vec<String> {
         let pgid = self.child.id().to_string();
         run(Command::new("kill").args([&format!("-{signal}"), "--", &format!("-{pgid}")]));
         let status = self.child.wait().unwrap();
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
+        d.ssh.made_until_now(self.connections);
         eprintln!("imgforge killed with SIG{signal}: {status}");
         assert!(
             !status.success(),
@@ -293,9 +297,14 @@ pub fn status(d: &Deployment) -> serde_json::Value {
 pub fn settle(d: &Deployment) -> Output {
     for _ in 0..10 {
         let last = cli(d, "deploy", &["--attach"]);
-        if last.status.code() == Some(2) {
+        if stderr(&last).contains("no deploy is running") {
             return last;
         }
+        assert!(
+            last.status.code() != Some(2),
+            "--attach refused: {}",
+            stderr(&last)
+        );
     }
     panic!("a deploy was still running after 10 attaches");
 }

@@ -30,7 +30,7 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
     let stream = Stream::start(&d, &root, "v2");
     let client = Client::spawn(&d, "deploy", &["--bundle", fast.to_str().unwrap()]);
     client.wait_for("[health]", Duration::from_secs(900));
-    let lines = client.kill("INT");
+    let lines = client.kill("INT", &d);
     // First boot wrote the VM program without day two; deploy sent the whole program,
     // which the VM now runs (and ran the deploy with).
     assert!(

@@ -56,7 +56,7 @@ fn a_killed_client_or_a_power_cut_never_leaves_a_version_nobody_chose() {
             hold(&d, phase);
             let client = Client::spawn(&d, "deploy", &["--bundle", bundle.to_str().unwrap()]);
             client.wait_for(&format!("held at {phase}"), Duration::from_secs(900));
-            client.kill(signal);
+            client.kill(signal, &d);
             release(&d);
             settle(&d);
             let now = serving_version(&d);

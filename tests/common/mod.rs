@@ -198,6 +198,16 @@ impl Ssh {
         }
     }
 
+    /// Counts the last `connections` paced ones as made now: a command that made them
+    /// over a while (seconds apart under emulation) may have made its last one just now.
+    pub fn made_until_now(&self, connections: usize) {
+        let mut times = self.times.borrow_mut();
+        let n = times.len();
+        for t in times.iter_mut().skip(n.saturating_sub(connections)) {
+            *t = Instant::now();
+        }
+    }
+
     /// Forgets the window after a long enough pause (another tool made connections).
     pub fn wait_window(&self) {
         std::thread::sleep(SSH_WINDOW);
