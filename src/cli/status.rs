@@ -109,3 +109,33 @@ pub fn summary(host: &str, doc: &Value) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_disagreement_is_printed_as_a_problem_and_the_path_users_take_is_named() {
+        let doc = json!({
+            "status": {"state": "ready", "app": {"version": "0.2.0", "image": "a/b:0.2.0",
+                       "slot": "green", "since": "t"}, "deploys": [], "certificate": "ok",
+                       "first_boot": {"runs": 2, "kept": "0.2.0"}},
+            "serving": {"answers": true, "answer": 200, "path": "https://api.example.com/health",
+                        "problems": ["nginx runs with port 8000, not the green slot's (8001)"]},
+            "healthy": false, "deploy": null, "certificate": null, "disk": {}
+        });
+        let text = super::summary("h", &doc);
+        assert!(
+            text.contains("https://api.example.com/health answers: HTTP 200"),
+            "{text}"
+        );
+        assert!(
+            text.contains("PROBLEM      nginx runs with port 8000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ran 2 times (a new instance: it kept 0.2.0)"),
+            "{text}"
+        );
+    }
+}

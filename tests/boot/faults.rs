@@ -8,7 +8,7 @@
 //! Each fault lands where it should: the VM program holds a deploy at a phase while
 //! /run/imgforge/hold names it (a tmpfs file: a power cut clears it).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::day_two::*;
@@ -30,6 +30,20 @@ fn release(d: &Deployment) {
 fn booted(d: &mut Deployment, what: &str) {
     let st = d.wait(what, Duration::from_secs(1800), &|s| s.is_finished());
     assert!(st.is_ready(), "after {what}: {st:?}");
+}
+
+/// Deploys `bundle`, cuts the power while the deploy is held at `phase`, and waits for
+/// the next boot to finish ready.
+fn power_cut_at(d: &mut Deployment, phase: &str, bundle: &Path) {
+    hold(d, phase);
+    let client = Client::spawn(d, "deploy", &["--bundle", bundle.to_str().unwrap()]);
+    client.wait_for(&format!("held at {phase}"), Duration::from_secs(900));
+    d.vm.power_cut().unwrap();
+    drop(client);
+    booted(
+        d,
+        &format!("the boot after the power cut during the {phase}"),
+    );
 }
 
 #[test]
@@ -82,12 +96,7 @@ fn a_killed_client_or_a_power_cut_never_leaves_a_version_nobody_chose() {
     //    app.json still names the old one): the next boot undoes it.
     let (next, bundle) = &bundles[n % 2];
     n += 1;
-    hold(&d, "switch");
-    let client = Client::spawn(&d, "deploy", &["--bundle", bundle.to_str().unwrap()]);
-    client.wait_for("held at switch", Duration::from_secs(900));
-    d.vm.power_cut().unwrap();
-    drop(client);
-    booted(&mut d, "the boot after the power cut during the switch");
+    power_cut_at(&mut d, "switch", bundle);
     assert_eq!(d.https_json(&root, "/", &[])["version"], serving.as_str());
     assert_eq!(serving_version(&d), serving);
     let doc = status(&d);
@@ -101,12 +110,7 @@ fn a_killed_client_or_a_power_cut_never_leaves_a_version_nobody_chose() {
     // 4. The power cut during the drain (app.json names the new slot): the next boot
     //    keeps the new version.
     let (next, bundle) = &bundles[n % 2];
-    hold(&d, "drain");
-    let client = Client::spawn(&d, "deploy", &["--bundle", bundle.to_str().unwrap()]);
-    client.wait_for("held at drain", Duration::from_secs(900));
-    d.vm.power_cut().unwrap();
-    drop(client);
-    booted(&mut d, "the boot after the power cut during the drain");
+    power_cut_at(&mut d, "drain", bundle);
     assert_eq!(d.https_json(&root, "/", &[])["version"], next.as_str());
     assert_eq!(&serving_version(&d), next);
     d.finish();
