@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 
 from . import firstboot
@@ -50,13 +51,17 @@ def main(argv=None):
             print(json.dumps(install_program(ctx, sys.stdin.buffer)), flush=True)
             return 0
         if args.command == "recover":
-            with Apps(ctx).locked():
+            # A boot starts: its verdict is not the last boot's (the report gives it).
+            if os.path.exists(ctx.paths.status):
+                ctx.update(cloud_init={"status": "running", "errors": []}, health="pending")
+            with Apps(ctx).locked(wait=120):
                 Apps(ctx).reconcile(booting=True)
             return 0
-        Apps(ctx).recover()
         if args.command in REMOTE:
+            Apps(ctx).recover()
             return day_two(ctx, args)
         if args.command == "deploy":
+            Apps(ctx).recover()
             return 0 if firstboot.deploy(ctx) else 1
         if args.command == "cert":
             Certificate(ctx).attempt()
