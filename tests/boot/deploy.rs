@@ -113,8 +113,13 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
     let out = cli(&d, "deploy", &["--bundle", other.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("pass --image"), "{}", stderr(&out));
-    d.ssh
-        .ok("sudo sh -c 'flock /var/lib/imgforge/deploy.lock sleep 40 >/dev/null 2>&1 &'");
+    // Another deploy holds the lock until this test lets it go (however slow the
+    // client's own steps before it asks for the lock are).
+    d.ssh.ok(
+        "sudo systemd-run --unit imgforge-test-lock --collect --quiet \
+         flock /var/lib/imgforge/deploy.lock sleep infinity \
+         && until ! sudo flock -n /var/lib/imgforge/deploy.lock true; do sleep 1; done",
+    );
     let out = cli(&d, "deploy", &["--bundle", slow.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
@@ -127,7 +132,7 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
         "{{\"image\":\"imgforge/classifier:0.5.0\",\"bundle\":{{\"size\":4,\"sha256\":\"{}\"}}}}\nabcd",
         "0".repeat(64)
     );
-    std::thread::sleep(Duration::from_secs(40));
+    d.ssh.ok("sudo systemctl stop imgforge-test-lock");
     let out = d.ssh.run_with_input(
         "sudo -n /usr/local/lib/imgforge/imgforge-vm deploy-version",
         &request,
