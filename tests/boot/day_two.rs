@@ -280,6 +280,18 @@ impl Drop for Client {
     }
 }
 
+/// Makes the VM program hold a deploy at `phase` (`[phase]` is its last line until
+/// `release`): how a fault lands where it should, however fast or slow the guest is.
+pub fn hold(d: &Deployment, phase: &str) {
+    d.ssh.ok(&format!(
+        "sudo sh -c 'mkdir -p /run/imgforge && echo {phase} > /run/imgforge/hold'"
+    ));
+}
+
+pub fn release(d: &Deployment) {
+    d.ssh.ok("sudo rm -f /run/imgforge/hold");
+}
+
 /// `imgforge status --json`: the VM's answer (imgforge exits 1 when it does not serve as
 /// it should; the answer says why).
 pub fn status(d: &Deployment) -> serde_json::Value {

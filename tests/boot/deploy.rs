@@ -28,9 +28,11 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
     //    deploy goes on on the VM, `--attach` follows it to its end, traffic moves from v1
     //    to v2 once, and everything on the VM agrees on what serves.
     let stream = Stream::start(&d, &root, "v2");
+    hold(&d, "health");
     let client = Client::spawn(&d, "deploy", &["--bundle", fast.to_str().unwrap()]);
-    client.wait_for("[health]", Duration::from_secs(900));
+    client.wait_for("held at health", Duration::from_secs(900));
     let lines = client.kill("INT", &d);
+    release(&d);
     // First boot wrote the VM program without day two; deploy sent the whole program,
     // which the VM now runs (and ran the deploy with).
     assert!(

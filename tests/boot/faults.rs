@@ -16,16 +16,6 @@ use crate::deployment::*;
 
 const PHASES: [&str; 6] = ["upload", "load", "start", "health", "switch", "drain"];
 
-fn hold(d: &Deployment, phase: &str) {
-    d.ssh.ok(&format!(
-        "sudo sh -c 'mkdir -p /run/imgforge && echo {phase} > /run/imgforge/hold'"
-    ));
-}
-
-fn release(d: &Deployment) {
-    d.ssh.ok("sudo rm -f /run/imgforge/hold");
-}
-
 /// Waits for a boot after a reboot or power cut to finish ready.
 fn booted(d: &mut Deployment, what: &str) {
     let st = d.wait(what, Duration::from_secs(1800), &|s| s.is_finished());

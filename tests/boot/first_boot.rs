@@ -146,7 +146,7 @@ fn main_scenario(suite: Option<&str>, name: &str) {
         secs(reboot_times.login_prompt),
         secs(reboot_times.finished)
     );
-    eprintln!("  inference: {}", prediction["inference_ms"]);
+    eprintln!("  one inference: {} ms", prediction["inference_ms"]);
     d.finish();
 }
 
