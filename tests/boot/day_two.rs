@@ -204,7 +204,12 @@ impl Client {
     pub fn spawn(d: &Deployment, command: &str, extra: &[&str]) -> Client {
         use std::os::unix::process::CommandExt;
         d.ssh.pace(connections(command, extra));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_imgforge"))
+        // A client started from a terminal takes Ctrl-C; this one may be started from a
+        // background job, which ignores SIGINT and passes that on across exec: env
+        // (coreutils) gives imgforge the default action back, then becomes it.
+        let mut child = Command::new("env")
+            .arg("--default-signal=INT,HUP")
+            .arg(env!("CARGO_BIN_EXE_imgforge"))
             .arg(command)
             .args(connection(d))
             .args(extra)
