@@ -254,6 +254,18 @@ impl Client {
         }
     }
 
+    /// Waits for imgforge to end by itself; returns whether it succeeded, and its lines.
+    pub fn wait(mut self, d: &Deployment) -> (bool, Vec<String>) {
+        let status = self.child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        d.ssh.made_until_now(self.connections);
+        eprintln!("imgforge ended: {status}");
+        let lines = self.lines.lock().unwrap().clone();
+        (status.success(), lines)
+    }
+
     /// Sends `signal` (`INT`, `KILL`) to imgforge and its ssh, as a terminal's Ctrl-C or a
     /// CI timeout does, and waits for them to end.
     pub fn kill(mut self, signal: &str, d: &Deployment) -> Vec<String> {

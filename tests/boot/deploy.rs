@@ -32,19 +32,23 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
     let client = Client::spawn(&d, "deploy", &["--bundle", fast.to_str().unwrap()]);
     client.wait_for("held at health", Duration::from_secs(900));
     let lines = client.kill("INT", &d);
-    release(&d);
     // First boot wrote the VM program without day two; deploy sent the whole program,
     // which the VM now runs (and ran the deploy with).
     assert!(
         lines.iter().any(|l| l.contains("updated the VM program")),
         "{lines:?}"
     );
-    let out = cli(&d, "deploy", &["--attach"]);
+    // The deploy waits on the VM; --attach picks it up there (its log from the start)
+    // and follows it to its end once it goes on.
+    let attach = Client::spawn(&d, "deploy", &["--attach"]);
+    attach.wait_for("held at health", Duration::from_secs(300));
+    release(&d);
+    let (ok, lines) = attach.wait(&d);
+    assert!(ok, "--attach after the interrupted deploy: {lines:?}");
     assert!(
-        out.status.success(),
-        "--attach after the interrupted deploy"
+        lines.iter().any(|l| l.contains("0.2.0 serves")),
+        "{lines:?}"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("0.2.0"));
     stream.stop_expecting("the interrupted deploy of v2", &["0.1.0", "0.2.0"]);
     assert_eq!(serving_version(&d), "0.2.0");
     let program = hex::encode(Sha256::digest(imgforge::render::program::zipapp()));
