@@ -255,34 +255,34 @@ impl Client {
     }
 
     /// Waits for imgforge to end by itself; returns whether it succeeded, and its lines.
-    pub fn wait(mut self, d: &Deployment) -> (bool, Vec<String>) {
-        let status = self.child.wait().unwrap();
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-        d.ssh.made_until_now(self.connections);
+    pub fn wait(self, d: &Deployment) -> (bool, Vec<String>) {
+        let (status, lines) = self.end(d);
         eprintln!("imgforge ended: {status}");
-        let lines = self.lines.lock().unwrap().clone();
         (status.success(), lines)
     }
 
     /// Sends `signal` (`INT`, `KILL`) to imgforge and its ssh, as a terminal's Ctrl-C or a
     /// CI timeout does, and waits for them to end.
-    pub fn kill(mut self, signal: &str, d: &Deployment) -> Vec<String> {
+    pub fn kill(self, signal: &str, d: &Deployment) -> Vec<String> {
         let pgid = self.child.id().to_string();
         run(Command::new("kill").args([&format!("-{signal}"), "--", &format!("-{pgid}")]));
-        let status = self.child.wait().unwrap();
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-        d.ssh.made_until_now(self.connections);
+        let (status, lines) = self.end(d);
         eprintln!("imgforge killed with SIG{signal}: {status}");
         assert!(
             !status.success(),
             "imgforge ended on its own before the SIG{signal}"
         );
-        let lines = self.lines.lock().unwrap().clone();
         lines
+    }
+
+    fn end(mut self, d: &Deployment) -> (std::process::ExitStatus, Vec<String>) {
+        let status = self.child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        d.ssh.made_until_now(self.connections);
+        let lines = self.lines.lock().unwrap().clone();
+        (status, lines)
     }
 }
 
