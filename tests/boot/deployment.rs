@@ -144,7 +144,17 @@ impl Deployment {
 
     /// Stops the VM and removes the run directory: only a passing test cleans up.
     pub fn finish(self) {
-        let Deployment { dir, vm, .. } = self;
+        let Deployment {
+            name,
+            dir,
+            vm,
+            power_on,
+            ..
+        } = self;
+        eprintln!(
+            "[{name}] passed {:.0}s after power-on",
+            power_on.elapsed().as_secs_f64()
+        );
         vm.stop(Duration::from_secs(30)).unwrap();
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -70,8 +70,10 @@ fn registers_then_gets_a_certificate(name: &str, domain: &str, provider: &str, t
     d.finish();
 }
 
+/// The slow tier: CI boots Cloudflare's registration, and DuckDNS's request in the
+/// refused-token test below.
 #[test]
-#[ignore = "boots a VM for minutes: cargo test --test boot -- --ignored"]
+#[ignore = "boots a VM for minutes: IMGFORGE_SLOW_TESTS=1 tests/ci.sh"]
 fn duckdns_registration_then_the_certificate_with_no_step_by_anyone() {
     registers_then_gets_a_certificate(
         "dns-duckdns",

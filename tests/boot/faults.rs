@@ -3,7 +3,8 @@
 //! then the power is cut during a switch and during a drain. After each fault the VM
 //! either finished the deploy or kept the version before, by itself; app.json, nginx's
 //! upstream and running configuration and the units enabled for boot agree; and after a
-//! boot the version it recorded as active serves.
+//! boot the version it recorded as active serves. Then a version slower to start than any
+//! built-in timeout, and a new instance-id: first boot runs again and keeps it all.
 //!
 //! Each fault lands where it should: the VM program holds a deploy at a phase while
 //! /run/imgforge/hold names it (a tmpfs file: a power cut clears it).
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use crate::day_two::*;
 use crate::deployment::*;
+use crate::first_boot::{predict_cat, top1};
 
 const PHASES: [&str; 6] = ["upload", "load", "start", "health", "switch", "drain"];
 
@@ -42,6 +44,7 @@ fn a_killed_client_or_a_power_cut_never_leaves_a_version_nobody_chose() {
     let mut d = Deployment::seeded("faults", &[], "");
     d.wait_ready_with_certificate();
     let root = d.pebble_root();
+    let label = top1(&predict_cat(&d, &root));
     let bundles: Vec<(String, PathBuf)> = ["0.2.0", "0.3.0"]
         .iter()
         .map(|v| (v.to_string(), classifier_version(&d.dir, v, &[], None)))
@@ -103,5 +106,55 @@ fn a_killed_client_or_a_power_cut_never_leaves_a_version_nobody_chose() {
     power_cut_at(&mut d, "drain", bundle);
     assert_eq!(d.https_json(&root, "/", &[])["version"], next.as_str());
     assert_eq!(&serving_version(&d), next);
+
+    // 5. A version slower to start than any built-in timeout deploys; then a new
+    //    instance-id (a restored snapshot, a provider's migration): first boot runs again.
+    //    It keeps the version that serves (the slow one, given its time again), its data
+    //    and its certificate.
+    let slow = classifier_version(&d.dir, "0.4.0", &[], Some(SLOW_START));
+    let stream = Stream::start(&d, &root, "slow");
+    let out = cli(&d, "deploy", &["--bundle", slow.to_str().unwrap()]);
+    assert!(out.status.success(), "the deploy of the slow 0.4.0 failed");
+    stream.stop_expecting("the deploy of the slow 0.4.0", &[next.as_str(), "0.4.0"]);
+    let certificate = served_certificate(&d);
+    d.vm.note_reboot();
+    let _ = d.ssh.run("sudo cloud-init clean --logs --reboot");
+    let again = d.wait("first boot to run again", Duration::from_secs(2400), &|s| {
+        s.is_finished()
+    });
+    assert!(again.is_ready(), "first boot run again: {again:?}");
+    let first_boot = again.first_boot.clone().expect("first_boot in status.json");
+    assert_eq!(
+        (first_boot.runs, first_boot.kept.as_deref()),
+        (2, Some("0.4.0")),
+        "{first_boot:?}"
+    );
+    for step in ["image", "app"] {
+        assert_eq!(
+            again.steps.get(step).map(String::as_str),
+            Some("kept"),
+            "{step}"
+        );
+    }
+    assert_eq!(
+        served_certificate(&d),
+        certificate,
+        "the certificate changed"
+    );
+    let about = d.https_json(&root, "/", &[]);
+    assert_eq!(
+        about["version"], "0.4.0",
+        "after first boot ran again: {about}"
+    );
+    let history = d.https_json(&root, "/history", &[]).to_string();
+    assert!(history.contains(&label), "history lost: {history}");
+    let http = d.curl("http", "/", &["-o", "/dev/null", "-w", "%{http_code}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&http.stdout),
+        "301",
+        "HTTP serves the API"
+    );
+    assert_eq!(serving_version(&d), "0.4.0");
+
     d.finish();
 }
