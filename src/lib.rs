@@ -2,6 +2,7 @@
 //! a NoCloud seed disk or a baked disk image out, and a local QEMU boot that proves it.
 
 pub mod cli;
+pub mod contract;
 pub mod disk;
 pub mod exit;
 pub mod fsutil;
@@ -14,5 +15,4 @@ pub mod remote;
 pub mod render;
 pub mod seed;
 pub mod spec;
-pub mod status;
 pub mod verify;

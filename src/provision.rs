@@ -87,7 +87,10 @@ pub fn run(p: &Provisioning, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> 
         SeedFile::bytes("meta-data", meta),
     ];
     if let Some(bundle) = p.bundle {
-        files.push(SeedFile::path(&crate::render::layout().seed_bundle, bundle));
+        files.push(SeedFile::path(
+            &crate::contract::layout().seed_bundle,
+            bundle,
+        ));
     }
     crate::seed::write_seed(&seed, &files, SeedFormat::Vfat)?;
 

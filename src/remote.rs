@@ -9,6 +9,7 @@ use std::process::{ChildStdin, Command, Stdio};
 
 use anyhow::{anyhow, Context, Result};
 
+use crate::contract::remote::{Installed, StatusAnswer, Upload};
 use crate::exit::usage;
 
 /// Where the VM is and how to log in.
@@ -78,7 +79,7 @@ impl Host {
             cmd.arg("-i").arg(key).args(["-o", "IdentitiesOnly=yes"]);
         }
         cmd.arg(format!("{}@{}", self.user, self.host));
-        cmd.args(["sudo", "-n", &crate::render::layout().program]);
+        cmd.args(["sudo", "-n", &crate::contract::layout().program]);
         cmd.args(args);
         cmd
     }
@@ -89,11 +90,11 @@ impl Host {
 
     /// Runs the VM program's `args`, with `request` writing its stdin. The program's
     /// progress lines go to stderr as they come; its one JSON line is the result.
-    pub fn call(
+    pub fn call<T: serde::de::DeserializeOwned>(
         &self,
         args: &[&str],
         request: impl FnOnce(&mut ChildStdin) -> std::io::Result<()>,
-    ) -> Result<serde_json::Value> {
+    ) -> Result<T> {
         self.check()?;
         let mut child = self
             .command(args)
@@ -185,11 +186,13 @@ impl Host {
         use sha2::{Digest, Sha256};
         let program = crate::render::program::zipapp();
         let sha256 = hex::encode(Sha256::digest(&program));
-        let head = serde_json::json!({ "size": program.len(), "sha256": sha256 });
-        let answer = self.call(&["install-program"], |stdin| {
+        let head = Upload {
+            size: program.len() as u64,
+            sha256: sha256.clone(),
+        };
+        let Installed { replaced } = self.call(&["install-program"], |stdin| {
             send(stdin, &head, Some(&mut program.as_slice()))
         })?;
-        let replaced = answer["replaced"].as_bool().unwrap_or(false);
         if replaced {
             eprintln!(
                 "imgforge: updated the VM program on {} to this imgforge's ({})",
@@ -199,12 +202,19 @@ impl Host {
         }
         Ok(replaced)
     }
+
+    /// `imgforge-vm status`: status.json and what only root sees.
+    pub fn status(&self) -> Result<StatusAnswer> {
+        self.call(&["status"], |stdin| {
+            send(stdin, &serde_json::json!({}), None)
+        })
+    }
 }
 
 /// Writes a request line (JSON) and then the bytes of `body`, if any.
 pub fn send(
     stdin: &mut ChildStdin,
-    head: &serde_json::Value,
+    head: &impl serde::Serialize,
     body: Option<&mut dyn Read>,
 ) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(head)?;

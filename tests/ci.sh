@@ -36,11 +36,12 @@ apt-get update -qq
 # cloud-init: `cloud-init schema` checks every rendered user-data.
 # skopeo, podman: read and load the OCI bundles. dosfstools, mtools, xorriso: check seed disks.
 # openssh-client/-server, sudo: verify's SSH checks against a real sshd. busybox-static: a tiny test app.
+# python3-jsonschema: the VM program's tests check what it writes against guest/schema/.
 # ssh-audit: checks the booted VM's sshd (and the current release from PyPI, below).
 # mmdebstrap, e2fsprogs, fdisk, openssl (and QEMU, below): the guest image and boot tests.
 # python3-venv, npm: the classifier's model build (pinned packages from PyPI and npm).
 pkgs=(cloud-init skopeo podman containerd dosfstools mtools xorriso openssh-client openssh-server
-    busybox-static mmdebstrap e2fsprogs fdisk openssl ca-certificates
+    busybox-static python3-jsonschema mmdebstrap e2fsprogs fdisk openssl ca-certificates
     curl file sudo binutils procps uidmap fuse-overlayfs gpg ssh-audit)
 # Machines that already carry Node.js/npm or a Python with venv (not from Debian) keep theirs:
 # Debian's npm conflicts with a nodejs from elsewhere.

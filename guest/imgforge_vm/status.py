@@ -1,7 +1,8 @@
 """status.json: what the deployment did, as one versioned document.
 
 imgforge reads it from outside (the serial console line `imgforge-status: {...}`, or the
-file over SSH); its Rust twin is `imgforge::status::Status`. A new field is added without
+file over SSH); its Rust twin is `imgforge::contract::status::Status`, and its schema
+guest/schema/status.schema.json (the unit tests check every document against it). A new field is added without
 a version change; a field that changes meaning gets a new version.
 """
 
@@ -19,7 +20,7 @@ DONE = ("ok", "skipped", "kept")
 
 
 def new(step_names):
-    return {"version": VERSION, "steps": {s: "pending" for s in step_names},
+    return {"version": VERSION, "state": "pending", "steps": {s: "pending" for s in step_names},
             "certificate": "pending", "health": "pending",
             "cloud_init": {"status": "running", "errors": []}}
 

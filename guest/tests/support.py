@@ -8,20 +8,25 @@ import tempfile
 import threading
 from unittest import mock
 
-from imgforge_vm import firstboot
+from imgforge_vm import firstboot, status
 from imgforge_vm.context import Ctx
 from imgforge_vm.layout import Layout
 from imgforge_vm.system import Failed
 
-CONF = {
-    "version": 1, "domain": "api.example.com", "tls": True, "email": "ops@example.com",
-    "acme_server": None, "acme_ca_bundle": False, "admin_user": "deploy",
-    "image": "imgforge/classifier:0.1.0", "bundle": {"kind": "registry"},
-    "docker_source": "docker-ce", "offline": False, "data_dir": "/srv/app/data",
-    "data_path": "/app/data", "container_port": 8000, "health_path": "/health",
-    "max_body_size": "10m", "backup_keep": 7, "app": {"memory": "1g", "pids_limit": 512},
-    "app_start_timeout": 600,
-}
+from . import schema
+
+# deploy.json as `imgforge render` writes it (tests/cli/render.rs writes the fixture), with
+# the image these tests deploy.
+CONF = dict(schema.fixture("deploy-v1.json"), image="imgforge/classifier:0.1.0")
+
+
+def _checked_dumps(st, _dumps=status.dumps):
+    """status.json's text, once the document passed its schema."""
+    return _dumps(schema.check("status", st))
+
+
+# Every status.json the program writes in these tests is checked against its schema.
+status.dumps = _checked_dumps
 
 
 class Vm:
@@ -34,7 +39,7 @@ class Vm:
         with open(self.paths.boot_id, "w") as f:
             f.write("boot-1\n")
         os.makedirs(os.path.dirname(self.paths.console))
-        c = dict(CONF, **conf)
+        c = schema.check("deploy", dict(CONF, **conf))
         c["data_dir"] = self.root + c["data_dir"]
         self.ctx = Ctx(c, self.paths, firstboot.STEP_NAMES)
 
@@ -48,6 +53,29 @@ class Vm:
 
     def cleanup(self):
         shutil.rmtree(self.root)
+
+
+def ready_first_boot(ctx):
+    """status.json after a first boot that went well, with every field the program writes
+    (fixed times, so the fixtures built from it stay the same)."""
+    for name in ctx.step_names:
+        ctx.update({name: "skipped" if name == "packages" else "ok"})
+    app = {"slot": "blue", "image": "imgforge/classifier:0.1.0",
+           "image_id": "sha256:" + "a" * 64, "version": "0.1.0",
+           "since": "2026-01-01T00:00:10Z"}
+    deploy = {"kind": "first-boot", "version": "0.1.0", "image": app["image"],
+              "image_id": app["image_id"], "slot": "blue",
+              "started": "2026-01-01T00:00:00Z", "finished": "2026-01-01T00:00:10Z",
+              "result": "ok", "error": None, "healthy_s": 4.2, "switch_s": 0.3}
+    first_boot = {"runs": 1, "instance_id": "iid-1", "started": "2026-01-01T00:00:00Z",
+                  "kept": None}
+    st = ctx.update(certificate="ok", certificate_detail="", app=app, deploys=[deploy],
+                    first_boot=first_boot, dns="ok", dns_detail="", upgrade="ok",
+                    upgrade_detail="", previous_version=None, provisioned=None, error=None,
+                    cloud_init={"status": "done", "errors": []}, health="ok",
+                    host_keys=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFixture"])
+    st["updated"] = "2026-01-01T00:00:11Z"
+    return st
 
 
 class Docker:

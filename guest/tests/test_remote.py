@@ -10,7 +10,8 @@ from imgforge_vm import app, install, proxy, remote
 from imgforge_vm.app import Refused
 from imgforge_vm.system import Failed
 
-from .support import Docker, Vm
+from . import schema
+from .support import Docker, Vm, ready_first_boot
 
 
 def stream(head, body=b""):
@@ -210,6 +211,21 @@ class Serving(unittest.TestCase):
         self.assertIn("upstream file names port 8001", problems[0])
         self.assertIn("not reloaded", problems[1])
         self.assertIn("green.service is enabled", problems[2])
+
+
+    def test_the_answer_is_the_one_imgforge_reads(self):
+        """status's answer against its schema, and with the shape of the fixture imgforge's
+        Rust side parses (src/cli/status.rs): one disagreement, so it has problems."""
+        ready_first_boot(self.vm.ctx)
+        proxy.point_upstream(self.vm.paths, 8001)
+        with mock.patch.object(remote, "out", lambda *a, **k: "4096\t/x\n"):
+            doc = schema.check("status-answer", remote.report(self.vm.ctx))
+        path = os.path.join(schema.FIXTURES, "status-answer-v1.json")
+        if os.environ.get("IMGFORGE_UPDATE_GOLDEN"):
+            with open(path, "w") as f:
+                f.write(json.dumps(doc, indent=2) + "\n")
+        self.assertEqual(schema.shape(doc), schema.shape(schema.fixture("status-answer-v1.json")))
+        self.assertFalse(doc["healthy"])
 
 
 GUEST = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

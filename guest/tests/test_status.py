@@ -4,7 +4,7 @@ import unittest
 
 from imgforge_vm import status
 
-from .support import Vm
+from .support import Vm, ready_first_boot
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "status-v1.json")
 
@@ -66,28 +66,13 @@ class Update(unittest.TestCase):
 
 
 class Fixture(unittest.TestCase):
-    """The document imgforge's Rust side parses (src/status.rs reads the same file)."""
+    """The document imgforge's Rust side parses (src/contract/status.rs reads the same
+    file, and fails on a field of its type the file lacks)."""
 
     def test_a_ready_first_boot_matches_the_fixture(self):
         vm = Vm()
         try:
-            ctx = vm.ctx
-            for name in ctx.step_names:
-                ctx.update({name: "skipped" if name == "packages" else "ok"})
-            app = {"slot": "blue", "image": "imgforge/classifier:0.1.0",
-                   "image_id": "sha256:" + "a" * 64, "version": "0.1.0",
-                   "since": "2026-01-01T00:00:10Z"}
-            deploy = {"kind": "first-boot", "version": "0.1.0", "image": app["image"],
-                      "image_id": app["image_id"], "slot": "blue",
-                      "started": "2026-01-01T00:00:00Z", "finished": "2026-01-01T00:00:10Z",
-                      "result": "ok", "healthy_s": 4.2, "switch_s": 0.3}
-            first_boot = {"runs": 1, "instance_id": "iid-1", "started": "2026-01-01T00:00:00Z",
-                          "kept": None}
-            st = ctx.update(certificate="ok", certificate_detail="", app=app, deploys=[deploy],
-                            first_boot=first_boot,
-                            cloud_init={"status": "done", "errors": []}, health="ok",
-                            host_keys=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFixture"])
-            st["updated"] = "2026-01-01T00:00:11Z"
+            st = ready_first_boot(vm.ctx)
             text = status.dumps(st)
             if os.environ.get("IMGFORGE_UPDATE_GOLDEN"):
                 with open(FIXTURE, "w") as f:
@@ -95,5 +80,14 @@ class Fixture(unittest.TestCase):
             with open(FIXTURE) as f:
                 self.assertEqual(f.read(), text)
             self.assertEqual(st["state"], "ready")
+        finally:
+            vm.cleanup()
+
+    def test_a_key_the_schema_lacks_is_refused(self):
+        vm = Vm()
+        try:
+            with self.assertRaises(AssertionError) as e:
+                vm.ctx.update(health="ok", healthy=True)
+            self.assertIn("healthy", str(e.exception))
         finally:
             vm.cleanup()

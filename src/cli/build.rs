@@ -106,7 +106,7 @@ pub fn run(args: Args) -> Result<()> {
         Bundle::File { sha256 }
     })?;
     let deployment = Deployment::load(&flags, bundle)?;
-    let layout = crate::render::layout();
+    let layout = crate::contract::layout();
     let mut files = Vec::new();
     if let Some(bundle) = &args.bundle {
         files.push(DiskFile::path(&layout.baked_bundle, bundle, 0o600));
@@ -214,7 +214,7 @@ fn bake(
     }
     let templates = deployment.templates(flags)?;
     let rendered = crate::render::user_data(&deployment.spec, &templates)?;
-    let layout = crate::render::layout();
+    let layout = crate::contract::layout();
     files.insert(
         0,
         DiskFile::bytes(&layout.system_cloud_config, rendered.text, 0o600),

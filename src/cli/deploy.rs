@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 
+use crate::contract::remote::{DeployRequest, Upload};
+use crate::contract::status::Deploy;
 use crate::remote::{send, Host};
 use crate::spec::{EnvName, EnvValue, ImageRef};
 
@@ -83,7 +85,7 @@ pub struct RollbackArgs {
 pub fn run(args: Args) -> Result<()> {
     if args.attach {
         args.host.update_program()?;
-        let result = args
+        let result: Deploy = args
             .host
             .call(&["attach"], |stdin| send(stdin, &json!({}), None))?;
         print_result("deployed", &result, None);
@@ -120,11 +122,9 @@ pub fn run(args: Args) -> Result<()> {
     let name = match (&bundle, &image) {
         (Some((_, info)), None) => {
             // Another repository than the one running is a different app: say so first.
-            let running = args
-                .host
-                .call(&["status"], |stdin| send(stdin, &json!({}), None))?;
-            let current = running["status"]["app"]["image"].as_str().unwrap_or("");
-            if let Ok(current) = ImageRef::parse(current) {
+            let running = args.host.status()?;
+            let current = running.status.and_then(|s| s.app).map(|a| a.image);
+            if let Some(Ok(current)) = current.as_deref().map(ImageRef::parse) {
                 if repository(&current) != repository(&info.image) {
                     return Err(crate::exit::usage(format!(
                         "the bundle holds {} but the VM runs {}: pass --image {} to replace the app with another one",
@@ -138,12 +138,13 @@ pub fn run(args: Args) -> Result<()> {
         (None, Some(image)) => image.to_string(),
         (None, None) => unreachable!("clap requires --bundle or --image"),
     };
-    let mut head = json!({
-        "image": name,
-        "env": env,
-        "health_timeout": args.timing.health_timeout,
-        "drain": args.timing.drain,
-    });
+    let mut head = DeployRequest {
+        image: Some(name),
+        env,
+        health_timeout: args.timing.health_timeout,
+        drain: Some(args.timing.drain),
+        bundle: None,
+    };
     let result = match &bundle {
         Some((path, info)) => {
             let mut file = std::fs::File::open(path)
@@ -152,19 +153,22 @@ pub fn run(args: Args) -> Result<()> {
                 .metadata()
                 .with_context(|| format!("reading bundle {}", path.display()))?
                 .len();
-            head["bundle"] = json!({ "size": size, "sha256": info.sha256.as_str() });
+            head.bundle = Some(Upload {
+                size,
+                sha256: info.sha256.to_string(),
+            });
             eprintln!(
                 "imgforge: uploading {} ({size} bytes) to {}",
                 path.display(),
                 args.host.host
             );
-            args.host.call(&["deploy-version"], |stdin| {
+            args.host.call::<Deploy>(&["deploy-version"], |stdin| {
                 send(stdin, &head, Some(&mut file))
             })?
         }
         None => args
             .host
-            .call(&["deploy-version"], |stdin| send(stdin, &head, None))?,
+            .call::<Deploy>(&["deploy-version"], |stdin| send(stdin, &head, None))?,
     };
     print_result("deployed", &result, Some(started));
     Ok(())
@@ -173,22 +177,27 @@ pub fn run(args: Args) -> Result<()> {
 pub fn rollback(args: RollbackArgs) -> Result<()> {
     let started = Instant::now();
     args.host.update_program()?;
-    let head = json!({ "health_timeout": args.timing.health_timeout, "drain": args.timing.drain });
-    let result = args
+    let head = DeployRequest {
+        health_timeout: args.timing.health_timeout,
+        drain: Some(args.timing.drain),
+        ..DeployRequest::default()
+    };
+    let result: Deploy = args
         .host
         .call(&["rollback"], |stdin| send(stdin, &head, None))?;
     print_result("rolled back to", &result, Some(started));
     Ok(())
 }
 
-fn print_result(what: &str, r: &Value, started: Option<Instant>) {
+fn print_result(what: &str, r: &Deploy, started: Option<Instant>) {
+    let secs = |s: Option<f64>| s.map_or("?".to_owned(), |s| s.to_string());
     println!(
         "{what} {} ({}) on the {} slot: healthy after {}s, traffic on it {}s later{}",
-        r["version"].as_str().unwrap_or("?"),
-        r["image"].as_str().unwrap_or("?"),
-        r["slot"].as_str().unwrap_or("?"),
-        r["healthy_s"],
-        r["switch_s"],
+        r.version,
+        r.image,
+        r.slot,
+        secs(r.healthy_s),
+        secs(r.switch_s),
         started.map_or(String::new(), |s| format!(
             "; {:.1}s in all",
             s.elapsed().as_secs_f64()

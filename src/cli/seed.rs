@@ -92,7 +92,10 @@ pub fn run(args: Args) -> Result<()> {
         files.push(SeedFile::bytes("network-config", text));
     }
     if let Some(bundle) = &args.bundle {
-        files.push(SeedFile::path(&crate::render::layout().seed_bundle, bundle));
+        files.push(SeedFile::path(
+            &crate::contract::layout().seed_bundle,
+            bundle,
+        ));
     }
     let format = match args.format {
         Format::Vfat => SeedFormat::Vfat,

@@ -4,15 +4,15 @@
 //! disagrees with itself.
 
 use anyhow::Result;
-use serde_json::{json, Value};
 
-use crate::remote::{send, Host};
+use crate::contract::remote::StatusAnswer;
+use crate::remote::Host;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub host: Host,
-    /// Print the VM's answer as JSON
+    /// Print the VM's answer as JSON (guest/schema/status-answer.schema.json)
     #[arg(long)]
     pub json: bool,
 }
@@ -20,16 +20,14 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     // The VM's answer comes from this imgforge's program (first boot's lacks day two).
     args.host.update_program()?;
-    let doc = args
-        .host
-        .call(&["status"], |stdin| send(stdin, &json!({}), None))?;
+    let answer = args.host.status()?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
-        print!("{}", summary(&args.host.host, &doc));
+        print!("{}", summary(&args.host.host, &answer));
     }
     anyhow::ensure!(
-        doc["healthy"] == true,
+        answer.healthy,
         "{} does not serve as it should (see above)",
         args.host.host
     );
@@ -37,74 +35,85 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// The answer as a few lines a person reads.
-pub fn summary(host: &str, doc: &Value) -> String {
-    let st = &doc["status"];
-    let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
-    let mut out = format!("{host}: {}\n", s(&st["state"]));
-    let app = &st["app"];
-    let serving = &doc["serving"];
-    out.push_str(&format!(
-        "  app          {} ({}) on the {} slot since {}\n",
-        s(&app["version"]),
-        s(&app["image"]),
-        s(&app["slot"]),
-        s(&app["since"]),
-    ));
-    let answer = match &serving["answer"] {
-        Value::Number(n) => format!("HTTP {n}"),
-        other => other.as_str().unwrap_or("no answer").to_owned(),
+pub fn summary(host: &str, answer: &StatusAnswer) -> String {
+    let or_dash = |v: Option<&str>| v.unwrap_or("-").to_owned();
+    let st = answer.status.as_ref();
+    let state = st.map_or("no status.json yet".to_owned(), |s| {
+        serde_json::to_value(s.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    });
+    let mut out = format!("{host}: {state}\n");
+    match st.and_then(|s| s.app.as_ref()) {
+        Some(app) => out.push_str(&format!(
+            "  app          {} ({}) on the {} slot since {}\n",
+            app.version,
+            app.image,
+            app.slot,
+            or_dash(app.since.as_deref()),
+        )),
+        None => out.push_str("  app          none yet\n"),
+    }
+    let serving = &answer.serving;
+    let said = match serving.answer {
+        0 => "no answer".to_owned(),
+        code => format!("HTTP {code}"),
     };
     out.push_str(&format!(
-        "  serving      {} {}: {answer}\n",
-        s(&serving["path"]),
-        if serving["answers"] == true {
+        "  serving      {} {}: {said}\n",
+        serving.path,
+        if serving.answers {
             "answers"
         } else {
             "does NOT answer"
         },
     ));
-    for problem in serving["problems"].as_array().into_iter().flatten() {
-        out.push_str(&format!("  PROBLEM      {}\n", s(problem)));
+    for problem in &serving.problems {
+        out.push_str(&format!("  PROBLEM      {problem}\n"));
     }
-    if let Some(job) = doc["deploy"].as_str() {
+    if let Some(job) = &answer.deploy {
         out.push_str(&format!(
             "  deploying    {job} (imgforge deploy --attach follows it)\n"
         ));
     }
-    let cert = &doc["certificate"];
-    if cert.is_null() {
-        out.push_str(&format!("  certificate  {}\n", s(&st["certificate"])));
-    } else {
-        out.push_str(&format!(
+    match &answer.certificate {
+        Some(cert) => out.push_str(&format!(
             "  certificate  from {}, expires {}\n",
-            s(&cert["issuer"]),
-            s(&cert["not_after"])
-        ));
+            cert.issuer, cert.not_after
+        )),
+        None => out.push_str(&format!(
+            "  certificate  {}\n",
+            or_dash(st.and_then(|s| s.certificate.as_deref()))
+        )),
     }
-    if let Some(runs) = st["first_boot"]["runs"].as_u64().filter(|r| *r > 1) {
-        out.push_str(&format!(
-            "  first boot   ran {runs} times (a new instance: it kept {})\n",
-            s(&st["first_boot"]["kept"])
-        ));
+    if let Some(first_boot) = st.and_then(|s| s.first_boot.as_ref()) {
+        if first_boot.runs > 1 {
+            out.push_str(&format!(
+                "  first boot   ran {} times (a new instance: it kept {})\n",
+                first_boot.runs,
+                or_dash(first_boot.kept.as_deref())
+            ));
+        }
     }
-    for d in st["deploys"].as_array().into_iter().flatten() {
+    for d in st.map(|s| s.deploys.as_slice()).unwrap_or_default() {
         out.push_str(&format!(
             "  {:<12} {} {} -> {} slot: {}{}\n",
-            s(&d["kind"]),
-            s(&d["finished"]),
-            s(&d["version"]),
-            s(&d["slot"]),
-            s(&d["result"]),
-            d["error"]
-                .as_str()
+            d.kind,
+            or_dash(d.finished.as_deref()),
+            d.version,
+            d.slot,
+            d.result,
+            d.error
+                .as_deref()
                 .map(|e| format!(" ({e})"))
                 .unwrap_or_default()
         ));
     }
-    for (name, bytes) in doc["disk"].as_object().into_iter().flatten() {
+    for (name, bytes) in &answer.disk {
         out.push_str(&format!(
             "  disk         {name}: {}\n",
-            crate::disk::human(bytes.as_u64().unwrap_or(0))
+            crate::disk::human(*bytes)
         ));
     }
     out
@@ -112,30 +121,24 @@ pub fn summary(host: &str, doc: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use crate::contract::remote::StatusAnswer;
 
+    /// guest/tests/fixtures/status-answer-v1.json is the VM program's own answer, written
+    /// by its unit test (guest/tests/test_remote.py): a disagreement in it is printed.
     #[test]
-    fn a_disagreement_is_printed_as_a_problem_and_the_path_users_take_is_named() {
-        let doc = json!({
-            "status": {"state": "ready", "app": {"version": "0.2.0", "image": "a/b:0.2.0",
-                       "slot": "green", "since": "t"}, "deploys": [], "certificate": "ok",
-                       "first_boot": {"runs": 2, "kept": "0.2.0"}},
-            "serving": {"answers": true, "answer": 200, "path": "https://api.example.com/health",
-                        "problems": ["nginx runs with port 8000, not the green slot's (8001)"]},
-            "healthy": false, "deploy": null, "certificate": null, "disk": {}
-        });
-        let text = super::summary("h", &doc);
+    fn the_vm_programs_answer_parses_and_a_disagreement_is_printed() {
+        let text = include_str!("../../guest/tests/fixtures/status-answer-v1.json");
+        let answer: StatusAnswer = serde_json::from_str(text).unwrap();
+        crate::contract::assert_every_field_present(&answer, text);
+        let summary = super::summary("h", &answer);
         assert!(
-            text.contains("https://api.example.com/health answers: HTTP 200"),
-            "{text}"
+            summary.contains("http://api.example.com/health answers: HTTP 200"),
+            "{summary}"
         );
         assert!(
-            text.contains("PROBLEM      nginx runs with port 8000"),
-            "{text}"
+            summary.contains("PROBLEM      the upstream file names port 8001"),
+            "{summary}"
         );
-        assert!(
-            text.contains("ran 2 times (a new instance: it kept 0.2.0)"),
-            "{text}"
-        );
+        assert!(!answer.healthy);
     }
 }

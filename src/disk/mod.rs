@@ -506,8 +506,8 @@ mod tests {
 
     #[test]
     fn guest_paths_are_checked_before_reaching_debugfs() {
-        assert!(check_guest_path(&crate::render::layout().system_cloud_config).is_ok());
-        assert!(check_guest_path(&crate::render::layout().baked_bundle).is_ok());
+        assert!(check_guest_path(&crate::contract::layout().system_cloud_config).is_ok());
+        assert!(check_guest_path(&crate::contract::layout().baked_bundle).is_ok());
         for bad in [
             "relative",
             "/a b",

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-pub use crate::status::{State, Status};
+pub use crate::contract::status::{State, Status};
 pub use accel::Accel;
 
 use serial::{SerialState, Watcher};

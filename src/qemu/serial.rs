@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::status::{parse_status_line, Status};
+use crate::contract::status::{parse_status_line, Status};
 
 const POLL: Duration = Duration::from_millis(200);
 /// The first line the kernel prints; seeing it twice in one boot means the guest rebooted.

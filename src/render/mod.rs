@@ -4,20 +4,21 @@
 //! `seed` and `build` share.
 
 mod cloud_config;
+mod deploy_json;
 pub mod program;
 mod provider;
 mod templates;
-pub mod vm;
 
 use anyhow::{Context, Result};
 use base64::Engine;
 use serde_json::json;
 
 pub use cloud_config::{CloudConfig, HostKeys, User, WriteFile, HEADER};
+pub use deploy_json::deploy_json;
 pub use provider::{package, package_texts, Encoding, Packaged, Provider};
 pub use templates::Templates;
-pub use vm::{layout, Layout, VmConfig};
 
+use crate::contract::layout;
 use crate::keys::KeyPair;
 use crate::spec::{Bundle, DockerSource, Spec};
 
@@ -85,7 +86,7 @@ fn cloud_config(
     templates: &Templates,
 ) -> Result<(CloudConfig, program::Needs, Option<String>)> {
     let layout = layout();
-    let config = VmConfig::new(spec);
+    let config = deploy_json(spec);
     let vars = json!({ "config": &config, "layout": layout });
     let t = |name: &str| templates.render(name, &vars);
     let unit = |name: &str| format!("/etc/systemd/system/{name}");
@@ -258,7 +259,7 @@ fn program_file(needs: program::Needs) -> Result<WriteFile> {
 /// generalizes the disk and powers it off. No users, no keys: nobody logs in.
 pub fn provisioning_user_data(spec: &Spec) -> Result<String> {
     let layout = layout();
-    let config = VmConfig::new(spec);
+    let config = deploy_json(spec);
     let cloud_config = CloudConfig {
         users: Vec::new(),
         disable_root: true,

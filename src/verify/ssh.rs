@@ -22,7 +22,7 @@ echo @@cloud-init; cloud-init status --format json 2>&1; echo "@@rc $?"
 echo @@units; systemctl --failed --plain --no-legend --no-pager 2>&1; echo "@@rc $?"
 echo @@status; cat {} 2>&1; echo "@@rc $?"
 "#,
-        crate::render::layout().status
+        crate::contract::layout().status
     )
 }
 
@@ -510,11 +510,11 @@ fn failed_units_result(section: &Section) -> Result<String, String> {
 }
 
 fn imgforge_status_result(section: &Section, tls: bool) -> Result<String, String> {
-    let path = &crate::render::layout().status;
+    let path = &crate::contract::layout().status;
     if section.rc != Some(0) {
         return Err(format!("reading {path}: {}", short(&section.output, 100)));
     }
-    let st = crate::status::Status::parse(&section.output)
+    let st = crate::contract::status::Status::parse(&section.output)
         .map_err(|e| format!("{path} is not a status document: {e}"))?;
     let cert = st.certificate.as_deref().unwrap_or("");
     let bad_steps: Vec<String> = st

@@ -115,7 +115,7 @@ fn baked_image_boots_without_a_seed_and_serves_https() {
 
     // It really came from the disk: no seed, cloud-init's fallback datasource, the
     // baked config root-only, and the bundle loaded from its baked path.
-    let layout = imgforge::render::layout();
+    let layout = imgforge::contract::layout();
     let stat = format!("sudo stat -c '%a %U' {}", layout.system_cloud_config);
     let script = [
         "sudo cloud-init query platform",

@@ -8,6 +8,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use imgforge::contract::layout;
+use imgforge::contract::remote::StatusAnswer;
+use imgforge::contract::status::Status;
+
 use crate::common::*;
 use crate::deployment::*;
 
@@ -311,7 +315,7 @@ pub fn release(d: &Deployment) {
 
 /// `imgforge status --json`: the VM's answer (imgforge exits 1 when it does not serve as
 /// it should; the answer says why).
-pub fn status(d: &Deployment) -> serde_json::Value {
+pub fn status(d: &Deployment) -> StatusAnswer {
     let out = cli(d, "status", &["--json"]);
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -319,6 +323,12 @@ pub fn status(d: &Deployment) -> serde_json::Value {
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// status.json, read on the VM.
+pub fn status_json(d: &Deployment) -> Status {
+    let text = d.ssh.ok(&format!("cat {}", layout().status));
+    Status::parse(&text).unwrap_or_else(|e| panic!("status.json: {e}: {text}"))
 }
 
 /// The deploy a client left running ends on the VM: `deploy --attach` follows it until it
@@ -340,17 +350,17 @@ pub fn settle(d: &Deployment) -> Output {
 
 /// What serves, from `imgforge status`, agrees everywhere on the VM; returns its version.
 pub fn serving_version(d: &Deployment) -> String {
-    let doc = status(d);
-    assert_eq!(
-        doc["serving"]["problems"],
-        serde_json::json!([]),
-        "the VM disagrees with itself: {doc:#}"
+    let answer = status(d);
+    assert!(
+        answer.serving.problems.is_empty(),
+        "the VM disagrees with itself: {answer:#?}"
     );
-    assert_eq!(doc["healthy"], true, "not healthy: {doc:#}");
-    doc["status"]["app"]["version"]
-        .as_str()
+    assert!(answer.healthy, "not healthy: {answer:#?}");
+    answer
+        .status
+        .and_then(|s| s.app)
+        .map(|a| a.version)
         .expect("a version serves")
-        .to_owned()
 }
 
 /// The SHA-256 fingerprint of the certificate the VM serves over HTTPS.

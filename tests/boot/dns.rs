@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use crate::common::*;
+use crate::day_two::status_json;
 use crate::deployment::*;
 
 /// The tokens the stand-ins accept (tests/guest/rootfs/usr/local/libexec/imgforge-test-dnsapi).
@@ -56,9 +57,8 @@ fn boot(name: &str, domain: &str, provider: &str, token: &str) -> Deployment {
 fn registers_then_gets_a_certificate(name: &str, domain: &str, provider: &str, token: &str) {
     let mut d = boot(name, domain, provider, token);
     let st = d.wait_ready_with_certificate();
-    let status: serde_json::Value =
-        serde_json::from_str(&d.ssh.ok("cat /var/lib/imgforge/status.json")).unwrap();
-    assert_eq!(status["dns"], "ok", "{status}");
+    let status = status_json(&d);
+    assert_eq!(status.dns.as_deref(), Some("ok"), "{status:?}");
     assert!(st.is_ready());
     let root = d.pebble_root();
     let about = d.https_json(&root, "/", &[]);
@@ -107,11 +107,13 @@ fn a_refused_token_is_reported_http_serves_and_nothing_leaks() {
         finished.is_ready(),
         "the deploy failed because of DNS: {finished:?}"
     );
-    let status: serde_json::Value =
-        serde_json::from_str(&d.ssh.ok("cat /var/lib/imgforge/status.json")).unwrap();
-    assert_eq!(status["dns"], "refused", "{status}");
-    assert!(status["dns_detail"].to_string().contains("KO"), "{status}");
-    assert_eq!(status["certificate"], "pending", "{status}");
+    let status = status_json(&d);
+    assert_eq!(status.dns.as_deref(), Some("refused"), "{status:?}");
+    assert!(
+        status.dns_detail.as_deref().unwrap_or("").contains("KO"),
+        "{status:?}"
+    );
+    assert_eq!(status.certificate.as_deref(), Some("pending"), "{status:?}");
     // Nothing registered the name: it does not resolve, even inside the VM.
     let lookup = d.ssh.run(&format!("getent hosts {domain}"));
     assert!(
@@ -129,7 +131,10 @@ fn a_refused_token_is_reported_http_serves_and_nothing_leaks() {
     let (files, journal) = d.ssh.leaks(wrong);
     assert!(files.is_empty(), "the token is in {files:?}");
     assert_eq!(journal, 0, "the token is in the journal");
-    let mode = d.ssh.ok("sudo stat -c '%a %U' /etc/imgforge/dns-token");
+    let mode = d.ssh.ok(&format!(
+        "sudo stat -c '%a %U' {}",
+        imgforge::contract::layout().dns_token
+    ));
     assert_eq!(mode.trim(), "600 root");
     d.finish();
 }

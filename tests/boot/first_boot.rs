@@ -223,7 +223,7 @@ fn a_failed_step_leaves_the_firewall_on_and_says_why() {
         .args(["-o", "-i"])
         .arg(&seed)
         .arg(&other)
-        .arg(format!("::{}", imgforge::render::layout().seed_bundle)));
+        .arg(format!("::{}", imgforge::contract::layout().seed_bundle)));
 
     let mut d = Deployment::boot("failed-step", dir, guest, key, None, Some(&seed), "");
     let done = d.wait("first boot to settle", Duration::from_secs(1800), &|s| {

@@ -83,7 +83,7 @@ fn stderr(out: &Output) -> String {
 /// reviewed in guest/, not as a blob here.
 fn golden(name: &str, actual: &str) {
     let doc = yaml(actual.as_bytes());
-    let program = written(&doc, &imgforge::render::layout().program);
+    let program = written(&doc, &imgforge::contract::layout().program);
     let zip = gunzip(
         &base64::engine::general_purpose::STANDARD
             .decode(&program)
@@ -157,7 +157,7 @@ fn deploy_json(doc: &serde_yaml_ng::Value) -> serde_json::Value {
 /// everything else is `plain`'s.
 fn same_deployment(gzipped: &[u8], plain: &[u8]) {
     use imgforge::render::program;
-    let layout = imgforge::render::layout();
+    let layout = imgforge::contract::layout();
     let (gz, plain) = (yaml(gzipped), yaml(plain));
     let files = |doc: &serde_yaml_ng::Value| -> Vec<serde_yaml_ng::Value> {
         doc["write_files"].as_sequence().unwrap().clone()
@@ -228,6 +228,31 @@ fn four_flags_render_schema_valid_user_data() {
     cloud_init_schema(&text);
 }
 
+/// The VM program's unit tests run on the deploy.json the default deployment renders
+/// (guest/tests/fixtures/deploy-v1.json, rewritten under IMGFORGE_UPDATE_GOLDEN=1), and
+/// the Rust type reads it back with no key left over.
+#[test]
+fn the_vm_programs_tests_run_on_the_deploy_json_render_writes() {
+    let run = Run::new();
+    let doc = yaml(&render_ok(&run, &[]));
+    let text = written(&doc, &imgforge::contract::layout().config);
+    let parsed: imgforge::contract::deploy::DeployJson = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("deploy.json does not parse as DeployJson: {e}\n{text}"));
+    assert_eq!(parsed.version, imgforge::contract::deploy::VERSION);
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/guest/tests/fixtures/deploy-v1.json"
+    );
+    if std::env::var_os("IMGFORGE_UPDATE_GOLDEN").is_some() {
+        std::fs::write(fixture, &text).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_to_string(fixture).unwrap_or_default(),
+        text,
+        "{fixture} is not what render writes: IMGFORGE_UPDATE_GOLDEN=1 cargo test --test cli the_vm_programs_tests"
+    );
+}
+
 #[test]
 fn no_tls_renders_an_http_only_deployment() {
     let run = Run::new();
@@ -237,7 +262,7 @@ fn no_tls_renders_an_http_only_deployment() {
     cloud_init_schema(&out.stdout);
     let doc = yaml(&out.stdout);
     assert_eq!(deploy_json(&doc)["tls"], false);
-    let layout = imgforge::render::layout();
+    let layout = imgforge::contract::layout();
     assert!(written(&doc, &layout.nginx_site_http).contains("server_name _;"));
     // No HTTPS site to install, ever.
     let paths: Vec<&str> = doc["write_files"]
@@ -903,9 +928,19 @@ fn the_shipped_vm_program_passes_its_unit_tests_and_runs() {
             std::fs::copy(entry.path(), tests.join(entry.file_name())).unwrap();
         }
     }
-    for entry in std::fs::read_dir(src.join("fixtures")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), tests.join("fixtures").join(entry.file_name())).unwrap();
+    // The fixtures, and what the contract tests check against: the schemas and the
+    // templates (which read deploy.json's keys the program does not).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (from, to) in [
+        (src.join("fixtures"), tests.join("fixtures")),
+        (root.join("guest/schema"), dir.path().join("schema")),
+        (root.join("templates"), dir.path().join("templates")),
+    ] {
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
     }
     let out = Command::new("python3")
         .args(["-m", "unittest", "discover", "-s", "tests", "-t", "."])
@@ -1001,7 +1036,7 @@ fn dns_registration_takes_its_token_from_a_private_file() {
     cloud_init_schema(&text);
     let doc = yaml(&text);
     assert_eq!(
-        written(&doc, &imgforge::render::layout().dns_token),
+        written(&doc, &imgforge::contract::layout().dns_token),
         "d0c0ffee-0000-4000-8000-00000000dd05\n"
     );
     let dj = deploy_json(&doc);

@@ -4,6 +4,7 @@
 //! and `status`. Versioned; read leniently (unknown fields ignored, missing ones empty).
 
 use indexmap::IndexMap;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// What starts a status line on the serial console.
@@ -13,7 +14,8 @@ pub const STATUS_PREFIX: &str = "imgforge-status:";
 pub const VERSION: u32 = 1;
 
 /// One status document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Status {
     #[serde(default)]
     pub version: u32,
@@ -64,7 +66,8 @@ pub struct Status {
 }
 
 /// First boot on this VM: how many times cloud-init ran it, and what a later run kept.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct FirstBoot {
     pub runs: u32,
     #[serde(default)]
@@ -77,7 +80,8 @@ pub struct FirstBoot {
 }
 
 /// The version of the app a slot runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct AppVersion {
     pub slot: String,
     pub image: String,
@@ -88,7 +92,8 @@ pub struct AppVersion {
 }
 
 /// One deploy (first boot, deploy or rollback) and how it ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Deploy {
     pub kind: String,
     pub version: String,
@@ -110,7 +115,7 @@ pub struct Deploy {
 }
 
 /// The deployment's overall state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Ready,
@@ -118,11 +123,13 @@ pub enum State {
     Pending,
     /// A state this version does not know; treated as not decided yet.
     #[serde(other)]
+    #[schemars(skip)]
     Unknown,
 }
 
 /// cloud-init's own verdict for this boot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct CloudInit {
     pub status: String,
     #[serde(default)]
@@ -228,7 +235,7 @@ mod tests {
     fn the_vm_programs_fixture_parses_with_every_field() {
         // guest/tests/fixtures/status-v1.json is written by the VM program's own test
         // (guest/tests/test_status.py): both sides hold the same document.
-        let text = include_str!("../guest/tests/fixtures/status-v1.json");
+        let text = include_str!("../../guest/tests/fixtures/status-v1.json");
         let s = Status::parse(text).unwrap();
         assert_eq!(s.version, VERSION);
         assert!(s.is_ready(), "{s:?}");
@@ -239,6 +246,9 @@ mod tests {
         assert_eq!(s.deploys.last().map(|d| d.result.as_str()), Some("ok"));
         let first_boot = s.first_boot.as_ref().expect("first_boot");
         assert_eq!((first_boot.runs, first_boot.kept.as_deref()), (1, None));
+        // Every field of the type is in the fixture: a field the program never writes
+        // fails here, one the type lacks fails the program's schema check.
+        crate::contract::assert_every_field_present(&s, text);
     }
 
     #[test]

@@ -1,0 +1,69 @@
+//! deploy.json: the deployment as the VM program reads it (`/etc/imgforge/deploy.json`),
+//! rendered from the user's input by [`crate::render`].
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{DnsProvider, DockerSource};
+
+/// The document version this imgforge writes; the program refuses one it does not know.
+pub const VERSION: u32 = 1;
+
+/// Processes the app's container may run at once.
+pub const PIDS_LIMIT: u32 = 512;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployJson {
+    /// Bumped when a field changes meaning.
+    pub version: u32,
+    pub domain: Option<String>,
+    pub tls: bool,
+    pub email: Option<String>,
+    pub acme_server: Option<String>,
+    /// Whether `acme_ca` (layout.json) holds the ACME server's CA bundle.
+    pub acme_ca_bundle: bool,
+    pub admin_user: String,
+    pub image: String,
+    pub bundle: BundleJson,
+    pub docker_source: DockerSource,
+    pub offline: bool,
+    pub data_dir: String,
+    pub data_path: String,
+    pub container_port: u16,
+    pub health_path: String,
+    /// Seconds the app may take to answer its health path when it starts (first boot,
+    /// reboots, and deploys that name no --health-timeout).
+    pub app_start_timeout: u32,
+    pub max_body_size: String,
+    pub backup_keep: u32,
+    pub app: AppLimits,
+    /// The DNS provider the VM registers its address with (its token is in its own file).
+    pub dns: Option<DnsJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DnsJson {
+    pub provider: DnsProvider,
+    pub zone: Option<String>,
+    pub api_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppLimits {
+    pub memory: String,
+    pub pids_limit: u32,
+}
+
+/// Where the app's image comes from at first boot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum BundleJson {
+    Registry,
+    Url { url: String, sha256: String },
+    Seed { sha256: String },
+    File { sha256: String },
+    Baked,
+}

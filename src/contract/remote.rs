@@ -1,0 +1,90 @@
+//! The VM program's requests and answers over SSH (`ssh … sudo imgforge-vm COMMAND`): a
+//! request is one JSON line on stdin (then the bytes it announces), an answer one JSON
+//! line on stdout; progress goes to stderr. Exit 2 is a refusal, 1 a failure.
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::status::Status;
+
+/// `deploy-version` and `rollback`: what to run and how long to wait for it. The answer
+/// is the deploy's entry ([`super::status::Deploy`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// The image to run (deploys; a rollback names none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The new version's environment file; absent keeps the running one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// Seconds to wait for the health path; absent: deploy.json's app_start_timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_timeout: Option<u64>,
+    /// Seconds the old version keeps serving requests it already has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<u64>,
+    /// The bundle that follows the request line on stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<Upload>,
+}
+
+/// Bytes that follow a request line: exactly `size`, with this sha256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Upload {
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// `install-program`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Installed {
+    /// The VM ran another program, and runs this one now.
+    pub replaced: bool,
+}
+
+/// `status`'s answer: status.json and what only root sees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct StatusAnswer {
+    /// status.json (none before first boot wrote it).
+    pub status: Option<Status>,
+    /// What serves, checked on the VM.
+    pub serving: Serving,
+    /// The path users take answers and everything on the VM agrees on what serves.
+    pub healthy: bool,
+    /// The deploy running now (its job name), if any.
+    pub deploy: Option<String>,
+    /// The certificate nginx serves, if one is installed.
+    pub certificate: Option<Certificate>,
+    /// Bytes on disk, by what they are (`data`, `backups`).
+    #[serde(default)]
+    pub disk: IndexMap<String, u64>,
+}
+
+/// What serves: the health path through nginx the way users come, and whether app.json,
+/// the upstream file, nginx's running configuration and the units enabled for boot agree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Serving {
+    /// The slot app.json names as active.
+    pub slot: Option<String>,
+    /// The URL checked.
+    pub path: String,
+    /// Its HTTP status; 0 when nothing answered.
+    pub answer: u16,
+    pub answers: bool,
+    /// Each disagreement, in words.
+    #[serde(default)]
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Certificate {
+    pub issuer: String,
+    pub not_after: String,
+}

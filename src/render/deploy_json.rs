@@ -1,0 +1,55 @@
+//! deploy.json from the user's input: the values the templates take too, so each is
+//! defined once.
+
+use crate::contract::deploy::{AppLimits, BundleJson, DeployJson, DnsJson, PIDS_LIMIT, VERSION};
+use crate::spec::{Bundle, Spec};
+
+pub fn deploy_json(spec: &Spec) -> DeployJson {
+    let tls = spec.tls.as_ref();
+    let app = &spec.app;
+    let owned = |s: &str| s.to_owned();
+    DeployJson {
+        version: VERSION,
+        domain: spec.domain.as_ref().map(|d| d.to_string()),
+        tls: tls.is_some(),
+        email: tls.map(|t| t.email.to_string()),
+        acme_server: tls
+            .and_then(|t| t.acme_server.as_ref())
+            .map(|u| u.to_string()),
+        acme_ca_bundle: tls.is_some_and(|t| t.ca_bundle.is_some()),
+        admin_user: spec.admin_user.to_string(),
+        image: app.image.to_string(),
+        bundle: match &app.bundle {
+            Bundle::Registry => BundleJson::Registry,
+            Bundle::Url { url, sha256 } => BundleJson::Url {
+                url: url.to_string(),
+                sha256: sha256.to_string(),
+            },
+            Bundle::Seed { sha256 } => BundleJson::Seed {
+                sha256: sha256.to_string(),
+            },
+            Bundle::File { sha256 } => BundleJson::File {
+                sha256: sha256.to_string(),
+            },
+            Bundle::Baked => BundleJson::Baked,
+        },
+        docker_source: spec.docker_source,
+        offline: spec.offline,
+        data_dir: owned(app.data_dir.as_str()),
+        data_path: owned(app.data_path.as_str()),
+        container_port: app.port.get(),
+        health_path: owned(app.health_path.as_str()),
+        app_start_timeout: app.start_timeout,
+        max_body_size: owned(app.max_body_size.as_str()),
+        backup_keep: spec.backup_keep,
+        app: AppLimits {
+            memory: owned(app.memory.as_str()),
+            pids_limit: PIDS_LIMIT,
+        },
+        dns: spec.dns.as_ref().map(|d| DnsJson {
+            provider: d.provider,
+            zone: d.zone.as_ref().map(|z| z.to_string()),
+            api_url: d.api_url.as_ref().map(|u| u.to_string()),
+        }),
+    }
+}
