@@ -15,6 +15,12 @@ pub const USAGE: u8 = 2;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// The source of an error that reports the user's input in full (the input module's list
+/// of problems): exit code 2, and the report is printed as it is.
+#[derive(Debug, Default, thiserror::Error)]
+#[error("bad input")]
+pub struct BadInput;
+
 /// Builds an `anyhow::Error` that exits with code 2.
 pub fn usage(msg: impl fmt::Display) -> anyhow::Error {
     anyhow::Error::new(UsageError(msg.to_string()))
@@ -49,7 +55,7 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
     }
     let is_usage = err
         .chain()
-        .any(|cause| cause.is::<UsageError>() || cause.is::<crate::spec::Report>());
+        .any(|cause| cause.is::<UsageError>() || cause.is::<BadInput>());
     if is_usage {
         USAGE
     } else {
@@ -60,9 +66,9 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
 /// Prints an error the way users read it: a validation report as is, anything
 /// else as `error: outer: inner: root`.
 pub fn report(err: &anyhow::Error) {
-    if let Some(report) = err.downcast_ref::<crate::spec::Report>() {
-        eprint!("{report}");
-    } else {
-        eprintln!("error: {err:#}");
+    let chain: Vec<_> = err.chain().collect();
+    match chain.iter().position(|cause| cause.is::<BadInput>()) {
+        Some(i) if i > 0 => eprint!("{}", chain[i - 1]),
+        _ => eprintln!("error: {err:#}"),
     }
 }

@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::exit::usage;
+use crate::input::Deployment;
 use crate::qemu::{Accel, Vm, VmConfig, WaitError};
 use crate::seed::{SeedFile, SeedFormat};
-use crate::spec::Spec;
 
 /// How to run the provisioning boot.
 pub struct Provisioning<'a> {
     pub base: &'a Path,
     /// The spec as the provisioning boot sees it (bundle on its seed, packages online).
-    pub spec: &'a Spec,
+    pub spec: &'a Deployment,
     pub bundle: Option<&'a Path>,
     /// The disk's new virtual size, when larger than the base's.
     pub size: Option<u64>,

@@ -207,13 +207,13 @@ static FIXED_TIME: FixedTime = FixedTime;
 
 /// The volume size and FAT layout for the given file sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Layout {
+struct FatGeometry {
     volume_bytes: u64,
     fat32: bool,
     cluster: u32,
 }
 
-fn layout(sizes: &[u64]) -> Result<Layout> {
+fn fat_geometry(sizes: &[u64]) -> Result<FatGeometry> {
     // Size for the worst cluster rounding (32 KiB per file), directory entries
     // and FATs, plus slack so cloud-init never sees a full disk.
     let content: u64 = sizes
@@ -240,13 +240,13 @@ fn layout(sizes: &[u64]) -> Result<Layout> {
         while volume_bytes / u64::from(cluster) > 65_000 {
             cluster *= 2;
         }
-        Ok(Layout {
+        Ok(FatGeometry {
             volume_bytes,
             fat32: false,
             cluster,
         })
     } else {
-        Ok(Layout {
+        Ok(FatGeometry {
             volume_bytes,
             fat32: true,
             cluster: if volume_bytes <= 8 * 1024 * MIB {
@@ -263,7 +263,7 @@ fn write_vfat(file: &fs::File, files: &[SeedFile]) -> Result<()> {
         .iter()
         .map(SeedFile::len)
         .collect::<Result<Vec<_>>>()?;
-    let layout = layout(&sizes)?;
+    let layout = fat_geometry(&sizes)?;
     let mut disk = file;
     disk.set_len(0).context("truncating the image")?;
     disk.set_len(layout.volume_bytes)
@@ -390,7 +390,7 @@ mod tests {
 
     #[test]
     fn small_seeds_are_fat16_at_the_floor() {
-        let l = layout(&[100, 200]).unwrap();
+        let l = fat_geometry(&[100, 200]).unwrap();
         assert_eq!(l.volume_bytes, MIN_VOLUME);
         assert!(!l.fat32);
         assert_eq!(l.cluster, 1024);
@@ -399,7 +399,7 @@ mod tests {
     #[test]
     fn cluster_count_stays_in_fat16_range() {
         for size in [40 * MIB, 200 * MIB, 450 * MIB] {
-            let l = layout(&[size]).unwrap();
+            let l = fat_geometry(&[size]).unwrap();
             assert!(!l.fat32, "{size}");
             let clusters = l.volume_bytes / u64::from(l.cluster);
             assert!((4085..65_525).contains(&clusters), "{size}: {clusters}");
@@ -409,7 +409,7 @@ mod tests {
 
     #[test]
     fn large_seeds_are_fat32() {
-        let l = layout(&[600 * MIB]).unwrap();
+        let l = fat_geometry(&[600 * MIB]).unwrap();
         assert!(l.fat32);
         assert!(l.volume_bytes / u64::from(l.cluster) >= 65_525);
     }

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::deployment::{with_bundle, Deployment};
+use super::load::{with_bundle, Loaded};
 use crate::disk::{BuildPlan, DiskFile, Format};
-use crate::spec::{Bundle, Settings};
+use crate::input::{Bundle, Settings};
 
 // A macro, not a const: concat! below takes only literals.
 macro_rules! examples {
@@ -105,7 +105,7 @@ pub fn run(args: Args) -> Result<()> {
     let (flags, bundle) = with_bundle(&args.settings, args.bundle.as_deref(), |sha256| {
         Bundle::File { sha256 }
     })?;
-    let deployment = Deployment::load(&flags, bundle)?;
+    let deployment = Loaded::load(&flags, bundle)?;
     let layout = crate::contract::layout();
     let mut files = Vec::new();
     if let Some(bundle) = &args.bundle {
@@ -125,7 +125,7 @@ fn provisioned(args: Args) -> Result<()> {
     let (flags, bundle) = with_bundle(&args.settings, args.bundle.as_deref(), |sha256| {
         Bundle::Seed { sha256 }
     })?;
-    let online = Deployment::load(&flags, bundle)?;
+    let online = Loaded::load(&flags, bundle)?;
     if online.spec.offline {
         return Err(crate::exit::usage(
             "--provision with --offline: provisioning installs the packages; leave --offline out",
@@ -169,7 +169,7 @@ fn provisioned(args: Args) -> Result<()> {
     // First boot configures only: packages present, the image in Docker's store.
     let mut baked = flags.clone();
     baked.offline = true;
-    let deployment = Deployment::load(&baked, Some(Bundle::Baked))?;
+    let deployment = Loaded::load(&baked, Some(Bundle::Baked))?;
     bake(&args, &baked, &deployment, &overlay, Vec::new())?;
     crate::disk::stderr_progress(&format!(
         "provisioned and baked in {:.0}s",
@@ -203,7 +203,7 @@ fn parse_size(s: &str) -> Result<u64> {
 fn bake(
     args: &Args,
     flags: &Settings,
-    deployment: &Deployment,
+    deployment: &Loaded,
     base: &std::path::Path,
     mut files: Vec<DiskFile>,
 ) -> Result<()> {

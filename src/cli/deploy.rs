@@ -10,8 +10,8 @@ use serde_json::json;
 
 use crate::contract::remote::{DeployRequest, Upload};
 use crate::contract::status::Deploy;
+use crate::input::{EnvName, EnvValue, ImageRef};
 use crate::remote::{send, Host};
-use crate::spec::{EnvName, EnvValue, ImageRef};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
@@ -220,7 +220,7 @@ fn environment(args: &Args) -> Result<Option<String>> {
     if let Some(path) = &args.env_file {
         let text = crate::fsutil::read_small(path)
             .map_err(|e| crate::exit::usage(format!("--env-file {}: {e}", path.display())))?;
-        for (line, item) in crate::spec::env_file_lines(&text) {
+        for (line, item) in crate::input::env_file_lines(&text) {
             let origin = format!("--env-file {}:{line}", path.display());
             let (name, value) =
                 item.ok_or_else(|| crate::exit::usage(format!("{origin}: expected NAME=VALUE")))?;

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use super::deployment::{print_known_hosts, Deployment};
+use super::load::{print_known_hosts, Loaded};
+use crate::input::{Settings, UserDataSettings};
 use crate::render::Encoding;
-use crate::spec::{Settings, UserDataSettings};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
@@ -30,7 +30,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(output) = &args.output {
         crate::fsutil::check_output(output, "-o", &args.settings.input_files())?;
     }
-    let deployment = Deployment::load(&args.settings, None)?;
+    let deployment = Loaded::load(&args.settings, None)?;
     let templates = deployment.templates(&args.settings)?;
     let rendered = crate::render::user_data(&deployment.spec, &templates)?;
     // The render flags over the config file's `user-data:` keys.

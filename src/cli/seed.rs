@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::deployment::{print_known_hosts, with_bundle, Deployment};
+use super::load::{print_known_hosts, with_bundle, Loaded};
+use crate::input::{Bundle, Settings};
 use crate::seed::{SeedFile, SeedFormat};
-use crate::spec::{Bundle, Settings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -49,10 +49,10 @@ pub fn run(args: Args) -> Result<()> {
     let (flags, bundle) = with_bundle(&args.settings, args.bundle.as_deref(), |sha256| {
         Bundle::Seed { sha256 }
     })?;
-    let deployment = Deployment::load(&flags, bundle)?;
+    let deployment = Loaded::load(&flags, bundle)?;
     let spec = &deployment.spec;
     let hostname = match &args.hostname {
-        Some(h) => crate::spec::Hostname::parse(h)
+        Some(h) => crate::input::Hostname::parse(h)
             .map(|h| h.to_string())
             .map_err(|p| {
                 crate::exit::usage(format!("--hostname {h:?}: {}; {}", p.message, p.help))
@@ -73,7 +73,7 @@ pub fn run(args: Args) -> Result<()> {
                 crate::exit::usage(format!(
                     "--network-config {}: not YAML: {}",
                     path.display(),
-                    crate::spec::parse_message(&e.to_string())
+                    crate::input::parse_message(&e.to_string())
                 ))
             })?;
             Some(text)

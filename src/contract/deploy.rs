@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{DnsProvider, DockerSource};
+use crate::input::{DnsProvider, DockerSource};
 
 /// The document version this imgforge writes; the program refuses one it does not know.
 pub const VERSION: u32 = 1;

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::DockerManifest;
-use crate::spec::{ImageRef, Sha256Hex};
+use crate::input::{ImageRef, Sha256Hex};
 
 pub struct BundleInfo {
     /// The first RepoTag of Docker's manifest.json: what `docker load` tags.

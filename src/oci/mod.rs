@@ -25,7 +25,7 @@ use serde::Serialize;
 pub use compress::Compression;
 pub use spec::ValidSpec;
 
-use crate::spec::ImageRef;
+use crate::input::ImageRef;
 
 use crate::exit::usage;
 

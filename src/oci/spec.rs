@@ -10,7 +10,7 @@ use anyhow::Result;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use crate::spec::{Entry, ImageRef, Origin, Report, Severity};
+use crate::input::{Entry, ImageRef, Origin, Problems, Severity};
 
 /// The file name looked up in a spec directory.
 pub const SPEC_FILE: &str = "image.yaml";
@@ -158,11 +158,11 @@ pub fn load(spec_file: &Path) -> Result<ValidSpec> {
 }
 
 /// Parses and validates spec text; `file` names it in the report.
-pub fn parse(text: &str, file: &Path) -> Result<ValidSpec, Report> {
+pub fn parse(text: &str, file: &Path) -> Result<ValidSpec, Problems> {
     let raw: ImageSpec = serde_yaml_ng::from_str(text).map_err(|e| {
         let loc = e.location();
         let msg = e.to_string();
-        Report::single(Entry {
+        Problems::single(Entry {
             severity: Severity::Error,
             origin: Origin::File {
                 file: file.to_owned(),
@@ -171,12 +171,12 @@ pub fn parse(text: &str, file: &Path) -> Result<ValidSpec, Report> {
                 column: loc.map(|l| l.column()),
             },
             value: None,
-            message: crate::spec::parse_message(&msg),
+            message: crate::input::parse_message(&msg),
             help: String::new(),
         })
     })?;
-    let positions = crate::spec::positions(text);
-    let mut report = Report::default();
+    let positions = crate::input::positions(text);
+    let mut report = Problems::default();
     let mut err = |path: &str, msg: String| {
         let pos = positions.get(path).copied();
         report.error(

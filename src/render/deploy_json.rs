@@ -2,9 +2,9 @@
 //! defined once.
 
 use crate::contract::deploy::{AppLimits, BundleJson, DeployJson, DnsJson, PIDS_LIMIT, VERSION};
-use crate::spec::{Bundle, Spec};
+use crate::input::{Bundle, Deployment};
 
-pub fn deploy_json(spec: &Spec) -> DeployJson {
+pub fn deploy_json(spec: &Deployment) -> DeployJson {
     let tls = spec.tls.as_ref();
     let app = &spec.app;
     let owned = |s: &str| s.to_owned();

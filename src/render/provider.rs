@@ -4,19 +4,7 @@
 use anyhow::Result;
 use base64::Engine;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    #[default]
-    Generic,
-    Aws,
-    Azure,
-    Gcp,
-    Hetzner,
-    Digitalocean,
-    Linode,
-    Openstack,
-}
+pub use crate::input::Provider;
 
 /// Which bytes a provider's limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

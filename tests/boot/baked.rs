@@ -2,59 +2,10 @@
 //! the system configuration, deploys the bundle from the disk, and Pebble issues the
 //! certificate; checked from outside with `imgforge verify` and a direct request.
 
-use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
 use crate::deployment::*;
-
-const WEBAPP_SPEC: &str = r#"name: imgforge/webapp:test
-architecture: amd64
-user: { name: app, uid: 10001, gid: 10001 }
-workdir: /www
-entrypoint: [/bin/busybox, httpd, -f, -v, -p, "8000", -h, /www]
-expose: [8000]
-volumes: [/app/data]
-layers:
-  - name: app
-    files:
-      - { src: busybox, dest: /bin/busybox, mode: "0755" }
-      - { src: www/health, dest: /www/health, mode: "0644" }
-      - { src: www/index.html, dest: /www/index.html, mode: "0644" }
-"#;
-pub const WEBAPP_INDEX: &str = "{\"service\":\"webapp\",\"baked\":true}\n";
-
-/// The busybox web app packed; with `start_delay`, it waits that many seconds before it
-/// serves anything.
-pub fn webapp_bundle(dir: &Path, start_delay: Option<u64>) -> PathBuf {
-    let app = dir.join("webapp");
-    fs::create_dir_all(app.join("www")).unwrap();
-    let mut spec: serde_yaml_ng::Value = serde_yaml_ng::from_str(WEBAPP_SPEC).unwrap();
-    if let Some(delay) = start_delay {
-        let script = format!("sleep {delay} && exec /bin/busybox httpd -f -v -p 8000 -h /www");
-        spec["entrypoint"] =
-            serde_yaml_ng::to_value(["/bin/busybox", "sh", "-c", &script]).unwrap();
-    }
-    fs::write(
-        app.join("image.yaml"),
-        serde_yaml_ng::to_string(&spec).unwrap(),
-    )
-    .unwrap();
-    // busybox-static: one binary with no libraries to bring along.
-    fs::copy("/bin/busybox", app.join("busybox"))
-        .expect("/bin/busybox (apt-get install busybox-static)");
-    fs::write(app.join("www/health"), "ok\n").unwrap();
-    fs::write(app.join("www/index.html"), WEBAPP_INDEX).unwrap();
-    let out = dir.join("webapp.oci.tar");
-    ok(imgforge(&[
-        "pack",
-        app.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]));
-    out
-}
 
 /// The baked image boots with no seed and serves HTTPS.
 #[test]
@@ -62,7 +13,7 @@ pub fn webapp_bundle(dir: &Path, start_delay: Option<u64>) -> PathBuf {
 fn baked_image_boots_without_a_seed_and_serves_https() {
     let (dir, guest, key) = Deployment::prepare("baked");
     // It answers only after SLOW_START seconds: first boot gives it its time.
-    let bundle = webapp_bundle(&dir, Some(crate::day_two::SLOW_START));
+    let bundle = crate::common::apps::webapp_bundle(&dir, Some(crate::day_two::SLOW_START));
     let base = guest.file("disk.qcow2");
     let base_sha = sha256_file(&base);
     let baked = dir.join("baked.qcow2");
@@ -95,7 +46,10 @@ fn baked_image_boots_without_a_seed_and_serves_https() {
     let serving = loop {
         let out = https("/");
         if out.status.success() {
-            assert_eq!(String::from_utf8_lossy(&out.stdout), WEBAPP_INDEX);
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                crate::common::apps::WEBAPP_INDEX
+            );
             break d.power_on.elapsed();
         }
         assert!(

@@ -13,7 +13,6 @@ use imgforge::contract::layout;
 use crate::common::*;
 use crate::day_two::*;
 use crate::deployment::*;
-use crate::first_boot::{predict_cat, top1};
 
 #[test]
 #[ignore = "boots a VM for minutes: cargo test --test boot -- --ignored"]
@@ -113,7 +112,7 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
         "{}",
         stderr(&out)
     );
-    let other = crate::baked::webapp_bundle(&d.dir, None);
+    let other = crate::common::apps::webapp_bundle(&d.dir, None);
     let out = cli(&d, "deploy", &["--bundle", other.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("pass --image"), "{}", stderr(&out));

@@ -298,3 +298,19 @@ impl Deployment {
 pub fn secs(d: Option<Duration>) -> String {
     d.map_or("-".into(), |d| format!("{:.0}s", d.as_secs_f64()))
 }
+
+/// The classifier's answer for the test photo of a cat, over HTTPS with `root` as CA.
+pub fn predict_cat(d: &Deployment, root: &Path) -> serde_json::Value {
+    let photo = format!("{ROOT}/images/classifier/dist/testdata/chelsea.png");
+    let form = format!("file=@{photo};type=image/png");
+    d.https_json(root, "/predict", &["-F", &form])
+}
+
+/// The top-1 label of a prediction.
+pub fn top1(prediction: &serde_json::Value) -> String {
+    let first = &prediction["predictions"][0];
+    first["label"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no top-1 label in {prediction}"))
+        .to_owned()
+}

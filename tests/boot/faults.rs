@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use crate::day_two::*;
 use crate::deployment::*;
-use crate::first_boot::{predict_cat, top1};
 
 const PHASES: [&str; 6] = ["upload", "load", "start", "health", "switch", "drain"];
 

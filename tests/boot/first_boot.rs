@@ -2,7 +2,6 @@
 //! boot deploys everything; tools nobody here wrote find nothing weak; a killed
 //! container comes back; a reboot keeps everything; a failed step leaves the firewall on.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -11,20 +10,6 @@ use crate::security;
 
 /// Quotes, `$`, `%`, spaces and a backslash: must arrive byte-exact in the container.
 const ENV_VALUE: &str = r#"it's "quoted" $HOME %h 100% a\b  two  spaces"#;
-
-pub fn predict_cat(d: &Deployment, root: &Path) -> serde_json::Value {
-    let photo = format!("{ROOT}/images/classifier/dist/testdata/chelsea.png");
-    let form = format!("file=@{photo};type=image/png");
-    d.https_json(root, "/predict", &["-F", &form])
-}
-
-pub fn top1(prediction: &serde_json::Value) -> String {
-    let first = &prediction["predictions"][0];
-    first["label"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no top-1 label in {prediction}"))
-        .to_owned()
-}
 
 /// First boot, then everything a user would check; a killed container; a reboot.
 #[test]

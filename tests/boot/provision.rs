@@ -214,5 +214,11 @@ fn a_provisioned_image_deploys_without_downloads_and_faster_than_the_seed_path()
         seed_path.as_secs_f64(),
         r(seed_path)
     );
+    // What the name claims: the seed path installs from the mirror at first boot, the
+    // provisioned image has it all, so it serves sooner (measured: 228 s against 489 s).
+    assert!(
+        provisioned < seed_path,
+        "the provisioned image served after {provisioned:?}, the seed path after {seed_path:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -220,19 +220,19 @@ fn e2fsck_clean(disk: &Path, offset: u64) {
 /// computed through the library, independently of the build path.
 fn expected_cloud_config(pubkey: &Path, bundle: &Path) -> String {
     let info = imgforge::oci::bundle::inspect(bundle).unwrap();
-    let mut flags = imgforge::spec::Settings {
+    let mut flags = imgforge::input::Settings {
         domain: Some("api.imgforge.test".into()),
         email: Some("ops@example.com".into()),
         ..Default::default()
     };
     flags.admin.ssh_key_files = vec![pubkey.to_path_buf()];
     flags.offline = true;
-    flags.docker_source = Some(imgforge::spec::DockerSource::Distro);
+    flags.docker_source = Some(imgforge::input::DockerSource::Distro);
     flags.app.image = Some(info.image.to_string());
-    let bundle = imgforge::spec::Bundle::File {
+    let bundle = imgforge::input::Bundle::File {
         sha256: info.sha256,
     };
-    let (spec, _) = imgforge::spec::load(&flags, None, Some(bundle), None).unwrap();
+    let (spec, _) = imgforge::input::load(&flags, None, Some(bundle), None).unwrap();
     let templates = imgforge::render::Templates::load(None).unwrap();
     imgforge::render::user_data(&spec, &templates).unwrap().text
 }

@@ -4,8 +4,8 @@
 
 use std::process::Output;
 
+use crate::common::sshd::{closed_port, current_user, keygen, sshd};
 use crate::common::*;
-use crate::verify::{closed_port, current_user, keygen, sshd};
 
 fn deploy(args: &[&str]) -> Output {
     let mut all = vec!["deploy"];

@@ -5,11 +5,11 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod boot;
 mod build;
 mod deploy;
 mod hostile;
 mod pack;
 mod render;
-mod runner;
 mod seed;
 mod verify;

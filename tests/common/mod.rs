@@ -2,6 +2,9 @@
 //! hashes, the guest test image, and SSH into a booted guest.
 #![allow(dead_code)] // each binary uses its own subset
 
+pub mod apps;
+pub mod sshd;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

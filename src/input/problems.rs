@@ -37,16 +37,20 @@ pub struct Entry {
     pub help: String,
 }
 
-/// Problems with the user's input. Its presence in an error chain means exit code 2.
+/// Problems with the user's input. Its source, [`crate::exit::BadInput`], makes it exit
+/// code 2, printed as is.
 #[derive(Debug, Default, thiserror::Error)]
-pub struct Report {
+pub struct Problems {
     pub entries: Vec<Entry>,
+    #[source]
+    bad_input: crate::exit::BadInput,
 }
 
-impl Report {
-    pub fn single(entry: Entry) -> Report {
-        Report {
+impl Problems {
+    pub fn single(entry: Entry) -> Problems {
+        Problems {
             entries: vec![entry],
+            bad_input: crate::exit::BadInput,
         }
     }
 
@@ -122,7 +126,7 @@ impl fmt::Display for Entry {
     }
 }
 
-impl fmt::Display for Report {
+impl fmt::Display for Problems {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for entry in &self.entries {
             writeln!(f, "{entry}")?;

@@ -192,6 +192,21 @@ pub struct DnsSettings {
     pub api_url: Option<String>,
 }
 
+/// The cloud the user-data is for: its size limit and encoding (render::provider).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    #[default]
+    Generic,
+    Aws,
+    Azure,
+    Gcp,
+    Hetzner,
+    Digitalocean,
+    Linode,
+    Openstack,
+}
+
 #[derive(
     Debug,
     Clone,
@@ -227,7 +242,7 @@ pub struct BackupSettings {
 pub struct UserDataSettings {
     /// Fit the user-data to this provider's limit and encoding [default: generic]
     #[arg(long, value_enum)]
-    pub provider: Option<crate::render::Provider>,
+    pub provider: Option<Provider>,
     /// gzip the user-data (cloud-init decompresses it)
     #[arg(long)]
     #[serde(default)]

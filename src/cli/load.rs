@@ -1,33 +1,33 @@
 //! Loading the deployment the way `render`, `seed` and `build` share: the config file the
-//! flags name, the flags over it, validated into a [`Spec`].
+//! flags name, the flags over it, validated into a [`Deployment`].
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
+use crate::input::{Bundle, ConfigFile, Deployment, Settings};
 use crate::render::Templates;
-use crate::spec::{Bundle, ConfigFile, Settings, Spec};
 
 /// A validated deployment and the config file it came from.
-pub struct Deployment {
-    pub spec: Spec,
+pub struct Loaded {
+    pub spec: Deployment,
     pub file: Option<ConfigFile>,
 }
 
-impl Deployment {
+impl Loaded {
     /// Reads `flags.config` (if any) and validates the flags over it. Warnings go to
-    /// stderr; problems come back as a [`crate::spec::Report`] (exit code 2).
-    pub fn load(flags: &Settings, bundle: Option<Bundle>) -> Result<Deployment> {
+    /// stderr; problems come back as a [`crate::input::Problems`] (exit code 2).
+    pub fn load(flags: &Settings, bundle: Option<Bundle>) -> Result<Loaded> {
         let file = match &flags.config {
             Some(path) => Some(ConfigFile::read(path)?),
             None => None,
         };
         let home = std::env::var_os("HOME").map(PathBuf::from);
-        let (spec, report) = crate::spec::load(flags, file.as_ref(), bundle, home.as_deref())?;
+        let (spec, report) = crate::input::load(flags, file.as_ref(), bundle, home.as_deref())?;
         for warning in report.warnings() {
             eprintln!("{warning}");
         }
-        Ok(Deployment { spec, file })
+        Ok(Loaded { spec, file })
     }
 
     /// The templates: the `--templates` directory, else the file's `templates` key
@@ -48,7 +48,7 @@ impl Deployment {
 pub fn with_bundle(
     flags: &Settings,
     bundle: Option<&Path>,
-    place: fn(crate::spec::Sha256Hex) -> Bundle,
+    place: fn(crate::input::Sha256Hex) -> Bundle,
 ) -> Result<(Settings, Option<Bundle>)> {
     let Some(path) = bundle else {
         return Ok((flags.clone(), None));

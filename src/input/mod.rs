@@ -1,9 +1,9 @@
 //! The typed input: `imgforge.yaml` and/or command-line flags ([`Settings`], one struct
-//! for both; flags win), validated into a [`Spec`] whose every field has a safe type, or
-//! a [`Report`] listing every problem at once.
+//! for both; flags win), validated into a [`Deployment`] whose every field has a safe type, or
+//! a [`Problems`] listing every problem at once.
 
 mod locate;
-mod report;
+mod problems;
 pub mod settings;
 pub mod types;
 
@@ -14,15 +14,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use locate::positions;
-pub use report::{parse_message, Entry, Origin, Report, Severity};
-pub use settings::{DnsProvider, Setting, Settings, UserDataSettings, DEFAULT_IMAGE};
+pub use problems::{parse_message, Entry, Origin, Problems, Severity};
+pub use settings::{DnsProvider, Provider, Setting, Settings, UserDataSettings, DEFAULT_IMAGE};
 pub use types::*;
 
 use settings as s;
 
 /// The validated deployment.
 #[derive(Debug, Clone)]
-pub struct Spec {
+pub struct Deployment {
     /// `None` only for an HTTP-only deployment without a domain.
     pub domain: Option<Domain>,
     /// `None` renders an HTTP-only deployment (`--no-tls`).
@@ -116,7 +116,7 @@ pub struct ConfigFile {
 
 impl ConfigFile {
     /// Reads and parses `path`; a problem comes back as a report (exit code 2).
-    pub fn read(path: &Path) -> Result<ConfigFile, Report> {
+    pub fn read(path: &Path) -> Result<ConfigFile, Problems> {
         let origin = |line, column| Origin::File {
             file: path.to_owned(),
             path: "$".into(),
@@ -124,7 +124,7 @@ impl ConfigFile {
             column,
         };
         let text = crate::fsutil::read_small(path).map_err(|e| {
-            Report::single(Entry {
+            Problems::single(Entry {
                 severity: Severity::Error,
                 origin: origin(None, None),
                 value: None,
@@ -139,8 +139,8 @@ impl ConfigFile {
         } else {
             serde_yaml_ng::from_str(&text).map_err(|e| {
                 let loc = e.location();
-                let msg = report::parse_message(&e.to_string());
-                Report::single(Entry {
+                let msg = problems::parse_message(&e.to_string());
+                Problems::single(Entry {
                     severity: Severity::Error,
                     origin: origin(loc.as_ref().map(|l| l.line()), loc.map(|l| l.column())),
                     value: None,
@@ -187,10 +187,10 @@ pub fn load(
     file: Option<&ConfigFile>,
     bundle: Option<Bundle>,
     home: Option<&Path>,
-) -> Result<(Spec, Report), Report> {
+) -> Result<(Deployment, Problems), Problems> {
     let empty = Settings::default();
     let mut v = Validator {
-        report: Report::default(),
+        report: Problems::default(),
         flags,
         file,
         file_settings: file.map_or(&empty, |f| &f.settings),
@@ -204,7 +204,7 @@ pub fn load(
 }
 
 struct Validator<'a> {
-    report: Report,
+    report: Problems,
     flags: &'a Settings,
     file: Option<&'a ConfigFile>,
     file_settings: &'a Settings,
@@ -273,7 +273,7 @@ impl<'a> Validator<'a> {
         self.report.error(Origin::Flag(flag), None, message, help);
     }
 
-    fn spec(&mut self, bundle: Option<Bundle>) -> Option<Spec> {
+    fn spec(&mut self, bundle: Option<Bundle>) -> Option<Deployment> {
         let (flags, file) = (self.flags, self.file_settings);
         let tls_enabled = !flags.no_tls && file.tls.enabled.unwrap_or(true);
         let domain = match self.value(&s::DOMAIN) {
@@ -351,7 +351,7 @@ impl<'a> Validator<'a> {
             });
         }
 
-        Some(Spec {
+        Some(Deployment {
             domain: domain?,
             tls: tls?,
             admin_user: admin_user?,
