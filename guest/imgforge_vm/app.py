@@ -30,9 +30,12 @@ import time
 import urllib.request
 
 from . import proxy
+from .layout import Layout
 from .system import ENV, Failed, log, out, phase, read_json, run, wait_for, write_atomic
 
-SLOTS = ("blue", "green")
+# The slots and the unit that runs one, as layout.json names them.
+SLOTS = tuple(Layout.load().slots)
+APP_UNIT = Layout.load().units["app"]
 HISTORY = 20
 # The longest an old slot keeps serving requests it had when traffic switched.
 DRAIN_SECONDS = 30
@@ -50,7 +53,8 @@ def other(slot):
 
 
 def unit(slot):
-    return f"imgforge-app@{slot}.service"
+    """The slot's systemd unit: an instance of layout.json's app unit template."""
+    return APP_UNIT.replace("@.", f"@{slot}.")
 
 
 def now():
@@ -91,7 +95,7 @@ class Apps:
         self.ctx = ctx
         self.conf = ctx.conf
         self.paths = ctx.paths
-        self.state_path = self.paths.under("state_dir", "app.json")
+        self.state_path = self.paths.app_state
 
     # -- state -------------------------------------------------------------------
     def load(self):
@@ -127,7 +131,7 @@ class Apps:
     def locked(self, wait=0):
         """One deploy at a time on this VM; a second one is refused, after `wait` seconds."""
         os.makedirs(self.paths.state_dir, exist_ok=True)
-        with open(self.paths.under("state_dir", "deploy.lock"), "w") as lock:
+        with open(self.paths.deploy_lock, "w") as lock:
             def take():
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return True
@@ -373,7 +377,7 @@ class Apps:
 
     def backing_up(self):
         """The backup pauses the container while it copies: no answers then is no fault."""
-        with open(self.paths.under("state_dir", "backup.lock"), "a") as lock:
+        with open(self.paths.backup_lock, "a") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
                 return False

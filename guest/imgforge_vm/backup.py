@@ -28,7 +28,7 @@ def backup(ctx, container):
     os.makedirs(dest, mode=0o700, exist_ok=True)
     name = os.path.join(dest, f"data-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.tar.gz")
     # Held while the app is paused: its unit does not take the pause for a fault.
-    lock = open(ctx.paths.under("state_dir", "backup.lock"), "a")
+    lock = open(ctx.paths.backup_lock, "a")
     fcntl.flock(lock, fcntl.LOCK_EX)
     # Paused, the app cannot write half a transaction into the archive.
     paused = container is not None and subprocess.run(

@@ -22,7 +22,7 @@ def fetch(ctx):
     conf, paths = ctx.conf, ctx.paths
     b = conf["bundle"]
     if b["kind"] == "url":
-        dest = paths.under("state_dir", "bundle-download.oci.tar")
+        dest = paths.bundle_download
         retry("downloading the bundle",
               lambda: download(b["url"], dest, BUNDLE_MAX_BYTES, sha256=b["sha256"]), tries=4, delay=10)
         log(f"loading the bundle from {redact(b['url'])}")
@@ -33,8 +33,7 @@ def fetch(ctx):
     elif b["kind"] == "file":
         load_bundle(paths.baked_bundle, b["sha256"])
     elif b["kind"] == "seed":
-        dev = next((d for d in ("/dev/disk/by-label/CIDATA", "/dev/disk/by-label/cidata")
-                    if os.path.exists(d)), None)
+        dev = next((d for d in paths.seed_devices if os.path.exists(d)), None)
         if dev is None:
             raise Failed("no seed disk labelled CIDATA is attached")
         with tempfile.TemporaryDirectory() as mnt:

@@ -20,7 +20,6 @@ from . import proxy, status
 from .system import ENV, fetch, log, read_json, run, write_atomic
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
-LIVE = "/etc/letsencrypt/live"
 # Unchecked conditions (DNS not pointing here yet, ACME server down) are looked at again
 # after this many seconds; they cost the ACME server nothing.
 RECHECK = 60
@@ -42,7 +41,7 @@ def certbot_argv(conf, webroot):
     return argv
 
 
-def valid(domain, live=LIVE):
+def valid(domain, live):
     """Whether a certificate for domain exists that has not expired, with its key."""
     cert = os.path.join(live, domain, "fullchain.pem")
     if not os.path.exists(os.path.join(live, domain, "privkey.pem")):
@@ -55,7 +54,7 @@ def valid(domain, live=LIVE):
 class Certificate:
     def __init__(self, ctx):
         self.ctx = ctx
-        self.state_path = ctx.paths.under("state_dir", "cert-state.json")
+        self.state_path = ctx.paths.cert_state
 
     def load(self):
         return read_json(self.state_path, {"failures": 0, "next": 0})
@@ -69,7 +68,7 @@ class Certificate:
     def attempt(self):
         """One attempt if one is due; a lock keeps two attempts (timer, first boot) apart."""
         os.makedirs(self.ctx.paths.state_dir, exist_ok=True)
-        with open(self.ctx.paths.under("state_dir", "cert.lock"), "w") as lock:
+        with open(self.ctx.paths.cert_lock, "w") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -78,7 +77,7 @@ class Certificate:
 
     def installed(self):
         """With a valid certificate, the HTTPS site is nginx's (installed if it was not)."""
-        if not valid(self.ctx.conf["domain"]):
+        if not valid(self.ctx.conf["domain"], self.ctx.paths.letsencrypt_live):
             return False
         if proxy.install_site(self.ctx.paths, tls=True):
             proxy.reload()
@@ -145,5 +144,5 @@ def start(ctx):
         ctx.update(certificate="disabled")
         return "skipped"
     Certificate(ctx).attempt()
-    run("systemctl", "enable", "--now", "imgforge-cert.timer")
+    run("systemctl", "enable", "--now", ctx.paths.units["cert_timer"])
     return "ok"

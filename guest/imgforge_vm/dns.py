@@ -113,7 +113,7 @@ class Dns:
     def __init__(self, ctx):
         self.ctx = ctx
         self.dns = ctx.conf.get("dns")
-        self.state_path = ctx.paths.under("state_dir", "dns-state.json")
+        self.state_path = ctx.paths.dns_state
 
     def load(self):
         return read_json(self.state_path, {"failures": 0, "next": 0, "address": None})
@@ -161,5 +161,5 @@ class Dns:
 def start(ctx):
     """First boot: one registration now, then the timer follows address changes."""
     Dns(ctx).attempt()
-    run("systemctl", "enable", "--now", "imgforge-dns.timer")
+    run("systemctl", "enable", "--now", ctx.paths.units["dns_timer"])
     return "ok"

@@ -54,9 +54,10 @@ def firewall(ctx):
         apt("install", "ufw")
     run("ufw", "default", "deny", "incoming")
     run("ufw", "default", "allow", "outgoing")
-    run("ufw", "limit", "22/tcp")
-    run("ufw", "allow", "80/tcp")
-    run("ufw", "allow", "443/tcp")
+    ports = ctx.paths.public_ports
+    run("ufw", "limit", f"{ports['ssh']}/tcp")
+    run("ufw", "allow", f"{ports['http']}/tcp")
+    run("ufw", "allow", f"{ports['https']}/tcp")
     run("ufw", "--force", "enable")
 
 
@@ -79,7 +80,7 @@ def upgrade(ctx):
     recorded in status.json (`upgrade`)."""
     if ctx.conf["offline"]:
         return "skipped"
-    run("systemd-run", "--no-block", "--unit", "imgforge-upgrade",
+    run("systemd-run", "--no-block", "--unit", ctx.paths.units["upgrade"],
         "--property", "After=cloud-final.service", ctx.paths.program, "upgrade")
     return "ok"
 
@@ -105,12 +106,12 @@ def docker(ctx):
             # Debian 13 and later ship the client apart from the daemon.
             apt("install", "docker-cli")
         return "ok"
-    osr = os_release()
+    osr = os_release(ctx.paths)
     url = f"https://download.docker.com/linux/{osr['ID']}"
     keyring = ctx.paths.docker_keyring
     retry("fetching Docker's key", lambda: docker_keyring(url + "/gpg", keyring), tries=4, delay=10)
     arch = out("dpkg", "--print-architecture").strip()
-    write_atomic("/etc/apt/sources.list.d/docker.list",
+    write_atomic(ctx.paths.docker_apt_source,
                  f"deb [arch={arch} signed-by={keyring}] {url} {osr['VERSION_CODENAME']} stable\n")
     _updated.clear()  # a new source: its lists are needed
     apt("update")
@@ -132,8 +133,8 @@ def docker_keyring(url, keyring, fingerprint=DOCKER_KEY):
         write_atomic(keyring, exported, 0o644)
 
 
-def os_release():
-    with open("/etc/os-release") as f:
+def os_release(paths):
+    with open(paths.os_release) as f:
         pairs = (line.rstrip("\n").split("=", 1) for line in f if "=" in line)
         return {k: v.strip('"') for k, v in pairs}
 
@@ -164,7 +165,7 @@ def sshd_effective(text):
 
 def image(ctx):
     run("systemctl", "enable", "--now", "docker.service")
-    run("systemctl", "enable", "--now", "imgforge-docker-firewall.service")
+    run("systemctl", "enable", "--now", ctx.paths.units["docker_firewall"])
     if Apps(ctx).active_record():
         return "kept"
     fetch_image(ctx)
@@ -216,18 +217,18 @@ def nginx(ctx):
     if not os.path.exists(paths.probe_token):
         write_atomic(paths.probe_token, os.urandom(16).hex() + "\n")
     os.makedirs(paths.acme_webroot, mode=0o755, exist_ok=True)
-    if os.path.lexists("/etc/nginx/sites-enabled/default"):
-        os.remove("/etc/nginx/sites-enabled/default")
-    enabled = "/etc/nginx/sites-enabled/imgforge"
+    if os.path.lexists(paths.nginx_default_site):
+        os.remove(paths.nginx_default_site)
+    enabled = paths.nginx_site_enabled
     if not os.path.lexists(enabled):
         os.symlink(paths.nginx_site, enabled)
     if not os.path.exists(paths.nginx_upstream):
         # The slot the app step will switch to; until it does, nginx answers 502.
-        write_atomic(paths.nginx_upstream, proxy.upstream_conf(paths.slot_port(SLOTS[0])))
-    proxy.install_site(paths, tls=conf["tls"] and cert.valid(conf["domain"]))
+        write_atomic(paths.nginx_upstream, proxy.upstream_conf(paths, paths.slot_port(SLOTS[0])))
+    proxy.install_site(paths, tls=conf["tls"] and cert.valid(conf["domain"], paths.letsencrypt_live))
     # What nginx really reads, not what a distribution's nginx.conf usually includes.
     dump = out("nginx", "-T")
-    unread = [p for p in (enabled, "/etc/nginx/conf.d/imgforge.conf")
+    unread = [p for p in (enabled, paths.nginx_conf)
               if f"# configuration file {p}:" not in dump]
     if unread:
         raise Failed("nginx does not read " + ", ".join(unread) +
@@ -237,7 +238,7 @@ def nginx(ctx):
 
 
 def backup(ctx):
-    run("systemctl", "enable", "--now", "imgforge-backup.timer")
+    run("systemctl", "enable", "--now", ctx.paths.units["backup_timer"])
 
 
 def dns(ctx):
@@ -277,8 +278,9 @@ def deploy(ctx):
     shutil.rmtree(ctx.paths.program_src, ignore_errors=True)
     run("systemctl", "daemon-reload")
     # Started now, the report waits for cloud-init to finish, so a failed step is reported too.
-    run("systemctl", "enable", "imgforge-report.service", "imgforge-recover.service")
-    run("systemctl", "start", "--no-block", "imgforge-report.service")
+    units = ctx.paths.units
+    run("systemctl", "enable", units["report"], units["recover"])
+    run("systemctl", "start", "--no-block", units["report"])
     before = status.read(ctx.paths) or {}
     kept = Apps(ctx).active_record()
     runs = max((before.get("first_boot") or {}).get("runs", 0), 1 if kept else 0) + 1
@@ -286,14 +288,14 @@ def deploy(ctx):
         log(f"first boot runs again (run {runs}) on a VM that serves {kept['version']}: "
             "it keeps that version, its data and its certificate")
     status.begin(ctx.paths, ctx.step_names, first_boot={
-        "runs": runs, "instance_id": instance_id(), "started": time.strftime(
+        "runs": runs, "instance_id": instance_id(ctx.paths), "started": time.strftime(
             "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kept": kept["version"] if kept else None})
     return run_steps(ctx)
 
 
-def instance_id(path="/var/lib/cloud/data/instance-id"):
+def instance_id(paths):
     try:
-        with open(path) as f:
+        with open(paths.instance_id) as f:
             return f.read().strip()
     except OSError:
         return None

@@ -20,8 +20,15 @@ class Layout:
             value = self._values[name]
         except KeyError:
             raise AttributeError(name) from None
+        return self._rooted(value)
+
+    def _rooted(self, value):
         if isinstance(value, str) and value.startswith("/"):
             return self.root + value
+        if isinstance(value, list):
+            return [self._rooted(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self._rooted(v) for k, v in value.items()}
         return value
 
     def under(self, name, *parts):

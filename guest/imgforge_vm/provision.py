@@ -38,43 +38,37 @@ def provision(ctx):
     ctx.update(provisioned=ok)
     if ok:
         # After cloud-final, so nothing cloud-init writes later is left in the image.
-        run("systemd-run", "--no-block", "--unit", "imgforge-generalize",
+        run("systemd-run", "--no-block", "--unit", ctx.paths.units["generalize"],
             "--property", "After=cloud-final.service", ctx.paths.program, "generalize")
     return ok
 
 
-# What makes one machine unlike another, or what it did: none of it may be in a template.
-PER_MACHINE = [
-    "/etc/ssh/ssh_host_*", "/var/lib/dbus/machine-id", "/var/lib/systemd/random-seed",
-    "/var/lib/systemd/credential.secret", "/etc/docker/key.json", "/var/lib/docker/engine-id",
-    "/var/lib/docker/network/files/local-kv.db", "/var/lib/dhcp/*", "/var/lib/dhclient/*",
-    "/var/lib/NetworkManager/*.lease*", "/var/log/journal/*",
-    "/tmp/*", "/var/tmp/*",
-]
-
-
 def generalize(ctx):
+    """Leaves nothing that makes one machine unlike another, or tells what it did (layout.json's
+    `generalize`): none of it may be in a template."""
+    g = ctx.paths.generalize
     run("cloud-init", "clean", "--logs", "--seed", timeout=120)
     # The journal moves to /run until poweroff, so nothing writes under /var/log/journal.
     run("journalctl", "--relinquish-var", check=False)
     # Stopped now, so that none of them writes its state again at poweroff.
     run("systemctl", "stop", "docker.service", "docker.socket", "containerd.service",
         "systemd-random-seed.service", "networking.service", check=False)
-    for pattern in PER_MACHINE + [ctx.paths.config, ctx.paths.status]:
+    for pattern in g["remove"] + [ctx.paths.config, ctx.paths.status]:
         for path in glob.glob(pattern):
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path, ignore_errors=True)
             elif os.path.lexists(path):
                 os.remove(path)
-    with open("/etc/machine-id", "w"):
+    machine_id, hostname = g["empty"]
+    with open(machine_id, "w"):
         pass
     # The provisioning boot's name is not the VMs': the provider's datasource names each.
-    with open("/etc/hostname", "w") as f:
+    with open(hostname, "w") as f:
         f.write("localhost\n")
     run("apt-get", "clean")
-    shutil.rmtree("/var/lib/apt/lists", ignore_errors=True)
-    os.makedirs("/var/lib/apt/lists/partial", exist_ok=True)
-    for path in glob.glob("/var/log/**/*", recursive=True):
+    shutil.rmtree(g["apt_lists"], ignore_errors=True)
+    os.makedirs(os.path.join(g["apt_lists"], "partial"), exist_ok=True)
+    for path in glob.glob(os.path.join(g["logs"], "**", "*"), recursive=True):
         if os.path.isfile(path):
             os.truncate(path, 0)
     run("sync")

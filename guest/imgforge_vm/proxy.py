@@ -20,9 +20,9 @@ def read(path):
         return None
 
 
-def upstream_conf(port):
+def upstream_conf(paths, port):
     return ("# Written by imgforge-vm: the app slot nginx sends traffic to.\n"
-            "upstream imgforge_app {\n"
+            f"upstream {paths.upstream} {{\n"
             f"    server 127.0.0.1:{int(port)};\n"
             "    keepalive 8;\n"
             "}\n")
@@ -53,7 +53,7 @@ def checked(path, text):
 
 
 def point_upstream(paths, port):
-    return checked(paths.nginx_upstream, upstream_conf(port))
+    return checked(paths.nginx_upstream, upstream_conf(paths, port))
 
 
 def install_site(paths, tls):

@@ -298,7 +298,7 @@ def report(ctx):
            "deploy": jobs.latest() if jobs.running() else None}
     doc["serving"] = serving(ctx, deploying=doc["deploy"] is not None)
     doc["healthy"] = doc["serving"]["answers"] and not doc["serving"]["problems"]
-    cert = f"/etc/letsencrypt/live/{conf['domain']}/cert.pem" if conf.get("domain") else ""
+    cert = paths.under("letsencrypt_live", conf["domain"], "cert.pem") if conf.get("domain") else ""
     if cert and os.path.exists(cert):
         text = out("openssl", "x509", "-noout", "-issuer", "-enddate", "-in", cert)
         fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)

@@ -26,7 +26,7 @@ def cloud_init_result(path, timeout, interval=2.0):
     return {"status": "error" if errors else "done", "errors": [str(e) for e in errors]}
 
 
-def host_keys(pattern="/etc/ssh/ssh_host_*_key.pub"):
+def host_keys(pattern):
     """The SSH host public keys, so that imgforge can pin them from the console."""
     keys = []
     for path in sorted(glob.glob(pattern)):
@@ -37,11 +37,12 @@ def host_keys(pattern="/etc/ssh/ssh_host_*_key.pub"):
     return keys
 
 
-def report(ctx, result_path="/run/cloud-init/result.json"):
+def report(ctx):
     """Healthy is the app answering through nginx, the way users come, within the app's
     start allowance (a slow app is given its time, at every boot)."""
-    ci = cloud_init_result(result_path, CLOUD_INIT_WAIT)
+    ci = cloud_init_result(ctx.paths.cloud_init_result, CLOUD_INIT_WAIT)
     apps = Apps(ctx)
     ok = apps.active() is not None and wait_for(
         lambda: proxy.answers(ctx.paths, ctx.conf), apps.start_allowance(), 2)
-    ctx.update(cloud_init=ci, health="ok" if ok else "failed", host_keys=host_keys())
+    ctx.update(cloud_init=ci, health="ok" if ok else "failed",
+               host_keys=host_keys(ctx.paths.ssh_host_public_keys))

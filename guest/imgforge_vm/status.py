@@ -47,7 +47,8 @@ def read(paths):
 def update(paths, step_names, steps=None, **fields):
     """Merges steps and fields into status.json under a lock, derives the state and
     prints the document on the console. Returns the new document."""
-    with open(os.path.join(_ready(paths), ".status.lock"), "w") as lock:
+    _ready(paths)
+    with open(paths.status_lock, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         st = read(paths) or new(step_names)
         if st.get("version") != VERSION:
@@ -73,7 +74,8 @@ def begin(paths, step_names, **fields):
     keep = {k: old[k] for k in ("certificate", "certificate_detail", "app", "deploys",
                                 "host_keys", "dns", "dns_detail") if k in old}
     fresh = dict(new(step_names), **keep)
-    with open(os.path.join(_ready(paths), ".status.lock"), "w") as lock:
+    _ready(paths)
+    with open(paths.status_lock, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         write_atomic(paths.status, dumps(fresh), 0o644)
     return update(paths, step_names, **fields)

@@ -5,6 +5,7 @@ import subprocess
 import unittest
 from unittest import mock
 
+from imgforge_vm.layout import Layout
 from imgforge_vm import app, proxy, remote
 from imgforge_vm.system import Failed
 
@@ -29,9 +30,12 @@ class Argv(unittest.TestCase):
             vm.cleanup()
 
     def test_the_upstream_names_one_loopback_port(self):
-        self.assertIn("server 127.0.0.1:8001;", proxy.upstream_conf(8001))
+        paths = Layout.load()
+        text = proxy.upstream_conf(paths, 8001)
+        self.assertIn("server 127.0.0.1:8001;", text)
+        self.assertIn(f"upstream {paths.upstream} {{", text)
         with self.assertRaises(ValueError):
-            proxy.upstream_conf("8001; include /etc/passwd")
+            proxy.upstream_conf(paths, "8001; include /etc/passwd")
 
 
 class Fixture(unittest.TestCase):

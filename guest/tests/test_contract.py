@@ -7,6 +7,8 @@ import os
 import re
 import unittest
 
+import jsonschema
+
 from . import schema
 
 GUEST = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,9 +47,14 @@ class DeployJson(unittest.TestCase):
 
 
 class LayoutJson(unittest.TestCase):
-    def test_the_shipped_layout_is_one_imgforge_reads(self):
+    def test_the_layout_has_no_entry_imgforge_lacks(self):
+        # The user-data's copy leaves out what only the rendered files use: no entry is
+        # required here, none may be unknown (imgforge's own test reads the whole file).
         with open(os.path.join(PROGRAM, "layout.json")) as f:
-            schema.check("layout", json.load(f))
+            doc = json.load(f)
+        self.assertIn("state_dir", doc)
+        loose = dict(schema.schema("layout"), required=[])
+        jsonschema.Draft202012Validator(loose).validate(doc)
 
 
 class Requests(unittest.TestCase):
@@ -57,3 +64,51 @@ class Requests(unittest.TestCase):
         schema.check("deploy-request", head)
         with self.assertRaises(AssertionError):
             schema.check("deploy-request", dict(head, health_timout=90))
+
+
+# A VM path: an absolute path under one of the file system's top directories (not a URL's
+# path), not followed by ":" (a PATH list, or the app container's tmpfs spec).
+VM_PATH = re.compile(r"(?<![\w.:/-])/(?:etc|var|usr|run|srv|opt|dev|proc|sys|tmp|home|root|boot"
+                     r"|lib|bin|sbin|mnt|media)(?:/[\w.@*\[\]-]*)*(?![\w.@*\[\]:/-])")
+# The kernel's interfaces, which are no deployment's files.
+KERNEL = ("/dev/null", "/proc/")
+
+
+def listed(path, values):
+    """Whether layout.json lists path: a value, under a directory value, or a glob's."""
+    import fnmatch
+    return any(path == v or path.startswith(v.rstrip("/") + "/") or fnmatch.fnmatch(path, v)
+               or (("*" in v) and v.startswith(path)) for v in values)
+
+
+def layout_values(doc):
+    if isinstance(doc, dict):
+        return [v for x in doc.values() for v in layout_values(x)]
+    if isinstance(doc, list):
+        return [v for x in doc for v in layout_values(x)]
+    return [doc] if isinstance(doc, str) and doc.startswith("/") else []
+
+
+class EveryPathIsListed(unittest.TestCase):
+    """Every VM path the program names (a string constant, docstrings and comments aside)
+    is one layout.json lists, or under one: nothing else says where things are."""
+
+    def test_the_programs_paths_are_layout_jsons(self):
+        import ast
+        with open(os.path.join(GUEST, "imgforge_vm", "layout.json")) as f:
+            values = layout_values(json.load(f))
+        unlisted = []
+        for path in sorted(glob.glob(os.path.join(PROGRAM, "*.py"))):
+            with open(path) as f:
+                tree = ast.parse(f.read())
+            docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                          if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef))
+                          and n.body and isinstance(n.body[0], ast.Expr)}
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                        and id(node) not in docstrings):
+                    for p in VM_PATH.findall(node.value):
+                        if not p.startswith(KERNEL) and not listed(p, values):
+                            unlisted.append(f"{os.path.basename(path)}: {p}")
+        self.assertEqual(unlisted, [], "paths layout.json does not list")
+        self.assertFalse(listed("/etc/imgforge/other.conf", values))

@@ -15,12 +15,20 @@ pub struct Layout {
     pub program: String,
     pub program_src: String,
     pub config: String,
-    pub app_env: String,
     pub app_env_dir: String,
     pub acme_ca: String,
     pub dns_token: String,
     pub state_dir: String,
     pub status: String,
+    pub status_lock: String,
+    /// The versions the slots run, which one is active, and the deploy history.
+    pub app_state: String,
+    pub deploy_lock: String,
+    pub backup_lock: String,
+    pub cert_state: String,
+    pub cert_lock: String,
+    pub dns_state: String,
+    pub bundle_download: String,
     pub switch_intent: String,
     pub jobs_dir: String,
     pub log_dir: String,
@@ -30,20 +38,89 @@ pub struct Layout {
     pub acme_webroot: String,
     pub backup_dir: String,
     pub docker_keyring: String,
+    pub docker_apt_source: String,
+    pub docker_daemon: String,
+    pub docker_bin: String,
+    pub apt_auto_upgrades: String,
+    pub apt_docker_pin: String,
+    pub letsencrypt_live: String,
     pub sshd_config: String,
+    pub ssh_host_key: String,
+    /// A glob: the host public keys reported on the console.
+    pub ssh_host_public_keys: String,
     pub nginx_site: String,
     pub nginx_site_http: String,
     pub nginx_site_tls: String,
     pub nginx_app: String,
     pub nginx_upstream: String,
+    pub nginx_conf: String,
+    pub nginx_site_enabled: String,
+    pub nginx_default_site: String,
+    /// nginx's name for the app's upstream block.
+    pub upstream: String,
+    /// The loopback server nginx answers the program's checks on.
     pub nginx_check_port: u16,
     pub system_cloud_config: String,
+    pub cloud_init_result: String,
+    pub instance_id: String,
+    /// Where the NoCloud seed disk appears.
+    pub seed_devices: Vec<String>,
+    pub os_release: String,
+    /// The bundle's file name on a seed disk.
     pub seed_bundle: String,
+    /// The app's containers are `CONTAINER-SLOT`.
     pub container: String,
     pub deploy_unit: String,
+    pub units_dir: String,
+    pub units: Units,
+    /// Each slot and the loopback port its container is published on.
     pub slots: BTreeMap<String, u16>,
+    /// The ports the firewall opens.
+    pub public_ports: PublicPorts,
     pub console: String,
     pub boot_id: String,
+    pub app_env: String,
+    pub generalize: Generalize,
+}
+
+/// The systemd units imgforge installs or starts (`app` is the slots' template).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Units {
+    pub app: String,
+    pub docker_firewall: String,
+    pub backup: String,
+    pub backup_timer: String,
+    pub report: String,
+    pub recover: String,
+    pub dns: String,
+    pub dns_timer: String,
+    pub cert: String,
+    pub cert_timer: String,
+    pub upgrade: String,
+    pub generalize: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublicPorts {
+    pub ssh: u16,
+    pub http: u16,
+    pub https: u16,
+}
+
+/// What a provisioning boot removes or empties before the disk becomes a template: what
+/// makes one machine unlike another, or tells what it did.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Generalize {
+    /// Emptied: machine-id (systemd makes a new one at first boot) and the hostname.
+    pub empty: Vec<String>,
+    /// Removed (globs).
+    pub remove: Vec<String>,
+    pub apt_lists: String,
+    /// Every file under it is truncated.
+    pub logs: String,
 }
 
 /// The layout the VM program was built with.

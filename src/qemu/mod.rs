@@ -20,11 +20,19 @@ pub use accel::Accel;
 
 use serial::{SerialState, Watcher};
 
-/// Guest ports always forwarded. 8000 and 8001 (the app's two slots) are probes: from
-/// outside they must not answer.
-pub const DEFAULT_FORWARDS: [u16; 5] = [22, 80, 443, 8000, 8001];
-/// The guest ports that must not answer from outside.
-pub const PROBE_PORTS: [u16; 2] = [8000, 8001];
+/// Guest ports always forwarded: SSH, HTTP and HTTPS, and the app's slot ports, which
+/// are probes: from outside they must not answer.
+pub fn default_forwards() -> Vec<u16> {
+    let ports = &crate::contract::layout().public_ports;
+    let mut forwards = vec![ports.ssh, ports.http, ports.https];
+    forwards.extend(probe_ports());
+    forwards
+}
+
+/// The guest ports that must not answer from outside: the app's slots (layout.json).
+pub fn probe_ports() -> Vec<u16> {
+    crate::contract::layout().slots.values().copied().collect()
+}
 /// Name of the file `imgforge boot` writes in its run directory.
 pub const BOOT_JSON: &str = "boot.json";
 /// The known_hosts file `imgforge boot` writes in the run directory.
@@ -43,7 +51,7 @@ pub struct VmConfig {
     pub append: Option<String>,
     /// Holds the overlay, serial log, QMP socket, QEMU's own log and boot.json.
     pub run_dir: PathBuf,
-    /// Guest TCP ports forwarded besides [`DEFAULT_FORWARDS`].
+    /// Guest TCP ports forwarded besides [`default_forwards`].
     pub forwards: Vec<u16>,
     pub memory_mib: u32,
     pub cpus: u32,
@@ -211,7 +219,7 @@ impl Vm {
         let _ = fs::remove_file(&serial_log);
         let qmp_socket = run_dir.join("qmp.sock");
         let qemu_log = run_dir.join("qemu.log");
-        let mut guest_ports: Vec<u16> = DEFAULT_FORWARDS.to_vec();
+        let mut guest_ports: Vec<u16> = default_forwards();
         for p in &config.forwards {
             if !guest_ports.contains(p) {
                 guest_ports.push(*p);
@@ -683,11 +691,11 @@ mod tests {
 
     #[test]
     fn picked_ports_are_distinct_loopback_ports() {
-        let ports = pick_ports(&DEFAULT_FORWARDS).expect("ports");
+        let ports = pick_ports(&default_forwards()).expect("ports");
         let mut hosts: Vec<u16> = ports.values().copied().collect();
         hosts.sort_unstable();
         hosts.dedup();
-        assert_eq!(hosts.len(), DEFAULT_FORWARDS.len());
+        assert_eq!(hosts.len(), default_forwards().len());
         assert!(hosts.iter().all(|p| *p > 0));
     }
 

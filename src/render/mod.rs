@@ -60,7 +60,8 @@ fn with_program_modules(mut config: CloudConfig, needs: program::Needs) -> Cloud
     let layout = layout();
     config.write_files.retain(|f| f.path != layout.program);
     for name in program::files_for(needs) {
-        let text = String::from_utf8(program::shipped(&name)).expect("the program is text");
+        let text =
+            String::from_utf8(program::shipped_for(&name, needs)).expect("the program is text");
         let path = format!("{}/{name}", layout.program_src);
         config.write_files.push(WriteFile::new(&path, text, "0644"));
     }
@@ -87,9 +88,16 @@ fn cloud_config(
 ) -> Result<(CloudConfig, program::Needs, Option<String>)> {
     let layout = layout();
     let config = deploy_json(spec);
-    let vars = json!({ "config": &config, "layout": layout });
+    // The slots' units, instances of the app unit template.
+    let slot_units: Vec<String> = layout
+        .slots
+        .keys()
+        .map(|slot| layout.units.app.replace("@.", &format!("@{slot}.")))
+        .collect();
+    let vars = json!({ "config": &config, "layout": layout, "slot_units": slot_units });
     let t = |name: &str| templates.render(name, &vars);
-    let unit = |name: &str| format!("/etc/systemd/system/{name}");
+    let unit = |name: &str| format!("{}/{name}", layout.units_dir);
+    let units = &layout.units;
 
     let mut files = vec![
         WriteFile::new(
@@ -99,55 +107,43 @@ fn cloud_config(
         ),
         WriteFile::new(&layout.app_env, env_file(spec), "0600"),
         WriteFile::new(&layout.sshd_config, t("sshd-hardening.conf.hbs")?, "0644"),
-        WriteFile::new("/etc/docker/daemon.json", docker_daemon_json()?, "0644"),
-        WriteFile::new(
-            "/etc/apt/apt.conf.d/20auto-upgrades",
-            t("20auto-upgrades.hbs")?,
-            "0644",
-        ),
-        WriteFile::new(
-            "/etc/nginx/conf.d/imgforge.conf",
-            t("nginx-http.conf.hbs")?,
-            "0644",
-        ),
+        WriteFile::new(&layout.docker_daemon, docker_daemon_json()?, "0644"),
+        WriteFile::new(&layout.apt_auto_upgrades, t("20auto-upgrades.hbs")?, "0644"),
+        WriteFile::new(&layout.nginx_conf, t("nginx-http.conf.hbs")?, "0644"),
         // The sites go to imgforge's directory: imgforge-vm installs one of them as nginx's
         // live site, so that a run of first boot again never replaces HTTPS by HTTP.
         WriteFile::new(&layout.nginx_app, t("nginx-app.conf.hbs")?, "0600"),
         WriteFile::new(&layout.nginx_site_http, t("nginx-site.conf.hbs")?, "0600"),
+        WriteFile::new(&unit(&units.app), t("imgforge-app@.service.hbs")?, "0644"),
         WriteFile::new(
-            &unit("imgforge-app@.service"),
-            t("imgforge-app@.service.hbs")?,
-            "0644",
-        ),
-        WriteFile::new(
-            &unit("imgforge-docker-firewall.service"),
+            &unit(&units.docker_firewall),
             t("imgforge-docker-firewall.service.hbs")?,
             "0644",
         ),
         WriteFile::new(
-            &unit("imgforge-backup.service"),
+            &unit(&units.backup),
             t("imgforge-backup.service.hbs")?,
             "0644",
         ),
         WriteFile::new(
-            &unit("imgforge-backup.timer"),
+            &unit(&units.backup_timer),
             t("imgforge-backup.timer.hbs")?,
             "0644",
         ),
         WriteFile::new(
-            &unit("imgforge-report.service"),
+            &unit(&units.report),
             t("imgforge-report.service.hbs")?,
             "0644",
         ),
         WriteFile::new(
-            &unit("imgforge-recover.service"),
+            &unit(&units.recover),
             t("imgforge-recover.service.hbs")?,
             "0644",
         ),
     ];
     if spec.docker_source == DockerSource::DockerCe && !spec.offline {
         files.push(WriteFile::new(
-            "/etc/apt/apt.conf.d/51imgforge-docker",
+            &layout.apt_docker_pin,
             t("51imgforge-docker.hbs")?,
             "0644",
         ));
@@ -159,12 +155,12 @@ fn cloud_config(
             "0600",
         ));
         files.push(WriteFile::new(
-            &unit("imgforge-dns.service"),
+            &unit(&units.dns),
             t("imgforge-dns.service.hbs")?,
             "0644",
         ));
         files.push(WriteFile::new(
-            &unit("imgforge-dns.timer"),
+            &unit(&units.dns_timer),
             t("imgforge-dns.timer.hbs")?,
             "0644",
         ));
@@ -176,12 +172,12 @@ fn cloud_config(
             "0600",
         ));
         files.push(WriteFile::new(
-            &unit("imgforge-cert.service"),
+            &unit(&units.cert),
             t("imgforge-cert.service.hbs")?,
             "0644",
         ));
         files.push(WriteFile::new(
-            &unit("imgforge-cert.timer"),
+            &unit(&units.cert_timer),
             t("imgforge-cert.timer.hbs")?,
             "0644",
         ));

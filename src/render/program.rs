@@ -29,10 +29,34 @@ pub fn shipped(name: &str) -> Vec<u8> {
     let data = Sources::get(name)
         .map(|f| f.data.into_owned())
         .unwrap_or_default();
-    match (name.ends_with(".py"), std::str::from_utf8(&data)) {
-        (true, Ok(text)) => minify(text).into_bytes(),
+    match std::str::from_utf8(&data) {
+        Ok(text) if name.ends_with(".py") => minify(text).into_bytes(),
+        Ok(text) if name.ends_with(".json") => compact_json(text).into_bytes(),
         _ => data,
     }
+}
+
+/// JSON without the whitespace between tokens (strings and key order as they are).
+fn compact_json(src: &str) -> String {
+    let mut out = String::with_capacity(src.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in src.chars() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_whitespace() {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Drops blank lines, comments and docstrings (a docstring that is a block's only
@@ -173,7 +197,7 @@ fn scan(line: &str) -> (&str, i32, bool) {
 /// Modules a deployment may leave out when it does not use them: the user-data carries
 /// only what its VM runs.
 /// What a VM's program needs beyond its core.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Needs {
     /// Registers its address with a DNS provider.
     pub dns: bool,
@@ -183,6 +207,16 @@ pub struct Needs {
     pub day_two: bool,
     /// Gets its app's image as a bundle (from a URL, the seed disk or the image).
     pub bundle: bool,
+}
+
+impl Needs {
+    /// Every optional part: the program `install-program` sends on day two.
+    pub const ALL: Needs = Needs {
+        dns: true,
+        provision: true,
+        day_two: true,
+        bundle: true,
+    };
 }
 
 type Uses = fn(Needs) -> bool;
@@ -195,12 +229,45 @@ const OPTIONAL: &[(&str, Uses)] = &[
 
 /// The program with every module.
 pub fn zipapp() -> Vec<u8> {
-    zip(&files())
+    zip(&files(), Needs::ALL)
 }
 
 /// The program without the optional modules the VM does not need.
 pub fn zipapp_for(needs: Needs) -> Vec<u8> {
-    zip(&files_for(needs))
+    zip(&files_for(needs), needs)
+}
+
+/// layout.json's entries only the rendered files use (the program never reads them): the
+/// user-data leaves them out of the program's copy (a unit test checks the program's
+/// source names none of them).
+pub const RENDER_ONLY: &[&str] = &[
+    "apt_auto_upgrades",
+    "apt_docker_pin",
+    "docker_bin",
+    "docker_daemon",
+    "nginx_app",
+    "ssh_host_key",
+    "system_cloud_config",
+    "units_dir",
+];
+
+/// A file of the program a VM with `needs` runs: [`shipped`], and layout.json without
+/// [`RENDER_ONLY`] and, unless the VM provisions, without what a provisioning boot
+/// clears (`generalize`).
+pub fn shipped_for(name: &str, needs: Needs) -> Vec<u8> {
+    let data = shipped(name);
+    if name != "imgforge_vm/layout.json" {
+        return data;
+    }
+    let mut layout: serde_json::Value =
+        serde_json::from_slice(&data).expect("the shipped layout.json is JSON");
+    if let Some(map) = layout.as_object_mut() {
+        map.retain(|k, _| !RENDER_ONLY.contains(&k.as_str()));
+        if !needs.provision {
+            map.remove("generalize");
+        }
+    }
+    serde_json::to_vec(&layout).expect("JSON serializes")
 }
 
 /// The files of the program a VM with `needs` runs.
@@ -211,12 +278,12 @@ pub fn files_for(needs: Needs) -> Vec<String> {
         .collect()
 }
 
-/// The shebang line, then a zip of `names`.
-fn zip(names: &[String]) -> Vec<u8> {
+/// The shebang line, then a zip of `names` as a VM with `needs` runs them.
+fn zip(names: &[String], needs: Needs) -> Vec<u8> {
     let mut out = SHEBANG.to_vec();
     let mut central = Vec::new();
     for name in names {
-        let data = shipped(name);
+        let data = shipped_for(name, needs);
         let crc = crc32fast::hash(&data);
         let offset = out.len() as u32;
         // Local file header.
@@ -277,6 +344,36 @@ mod tests {
         );
         assert!(names.contains(&"imgforge_vm/layout.json".to_string()));
         assert!(names.iter().all(|n| !n.starts_with("tests/")), "{names:?}");
+    }
+
+    #[test]
+    fn the_program_names_no_render_only_layout_entry() {
+        for name in files().iter().filter(|n| n.ends_with(".py")) {
+            let src = String::from_utf8(Sources::get(name).unwrap().data.into_owned()).unwrap();
+            for key in RENDER_ONLY {
+                assert!(
+                    !src.contains(&format!(".{key}")) && !src.contains(&format!("\"{key}\"")),
+                    "{name} reads layout.json's {key}, which the user-data leaves out of its copy"
+                );
+            }
+        }
+        let shipped: serde_json::Value =
+            serde_json::from_slice(&shipped_for("imgforge_vm/layout.json", Needs::ALL)).unwrap();
+        assert!(shipped.get("generalize").is_some() && shipped.get("docker_bin").is_none());
+    }
+
+    #[test]
+    fn shipped_json_is_compact_and_the_same_document() {
+        let src = Sources::get("imgforge_vm/layout.json").unwrap().data;
+        let shipped = shipped("imgforge_vm/layout.json");
+        assert!(shipped.len() < src.len() && !shipped.contains(&b'\n'));
+        let a: serde_json::Value = serde_json::from_slice(&src).unwrap();
+        let b: serde_json::Value = serde_json::from_slice(&shipped).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            compact_json(r#"{ "a b": "x \" y" }"#),
+            r#"{"a b":"x \" y"}"#
+        );
     }
 
     #[test]

@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::exit::usage;
 
-/// Ports that commonly leak from a Docker host (app ports, the Docker API, a
-/// registry); on a real server none of them may be reachable.
-pub const COMMON_PROBE_PORTS: [u16; 6] = [8000, 8001, 8080, 2375, 2376, 5000];
+/// Ports that commonly leak from a Docker host besides the app's slot ports (another app
+/// port, the Docker API, a registry); on a real server none of them may be reachable.
+pub const COMMON_PROBE_PORTS: [u16; 4] = [8080, 2375, 2376, 5000];
 
 /// Where the server is and how to reach its ports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -53,9 +53,10 @@ impl Target {
             ssh_port: 22,
             http_port: 80,
             https_port: 443,
-            probe_ports: COMMON_PROBE_PORTS
-                .iter()
-                .map(|&p| ProbePort {
+            probe_ports: crate::qemu::probe_ports()
+                .into_iter()
+                .chain(COMMON_PROBE_PORTS)
+                .map(|p| ProbePort {
                     port: p,
                     connect: p,
                 })
@@ -69,7 +70,7 @@ impl Target {
     pub fn from_boot_json(path: &Path) -> Result<(Target, Option<PathBuf>)> {
         let boot = crate::qemu::BootInfo::read(path).map_err(|e| usage(format!("{e:#}")))?;
         let mut probe_ports = Vec::new();
-        for port in crate::qemu::PROBE_PORTS {
+        for port in crate::qemu::probe_ports() {
             match boot.host_port(port) {
                 Some(connect) => probe_ports.push(ProbePort { port, connect }),
                 None => {

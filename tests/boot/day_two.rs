@@ -304,13 +304,15 @@ impl Drop for Client {
 /// Makes the VM program hold a deploy at `phase` (`[phase]` is its last line until
 /// `release`): how a fault lands where it should, however fast or slow the guest is.
 pub fn hold(d: &Deployment, phase: &str) {
+    let hold = &layout().hold;
+    let dir = Path::new(hold).parent().unwrap().display();
     d.ssh.ok(&format!(
-        "sudo sh -c 'mkdir -p /run/imgforge && echo {phase} > /run/imgforge/hold'"
+        "sudo sh -c 'mkdir -p {dir} && echo {phase} > {hold}'"
     ));
 }
 
 pub fn release(d: &Deployment) {
-    d.ssh.ok("sudo rm -f /run/imgforge/hold");
+    d.ssh.ok(&format!("sudo rm -f {}", layout().hold));
 }
 
 /// `imgforge status --json`: the VM's answer (imgforge exits 1 when it does not serve as

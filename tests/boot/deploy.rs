@@ -53,7 +53,7 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
     stream.stop_expecting("the interrupted deploy of v2", &["0.1.0", "0.2.0"]);
     assert_eq!(serving_version(&d), "0.2.0");
     let program = hex::encode(Sha256::digest(imgforge::render::program::zipapp()));
-    let on_vm = d.ssh.ok("sha256sum /usr/local/lib/imgforge/imgforge-vm");
+    let on_vm = d.ssh.ok(&format!("sha256sum {}", layout().program));
     assert!(on_vm.starts_with(&program), "{on_vm} is not {program}");
     // The history v1 wrote is there under v2, and v2 kept v1's environment.
     let history = d.https_json(&root, "/history", &[]).to_string();
@@ -61,9 +61,10 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
         history.contains(&v1_label),
         "history lost under v2: {history}"
     );
-    let env = d
-        .ssh
-        .ok("sudo docker inspect --format '{{json .Config.Env}}' imgforge-app-green");
+    let env = d.ssh.ok(&format!(
+        "sudo docker inspect --format '{{{{json .Config.Env}}}}' {}-green",
+        layout().container
+    ));
     assert!(env.contains("GREETING=v1 env"), "{env}");
 
     // 2. A broken v3: refused with the reason, its log lines on this terminal only (not
@@ -118,11 +119,12 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
     assert!(stderr(&out).contains("pass --image"), "{}", stderr(&out));
     // Another deploy holds the lock until this test lets it go (however slow the
     // client's own steps before it asks for the lock are).
-    d.ssh.ok(
+    let lock = &layout().deploy_lock;
+    d.ssh.ok(&format!(
         "sudo systemd-run --unit imgforge-test-lock --collect --quiet \
-         flock /var/lib/imgforge/deploy.lock sleep infinity \
-         && until ! sudo flock -n /var/lib/imgforge/deploy.lock true; do sleep 1; done",
-    );
+         flock {lock} sleep infinity \
+         && until ! sudo flock -n {lock} true; do sleep 1; done",
+    ));
     let out = cli(&d, "deploy", &["--bundle", slow.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
@@ -137,7 +139,7 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
     );
     d.ssh.ok("sudo systemctl stop imgforge-test-lock");
     let out = d.ssh.run_with_input(
-        "sudo -n /usr/local/lib/imgforge/imgforge-vm deploy-version",
+        &format!("sudo -n {} deploy-version", layout().program),
         &request,
     );
     assert_eq!(

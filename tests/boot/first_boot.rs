@@ -27,6 +27,7 @@ fn first_boot_on_debian_13_deploys_everything_and_survives_kill_and_reboot() {
 }
 
 fn main_scenario(suite: Option<&str>, name: &str) {
+    let blue = format!("{}-blue", imgforge::contract::layout().container);
     let greeting = format!("GREETING={ENV_VALUE}");
     let secret = format!("API_TOKEN={}", security::SECRET);
     let mut d = Deployment::seeded_on(suite, name, &["--env", &greeting, "--env", &secret], "");
@@ -64,16 +65,16 @@ fn main_scenario(suite: Option<&str>, name: &str) {
     security::check_inside(&d, "blue");
 
     // The env value arrived byte-exact: what Docker gave the container's process.
-    let env_json = d
-        .ssh
-        .ok("sudo docker inspect --format '{{json .Config.Env}}' imgforge-app-blue");
+    let env_json = d.ssh.ok(&format!(
+        "sudo docker inspect --format '{{{{json .Config.Env}}}}' {blue}"
+    ));
     let env: Vec<String> = serde_json::from_str(env_json.trim()).unwrap();
     assert!(env.contains(&greeting), "container env: {env:?}");
 
     // The container is killed: systemd brings a new one back.
-    let inspect_id = "sudo docker inspect --format '{{.Id}}' imgforge-app-blue";
+    let inspect_id = &format!("sudo docker inspect --format '{{{{.Id}}}}' {blue}");
     let before = d.ssh.ok(inspect_id);
-    d.ssh.ok("sudo docker kill imgforge-app-blue");
+    d.ssh.ok(&format!("sudo docker kill {blue}"));
     let killed = Instant::now();
     let cacert = root.to_str().unwrap();
     let back = loop {

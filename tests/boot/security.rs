@@ -121,13 +121,18 @@ pub fn check_from_outside(d: &Deployment, root: &Path) {
 
 /// Inside the VM, over one SSH connection: sockets, firewall, modes, leaks, container.
 pub fn check_inside(d: &Deployment, slot: &str) {
-    let container = format!("imgforge-app-{slot}");
+    let layout = imgforge::contract::layout();
+    let container = format!("{}-{slot}", layout.container);
+    let etc = std::path::Path::new(&layout.config)
+        .parent()
+        .unwrap()
+        .display();
     let sections = [
         ("listen", "sudo ss -Hltnp".to_string()),
         ("ufw", "sudo ufw status verbose".to_string()),
         (
             "modes",
-            "sudo find /etc/imgforge -type f -printf '%m %p\\n'".to_string(),
+            format!("sudo find {etc} -type f -printf '%m %p\\n'"),
         ),
         (
             "inspect",

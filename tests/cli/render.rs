@@ -171,12 +171,13 @@ fn same_deployment(gzipped: &[u8], plain: &[u8]) {
         .filter(|f| f["path"].as_str() != Some(layout.program.as_str()))
         .collect();
     assert_eq!(rest, expected, "the files besides the program");
-    let shipped = program::files_for(program::Needs {
+    let needs = program::Needs {
         dns: false,
         provision: false,
         day_two: false,
         bundle: false,
-    });
+    };
+    let shipped = program::files_for(needs);
     let names: Vec<&str> = modules
         .iter()
         .map(|f| &f["path"].as_str().unwrap()[src.len()..])
@@ -185,7 +186,7 @@ fn same_deployment(gzipped: &[u8], plain: &[u8]) {
     for (f, name) in modules.iter().zip(&shipped) {
         assert_eq!(
             f["content"].as_str().unwrap().as_bytes(),
-            program::shipped(name),
+            program::shipped_for(name, needs),
             "{name}"
         );
     }
@@ -251,6 +252,151 @@ fn the_vm_programs_tests_run_on_the_deploy_json_render_writes() {
         text,
         "{fixture} is not what render writes: IMGFORGE_UPDATE_GOLDEN=1 cargo test --test cli the_vm_programs_tests"
     );
+}
+
+/// The absolute paths under the file system's top directories in `text` (not a URL's path,
+/// not one followed by `:`: a PATH list or a mount spec), as VM_PATH in
+/// guest/tests/test_contract.py finds them in the program.
+fn vm_paths(text: &str) -> Vec<String> {
+    const ROOTS: [&str; 17] = [
+        "etc", "var", "usr", "run", "srv", "opt", "dev", "proc", "sys", "tmp", "home", "root",
+        "boot", "lib", "bin", "sbin", "mnt",
+    ];
+    let path_char = |c: char| c.is_alphanumeric() || "_.@*[]-/".contains(c);
+    let mut found = Vec::new();
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let before_ok = i == 0 || !(path_char(chars[i - 1]) || chars[i - 1] == ':');
+        if chars[i] == '/' && before_ok {
+            let end = (i..chars.len())
+                .find(|&j| !path_char(chars[j]))
+                .unwrap_or(chars.len());
+            let path: String = chars[i..end].iter().collect();
+            let root = path[1..].split('/').next().unwrap_or("");
+            if ROOTS.contains(&root) && chars.get(end) != Some(&':') {
+                found.push(path.trim_end_matches('.').to_owned());
+            }
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    found
+}
+
+/// Whether layout.json lists `path`: a value, under a directory value, or a glob's match.
+fn listed(path: &str, values: &[String]) -> bool {
+    values.iter().any(|v| {
+        path == v
+            || path.starts_with(&format!("{}/", v.trim_end_matches('/')))
+            || v.split_once('*').is_some_and(|(head, tail)| {
+                path.starts_with(head) && path.ends_with(tail) && path.len() >= v.len() - 1
+            })
+    })
+}
+
+fn layout_values(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) if s.starts_with('/') => out.push(s.clone()),
+        serde_json::Value::Array(a) => a.iter().for_each(|x| layout_values(x, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|x| layout_values(x, out)),
+        _ => {}
+    }
+}
+
+/// Every VM path in the rendered files, their names and the first boot's commands (with
+/// TLS, DNS and a CA bundle, so every optional file is there), and every port they listen
+/// on or send to, is one layout.json lists (or deploy.json's data directory and the app's
+/// port, which the user sets); the templates name no VM path themselves.
+#[test]
+fn every_path_and_port_the_deployment_names_is_layout_jsons() {
+    let layout = imgforge::contract::layout();
+    let mut values = Vec::new();
+    layout_values(&serde_json::to_value(layout).unwrap(), &mut values);
+    let run = Run::new();
+    let token = run.path("dns.token");
+    std::fs::write(&token, "imgforge-test-cloudflare-token-0123456789\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let ca = format!("{FIXTURES}/private-ca.pem");
+    let extra = [
+        "--dns",
+        "cloudflare",
+        "--dns-token-file",
+        token.to_str().unwrap(),
+        "--acme-server",
+        "https://acme.example.com/dir",
+        "--acme-ca-bundle",
+        &ca,
+    ];
+    let doc = yaml(&render_ok(&run, &extra));
+    let conf = deploy_json(&doc);
+    values.push(conf["data_dir"].as_str().unwrap().to_owned());
+    let mut unlisted = Vec::new();
+    let mut ports = Vec::new();
+    for f in doc["write_files"].as_sequence().unwrap() {
+        let path = f["path"].as_str().unwrap();
+        if path == layout.program {
+            continue; // the program's own paths: guest/tests/test_contract.py
+        }
+        let content = f["content"].as_str().unwrap_or("");
+        for p in vm_paths(path).into_iter().chain(vm_paths(content)) {
+            if !listed(&p, &values) {
+                unlisted.push(format!("{path}: {p}"));
+            }
+        }
+        for line in content.lines().map(str::trim) {
+            let words: Vec<&str> = line.trim_end_matches(';').split_whitespace().collect();
+            let port_of = |w: &str| w.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+            match words.as_slice() {
+                ["listen", addr, ..] | ["server", addr, ..] | ["Port", addr] => {
+                    ports.extend(port_of(addr).map(|p| (path.to_owned(), p)))
+                }
+                _ => {}
+            }
+        }
+    }
+    for cmd in [&doc["runcmd"], &doc["bootcmd"]] {
+        let text = serde_json::to_string(cmd).unwrap();
+        for p in vm_paths(&text) {
+            if !listed(&p, &values) {
+                unlisted.push(format!("runcmd: {p}"));
+            }
+        }
+    }
+    assert_eq!(
+        unlisted,
+        Vec::<String>::new(),
+        "paths layout.json does not list"
+    );
+    assert!(!listed("/etc/imgforge/other.conf", &values));
+    let p = &layout.public_ports;
+    let mut known: Vec<u16> = vec![p.ssh, p.http, p.https, layout.nginx_check_port];
+    known.extend(layout.slots.values());
+    known.push(conf["container_port"].as_u64().unwrap() as u16);
+    let unknown: Vec<_> = ports.iter().filter(|(_, p)| !known.contains(p)).collect();
+    assert!(
+        !ports.is_empty(),
+        "no listen directive found: the scan is out of date"
+    );
+    assert_eq!(
+        unknown,
+        Vec::<&(String, u16)>::new(),
+        "ports layout.json does not list"
+    );
+
+    // The templates of VM files name no VM path themselves: each comes from layout.json
+    // or deploy.json (imgforge.yaml is `imgforge init`'s settings file, not a VM file).
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("hbs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let literal = vm_paths(&text);
+        assert!(literal.is_empty(), "{}: {literal:?}", path.display());
+    }
 }
 
 #[test]
@@ -917,7 +1063,7 @@ fn the_shipped_vm_program_passes_its_unit_tests_and_runs() {
     for name in program::files() {
         let path = dir.path().join(&name);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, program::shipped(&name)).unwrap();
+        std::fs::write(&path, program::shipped_for(&name, program::Needs::ALL)).unwrap();
     }
     let tests = dir.path().join("tests");
     std::fs::create_dir_all(tests.join("fixtures")).unwrap();
@@ -967,15 +1113,16 @@ fn the_shipped_vm_program_passes_its_unit_tests_and_runs() {
     // As a document gzipped as a whole brings it: modules, which python3's zipapp puts
     // together on the VM (render::with_program_modules).
     let src = dir.path().join("src");
-    for name in program::files_for(program::Needs {
+    let core = program::Needs {
         dns: false,
         provision: false,
         day_two: false,
         bundle: false,
-    }) {
+    };
+    for name in program::files_for(core) {
         let path = src.join(&name);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, program::shipped(&name)).unwrap();
+        std::fs::write(&path, program::shipped_for(&name, core)).unwrap();
     }
     let assembled = dir.path().join("assembled");
     let out = Command::new("python3")
