@@ -88,7 +88,7 @@ pub struct AdminSettings {
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AppSettings {
-    /// Container image to run [default: the project's classifier]
+    /// Container image to run [default: imgforge/classifier:0.1.0, the project's classifier]
     #[arg(long, value_name = "REF")]
     #[serde(default, deserialize_with = "scalar")]
     pub image: Option<String>,
@@ -465,26 +465,30 @@ pub const BACKUP_KEEP: Setting<u32> = Setting {
     },
 };
 
-/// Every scalar setting's flag and key (for the tests that hold flags, keys and
-/// `imgforge init`'s starter file together).
-pub const NAMES: &[(&str, &str)] = &[
-    (DOMAIN.flag, DOMAIN.key),
-    (EMAIL.flag, EMAIL.key),
-    (USER.flag, USER.key),
-    (IMAGE.flag, IMAGE.key),
-    (APP_PORT.flag, APP_PORT.key),
-    (DATA_DIR.flag, DATA_DIR.key),
-    (DATA_PATH.flag, DATA_PATH.key),
-    (HEALTH_PATH.flag, HEALTH_PATH.key),
-    (MAX_BODY_SIZE.flag, MAX_BODY_SIZE.key),
-    (APP_MEMORY.flag, APP_MEMORY.key),
-    (APP_START_TIMEOUT.flag, APP_START_TIMEOUT.key),
-    (BUNDLE_URL.flag, BUNDLE_URL.key),
-    (BUNDLE_SHA256.flag, BUNDLE_SHA256.key),
-    (ACME_SERVER.flag, ACME_SERVER.key),
-    (BACKUP_KEEP.flag, BACKUP_KEEP.key),
-    (DNS_ZONE.flag, DNS_ZONE.key),
-    (DNS_API_URL.flag, DNS_API_URL.key),
+/// Every scalar setting's flag, key and default (for the tests that hold flags, their help,
+/// keys and `imgforge init`'s starter file together).
+pub const NAMES: &[(&str, &str, Option<&str>)] = &[
+    (DOMAIN.flag, DOMAIN.key, DOMAIN.default),
+    (EMAIL.flag, EMAIL.key, EMAIL.default),
+    (USER.flag, USER.key, USER.default),
+    (IMAGE.flag, IMAGE.key, IMAGE.default),
+    (APP_PORT.flag, APP_PORT.key, APP_PORT.default),
+    (DATA_DIR.flag, DATA_DIR.key, DATA_DIR.default),
+    (DATA_PATH.flag, DATA_PATH.key, DATA_PATH.default),
+    (HEALTH_PATH.flag, HEALTH_PATH.key, HEALTH_PATH.default),
+    (MAX_BODY_SIZE.flag, MAX_BODY_SIZE.key, MAX_BODY_SIZE.default),
+    (APP_MEMORY.flag, APP_MEMORY.key, APP_MEMORY.default),
+    (
+        APP_START_TIMEOUT.flag,
+        APP_START_TIMEOUT.key,
+        APP_START_TIMEOUT.default,
+    ),
+    (BUNDLE_URL.flag, BUNDLE_URL.key, BUNDLE_URL.default),
+    (BUNDLE_SHA256.flag, BUNDLE_SHA256.key, BUNDLE_SHA256.default),
+    (ACME_SERVER.flag, ACME_SERVER.key, ACME_SERVER.default),
+    (BACKUP_KEEP.flag, BACKUP_KEEP.key, BACKUP_KEEP.default),
+    (DNS_ZONE.flag, DNS_ZONE.key, DNS_ZONE.default),
+    (DNS_API_URL.flag, DNS_API_URL.key, DNS_API_URL.default),
 ];
 
 #[cfg(test)]
@@ -510,8 +514,30 @@ mod tests {
         ))
         .unwrap();
         let starter_keys = super::super::positions(include_str!("../../templates/imgforge.yaml"));
-        for (flag, key) in NAMES {
+        for (flag, key, default) in NAMES {
             assert!(longs.contains(&flag.to_string()), "{flag} is not a flag");
+            // One description of the default: the flag's help says it, and the starter
+            // file, where it sets the key, sets it to the default.
+            if let Some(default) = default {
+                let arg = cmd
+                    .get_arguments()
+                    .find(|a| a.get_long() == flag.strip_prefix("--"))
+                    .unwrap();
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(
+                    help.contains(&format!("[default: {default}")),
+                    "{flag}'s help does not give its default {default}: {help:?}"
+                );
+                if starter_keys.contains_key(*key) {
+                    let value = key.split('.').fold(&starter, |v, part| &v[part]);
+                    let shown = match value {
+                        serde_yaml_ng::Value::String(s) => s.clone(),
+                        serde_yaml_ng::Value::Number(n) => n.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    assert_eq!(&shown, default, "imgforge init's {key} is not the default");
+                }
+            }
             // The key parses in the file, and the starter file shows it (commented or not).
             let text = include_str!("../../templates/imgforge.yaml");
             let leaf = key.rsplit('.').next().unwrap();
