@@ -37,12 +37,13 @@ apt-get update -qq
 # skopeo, podman: read and load the OCI bundles. dosfstools, mtools, xorriso: check seed disks.
 # openssh-client/-server, sudo: verify's SSH checks against a real sshd. busybox-static: a tiny test app.
 # python3-jsonschema: the VM program's tests check what it writes against guest/schema/.
+# chromium: the classifier's pages in a real browser (images/classifier/tests/browser.sh).
 # ssh-audit: checks the booted VM's sshd (and the current release from PyPI, below).
 # mmdebstrap, e2fsprogs, fdisk, openssl (and QEMU, below): the guest image and boot tests.
 # python3-venv, npm: the classifier's model build (pinned packages from PyPI and npm).
 pkgs=(cloud-init skopeo podman containerd dosfstools mtools xorriso openssh-client openssh-server
     busybox-static python3-jsonschema mmdebstrap e2fsprogs fdisk openssl ca-certificates
-    curl file sudo binutils procps uidmap fuse-overlayfs gpg ssh-audit)
+    curl file sudo binutils procps uidmap fuse-overlayfs gpg ssh-audit chromium)
 # Machines that already carry Node.js/npm or a Python with venv (not from Debian) keep theirs:
 # Debian's npm conflicts with a nodejs from elsewhere.
 command -v npm >/dev/null || pkgs+=(npm)
@@ -74,6 +75,9 @@ cargo test --workspace
 
 step "classifier API against its OpenAPI document (schemathesis)"
 images/classifier/tests/schemathesis.sh
+
+step "the classifier's pages in headless Chromium"
+images/classifier/tests/browser.sh
 
 if [ "${IMGFORGE_BOOT_TESTS:-1}" != 0 ]; then
     # Two VMs at a time: a TCG guest keeps one core busy, and this machine has two.

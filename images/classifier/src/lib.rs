@@ -1,5 +1,5 @@
 //! The image-classifier HTTP service that imgforge deploys by default: EfficientNet-Lite0
-//! (ONNX, run by tract) behind a small axum API, with a prediction history in SQLite.
+//! (ONNX, run by ONNX Runtime) behind a small axum API, with a prediction history in SQLite.
 //! The binary in `main.rs` only reads the environment and serves [`server::app`].
 
 pub mod config;
@@ -7,3 +7,4 @@ pub mod error;
 pub mod history;
 pub mod model;
 pub mod server;
+pub mod web;

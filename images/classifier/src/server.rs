@@ -15,7 +15,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{Html, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::error::{ApiError, ErrorBody};
 use crate::history::{Entry, History, NewEntry, Retention};
 use crate::model::{self, Classifier, DecodeError, DecodeLimits, EngineConfig, Prediction};
+use crate::web;
 
 pub const SERVICE_NAME: &str = "classifier";
 pub const DEFAULT_TOP_K: usize = 5;
@@ -161,6 +162,7 @@ pub fn app(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             }),
         )
         .route("/docs", get(docs))
+        .route("/static/{file}", get(web::asset))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -267,9 +269,22 @@ pub struct IndexResponse {
     pub endpoints: Vec<&'static str>,
 }
 
-/// Service name, version and model.
-#[utoipa::path(get, path = "/", responses((status = 200, body = IndexResponse)))]
-async fn index(State(state): State<Arc<AppState>>) -> Json<IndexResponse> {
+/// Service name, version and model; to a browser (a request that prefers text/html), the
+/// page where a person drops a photo and sees its classes.
+#[utoipa::path(get, path = "/", responses(
+    (status = 200, description = "The service, or its page for browsers", content(
+        (IndexResponse = "application/json"),
+        (String = "text/html"),
+    )),
+))]
+async fn index(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if prefers_html(accept) {
+        return web::page(web::INDEX_HTML);
+    }
     Json(IndexResponse {
         service: SERVICE_NAME,
         version: state.version.clone(),
@@ -287,6 +302,37 @@ async fn index(State(state): State<Arc<AppState>>) -> Json<IndexResponse> {
             "GET /docs",
         ],
     })
+    .into_response()
+}
+
+/// Whether an Accept header asks for HTML before JSON (a browser's does; curl's `*/*`
+/// and API clients' do not).
+pub fn prefers_html(accept: &str) -> bool {
+    let quality = |wanted: &[&str]| {
+        accept
+            .split(',')
+            .filter_map(|item| {
+                let mut parts = item.split(';').map(str::trim);
+                let media = parts.next()?.to_ascii_lowercase();
+                let q = parts
+                    .find_map(|p| p.strip_prefix("q="))
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .unwrap_or(1.0);
+                wanted.contains(&media.as_str()).then_some(q)
+            })
+            .fold(None, |best: Option<f32>, q| {
+                Some(best.map_or(q, |b| b.max(q)))
+            })
+    };
+    match quality(&["text/html"]) {
+        Some(html) if html > 0.0 => {
+            let json = quality(&["application/json"])
+                .or_else(|| quality(&["application/*", "*/*"]))
+                .unwrap_or(0.0);
+            html > json
+        }
+        _ => false,
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -307,9 +353,9 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<HealthResponse> {
     })
 }
 
-/// Interactive documentation of `/openapi.json` (Swagger UI, loaded by the browser).
-async fn docs() -> Html<&'static str> {
-    Html(include_str!("docs.html"))
+/// Interactive documentation of `/openapi.json` (Swagger UI, served by this service).
+async fn docs() -> Response {
+    web::page(web::DOCS_HTML)
 }
 
 async fn not_found() -> ApiError {
@@ -771,6 +817,23 @@ mod tests {
             let e = bounded_param(Some(bad), "top_k", 5, 1000).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
             assert_eq!(e.code, "invalid_parameter");
+        }
+    }
+
+    #[test]
+    fn browsers_get_the_page_and_api_clients_json() {
+        let chrome = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8";
+        let firefox = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+        assert!(prefers_html(chrome) && prefers_html(firefox));
+        for api in [
+            "",
+            "*/*",
+            "application/json",
+            "application/json, text/html;q=0.5",
+            "text/html;q=0",
+            "text/html;q=0.5, */*",
+        ] {
+            assert!(!prefers_html(api), "{api:?}");
         }
     }
 

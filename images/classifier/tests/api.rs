@@ -277,6 +277,67 @@ async fn history_survives_a_restart() {
     assert_eq!(body["items"].as_array().unwrap().len(), 1);
 }
 
+/// A browser gets the page and Swagger UI, with everything they load from the service
+/// itself under a strict Content-Security-Policy; an API client still gets JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn browsers_get_pages_that_load_nothing_from_elsewhere() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    for path in ["/", "/docs"] {
+        let resp = client()
+            .get(server.url(path))
+            .header("Accept", browser)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let csp = resp.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+            "{csp}"
+        );
+        assert!(!csp.contains("unsafe"), "{csp}");
+        let html = resp.text().await.unwrap();
+        assert!(html.starts_with("<!doctype html>"), "{path}: {html}");
+        assert!(
+            !html.contains("http://") && !html.contains("https://"),
+            "{path} names another host"
+        );
+        // Every file it loads is served here.
+        for asset in html.split("\"/static/").skip(1) {
+            let name = asset.split('"').next().unwrap();
+            let resp = client()
+                .get(server.url(&format!("/static/{name}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "/static/{name}");
+            assert!(!resp.bytes().await.unwrap().is_empty(), "/static/{name}");
+        }
+    }
+    let resp = client()
+        .get(server.url("/static/nothing.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = client()
+        .get(server.url("/"))
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn index_and_health_describe_the_service() {
     let data = tempfile::tempdir().unwrap();
