@@ -1,5 +1,4 @@
 import hashlib
-import http.server
 import os
 import tempfile
 import time
@@ -7,21 +6,13 @@ import unittest
 
 from imgforge_vm.system import Failed, download, run
 
-from .support import Server
+from .support import Server, answering
 
 
 BODY = os.urandom(300_000)
 
 
-class Serve(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(BODY)))
-        self.end_headers()
-        self.wfile.write(BODY)
-
-    def log_message(self, *args):
-        pass
+Serve = answering(BODY)
 
 
 class Stall(Serve):

@@ -142,7 +142,7 @@ pub fn run(args: Args) -> Result<()> {
         image: Some(name),
         env,
         health_timeout: args.timing.health_timeout,
-        drain: Some(args.timing.drain),
+        drain: args.timing.drain,
         bundle: None,
     };
     let result = match &bundle {
@@ -179,7 +179,7 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
     args.host.update_program()?;
     let head = DeployRequest {
         health_timeout: args.timing.health_timeout,
-        drain: Some(args.timing.drain),
+        drain: args.timing.drain,
         ..DeployRequest::default()
     };
     let result: Deploy = args

@@ -8,25 +8,20 @@ use serde::{Deserialize, Serialize};
 
 use super::status::Status;
 
-/// `deploy-version` and `rollback`: what to run and how long to wait for it. The answer
-/// is the deploy's entry ([`super::status::Deploy`]).
+/// `deploy-version` and `rollback`: what to run and how long to wait for it (a field left
+/// out or null is none). The answer is the deploy's entry ([`super::status::Deploy`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DeployRequest {
     /// The image to run (deploys; a rollback names none).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// The new version's environment file; absent keeps the running one's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The new version's environment file; none keeps the running one's.
     pub env: Option<String>,
-    /// Seconds to wait for the health path; absent: deploy.json's app_start_timeout.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Seconds to wait for the health path; none: deploy.json's app_start_timeout.
     pub health_timeout: Option<u64>,
     /// Seconds the old version keeps serving requests it already has.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drain: Option<u64>,
+    pub drain: u64,
     /// The bundle that follows the request line on stdin.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<Upload>,
 }
 

@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 
 use indexmap::IndexMap;
-use serde::{Deserialize, Deserializer};
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::types::*;
 use super::DockerSource;
@@ -208,15 +209,7 @@ pub enum Provider {
 }
 
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Deserialize,
-    serde::Serialize,
-    clap::ValueEnum,
-    schemars::JsonSchema,
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum, JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum DnsProvider {

@@ -97,6 +97,9 @@ fn cloud_config(
     let vars = json!({ "config": &config, "layout": layout, "slot_units": slot_units });
     let t = |name: &str| templates.render(name, &vars);
     let unit = |name: &str| format!("{}/{name}", layout.units_dir);
+    let unit_file = |name: &str, template: &str| -> Result<WriteFile> {
+        Ok(WriteFile::new(&unit(name), t(template)?, "0644"))
+    };
     let units = &layout.units;
 
     let mut files = vec![
@@ -114,32 +117,15 @@ fn cloud_config(
         // live site, so that a run of first boot again never replaces HTTPS by HTTP.
         WriteFile::new(&layout.nginx_app, t("nginx-app.conf.hbs")?, "0600"),
         WriteFile::new(&layout.nginx_site_http, t("nginx-site.conf.hbs")?, "0600"),
-        WriteFile::new(&unit(&units.app), t("imgforge-app@.service.hbs")?, "0644"),
-        WriteFile::new(
-            &unit(&units.docker_firewall),
-            t("imgforge-docker-firewall.service.hbs")?,
-            "0644",
-        ),
-        WriteFile::new(
-            &unit(&units.backup),
-            t("imgforge-backup.service.hbs")?,
-            "0644",
-        ),
-        WriteFile::new(
-            &unit(&units.backup_timer),
-            t("imgforge-backup.timer.hbs")?,
-            "0644",
-        ),
-        WriteFile::new(
-            &unit(&units.report),
-            t("imgforge-report.service.hbs")?,
-            "0644",
-        ),
-        WriteFile::new(
-            &unit(&units.recover),
-            t("imgforge-recover.service.hbs")?,
-            "0644",
-        ),
+        unit_file(&units.app, "imgforge-app@.service.hbs")?,
+        unit_file(
+            &units.docker_firewall,
+            "imgforge-docker-firewall.service.hbs",
+        )?,
+        unit_file(&units.backup, "imgforge-backup.service.hbs")?,
+        unit_file(&units.backup_timer, "imgforge-backup.timer.hbs")?,
+        unit_file(&units.report, "imgforge-report.service.hbs")?,
+        unit_file(&units.recover, "imgforge-recover.service.hbs")?,
     ];
     if spec.docker_source == DockerSource::DockerCe && !spec.offline {
         files.push(WriteFile::new(
@@ -154,16 +140,8 @@ fn cloud_config(
             format!("{}\n", dns.token.expose()),
             "0600",
         ));
-        files.push(WriteFile::new(
-            &unit(&units.dns),
-            t("imgforge-dns.service.hbs")?,
-            "0644",
-        ));
-        files.push(WriteFile::new(
-            &unit(&units.dns_timer),
-            t("imgforge-dns.timer.hbs")?,
-            "0644",
-        ));
+        files.push(unit_file(&units.dns, "imgforge-dns.service.hbs")?);
+        files.push(unit_file(&units.dns_timer, "imgforge-dns.timer.hbs")?);
     }
     if let Some(tls) = &spec.tls {
         files.push(WriteFile::new(
@@ -171,16 +149,8 @@ fn cloud_config(
             t("nginx-site-tls.conf.hbs")?,
             "0600",
         ));
-        files.push(WriteFile::new(
-            &unit(&units.cert),
-            t("imgforge-cert.service.hbs")?,
-            "0644",
-        ));
-        files.push(WriteFile::new(
-            &unit(&units.cert_timer),
-            t("imgforge-cert.timer.hbs")?,
-            "0644",
-        ));
+        files.push(unit_file(&units.cert, "imgforge-cert.service.hbs")?);
+        files.push(unit_file(&units.cert_timer, "imgforge-cert.timer.hbs")?);
         if let Some(ca) = &tls.ca_bundle {
             files.push(WriteFile::new(
                 &layout.acme_ca,

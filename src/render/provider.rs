@@ -276,24 +276,13 @@ mod tests {
 
     #[test]
     fn gzip_is_reproducible() {
-        let a = package(
-            "#cloud-config\nx: 1\n",
-            Provider::Generic,
-            Encoding {
+        let gzipped = || {
+            let encoding = Encoding {
                 gzip: true,
                 base64: true,
-            },
-        )
-        .unwrap();
-        let b = package(
-            "#cloud-config\nx: 1\n",
-            Provider::Generic,
-            Encoding {
-                gzip: true,
-                base64: true,
-            },
-        )
-        .unwrap();
-        assert_eq!(a.bytes, b.bytes);
+            };
+            package("#cloud-config\nx: 1\n", Provider::Generic, encoding).unwrap()
+        };
+        assert_eq!(gzipped().bytes, gzipped().bytes);
     }
 }

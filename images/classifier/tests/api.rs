@@ -283,14 +283,15 @@ async fn history_survives_a_restart() {
 async fn browsers_get_pages_that_load_nothing_from_elsewhere() {
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(data.path(), &[]);
+    let get = |path: &str, accept: &str| {
+        client()
+            .get(server.url(path))
+            .header("Accept", accept.to_owned())
+            .send()
+    };
     let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
     for path in ["/", "/docs"] {
-        let resp = client()
-            .get(server.url(path))
-            .header("Accept", browser)
-            .send()
-            .await
-            .unwrap();
+        let resp = get(path, browser).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "{path}");
         let csp = resp.headers()["content-security-policy"]
             .to_str()
@@ -310,27 +311,14 @@ async fn browsers_get_pages_that_load_nothing_from_elsewhere() {
         // Every file it loads is served here.
         for asset in html.split("\"/static/").skip(1) {
             let name = asset.split('"').next().unwrap();
-            let resp = client()
-                .get(server.url(&format!("/static/{name}")))
-                .send()
-                .await
-                .unwrap();
+            let resp = get(&format!("/static/{name}"), "*/*").await.unwrap();
             assert_eq!(resp.status(), StatusCode::OK, "/static/{name}");
             assert!(!resp.bytes().await.unwrap().is_empty(), "/static/{name}");
         }
     }
-    let resp = client()
-        .get(server.url("/static/nothing.js"))
-        .send()
-        .await
-        .unwrap();
+    let resp = get("/static/nothing.js", "*/*").await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-    let resp = client()
-        .get(server.url("/"))
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let resp = get("/", "application/json").await.unwrap();
     let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(
         content_type.starts_with("application/json"),
