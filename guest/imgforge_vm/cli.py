@@ -13,7 +13,7 @@ from .context import Ctx
 from .dockerfw import block_metadata
 from .install import install_program
 from .report import report
-from .system import Failed, log
+from .system import SOURCE, Failed, log
 
 # deploy: first boot's steps. provision, generalize: `imgforge build --provision`. cert,
 # dns, backup, upgrade, report, recover, docker-firewall: timers and units. run-slot: a
@@ -21,10 +21,17 @@ from .system import Failed, log
 # SSH; run-job: a deploy's own unit.
 COMMANDS = ("deploy", "provision", "generalize", "cert", "dns", "backup", "upgrade", "report",
             "recover", "docker-firewall", "deploy-version", "rollback", "attach", "status",
-            "install-program")
+            "install-program", "logs")
 # Day two's commands live in remote.py, which first boot's program does not carry
 # (`imgforge deploy` and `status` send the whole program first).
-REMOTE = ("deploy-version", "rollback", "attach", "run-job", "status")
+REMOTE = ("deploy-version", "rollback", "attach", "run-job", "status", "logs")
+# Whose progress a command's log lines are, in the journal (`imgforge logs --source`).
+# A slot's own lines are in its unit's journal already.
+SOURCES = {"deploy": "boot", "provision": "boot", "generalize": "boot", "report": "boot",
+           "recover": "boot", "upgrade": "boot", "docker-firewall": "boot",
+           "deploy-version": "deploy", "rollback": "deploy", "run-job": "deploy",
+           "install-program": "deploy", "status": "deploy", "cert": "cert", "dns": "dns",
+           "backup": "backup"}
 
 
 def main(argv=None):
@@ -35,6 +42,7 @@ def main(argv=None):
     sub.add_parser("run-job").add_argument("job")
     sub.add_parser("run-slot").add_argument("slot", choices=["blue", "green"])
     args = p.parse_args(argv)
+    SOURCE["name"] = SOURCES.get(args.command)
 
     if args.command in ("provision", "generalize"):
         from . import provision
@@ -95,6 +103,13 @@ def day_two(ctx, args):
                      "the VM runs then; `imgforge status` or `imgforge deploy` sends the rest") from None
     if args.command == "run-job":
         return remote.Jobs(ctx).run(args.job)
+    if args.command == "logs":
+        from .logs import logs
+        try:
+            logs(ctx, sys.stdin.buffer)
+        except BrokenPipeError:
+            pass  # the client went away
+        return 0
     fn = {"deploy-version": remote.deploy_version, "rollback": remote.rollback,
           "attach": remote.attach, "status": lambda c, _: remote.report(c)}[args.command]
     try:

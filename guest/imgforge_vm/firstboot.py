@@ -277,6 +277,8 @@ def deploy(ctx):
     # program now (render::with_program_modules).
     shutil.rmtree(ctx.paths.program_src, ignore_errors=True)
     run("systemctl", "daemon-reload")
+    # The journal, persistent and bounded (layout.json's journald_conf), from now on.
+    run("systemctl", "restart", "systemd-journald", check=False)
     # Started now, the report waits for cloud-init to finish, so a failed step is reported too.
     units = ctx.paths.units
     run("systemctl", "enable", units["report"], units["recover"])

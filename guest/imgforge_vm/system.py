@@ -3,12 +3,16 @@
 import hashlib
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
 import urllib.request
+
+from .layout import Layout
 
 ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive", NEEDRESTART_MODE="a",
            PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
@@ -20,9 +24,33 @@ class Failed(Exception):
     """A step's work failed; the message says what and why, for status.json."""
 
 
+# What the running command's progress is, in the journal (`imgforge logs --source`): set
+# by the command line; None for commands whose stderr the journal already keeps apart.
+SOURCE = {"name": None}
+JOURNAL_SOCKET = Layout.load().journal_socket
+
+
 def log(msg):
-    """Progress, on stderr: stdout is for the one JSON answer of remote commands."""
+    """Progress, on stderr (stdout is for the one JSON answer of remote commands), and in
+    the journal under the command's source."""
     print("imgforge: " + msg, file=sys.stderr, flush=True)
+    if SOURCE["name"]:
+        journal(msg, IMGFORGE_SOURCE=SOURCE["name"])
+
+
+def journal(message, socket_path=None, **fields):
+    """One journal entry, in journald's native protocol: each field length-prefixed, so
+    no value can forge another. Quietly nothing where there is no journal."""
+    entry = b""
+    for name, value in [("MESSAGE", message[:16384]), ("PRIORITY", "6"),
+                        ("SYSLOG_IDENTIFIER", "imgforge")] + sorted(fields.items()):
+        data = str(value).encode(errors="replace")
+        entry += name.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(entry, socket_path or JOURNAL_SOCKET)
+    except OSError:
+        pass
 
 
 def run(*argv, timeout=DEFAULT_TIMEOUT, env=None, check=True, capture=False, quiet=False):

@@ -32,6 +32,13 @@ pub struct Layout {
     pub switch_intent: String,
     pub jobs_dir: String,
     pub log_dir: String,
+    /// journald's native socket: the program's progress, by source, in the journal.
+    pub journal_socket: String,
+    /// journald's drop-in: a persistent journal of bounded size.
+    pub journald_conf: String,
+    /// nginx's access log for the app, one JSON object a line (`imgforge logs`, `status`).
+    pub nginx_access_log: String,
+    pub nginx_error_log: String,
     pub hold: String,
     pub baked_bundle: String,
     pub probe_token: String,

@@ -4,7 +4,8 @@
 //! - [`deploy`]: deploy.json, the deployment as imgforge renders it for the program;
 //! - [`status`]: status.json, what the deployment did, as the program records it;
 //! - [`remote`]: the program's requests and answers over SSH (`imgforge-vm status`,
-//!   `deploy-version`, `rollback`, `attach`, `install-program`).
+//!   `deploy-version`, `rollback`, `attach`, `install-program`);
+//! - [`logs`]: `imgforge-vm logs`' request and its lines.
 //!
 //! Each document's JSON Schema is generated from its type and committed under
 //! guest/schema/: a unit test fails when a type and its committed schema differ, and the
@@ -12,6 +13,7 @@
 
 pub mod deploy;
 pub mod layout;
+pub mod logs;
 pub mod remote;
 pub mod status;
 
@@ -32,6 +34,8 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("status-answer.schema.json", of::<remote::StatusAnswer>()),
         ("deploy-request.schema.json", of::<remote::DeployRequest>()),
         ("deploy-answer.schema.json", of::<status::Deploy>()),
+        ("logs-request.schema.json", of::<logs::LogsRequest>()),
+        ("log-line.schema.json", of::<logs::LogLine>()),
     ]
 }
 

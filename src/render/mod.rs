@@ -112,6 +112,7 @@ fn cloud_config(
         WriteFile::new(&layout.sshd_config, t("sshd-hardening.conf.hbs")?, "0644"),
         WriteFile::new(&layout.docker_daemon, docker_daemon_json()?, "0644"),
         WriteFile::new(&layout.apt_auto_upgrades, t("20auto-upgrades.hbs")?, "0644"),
+        WriteFile::new(&layout.journald_conf, t("journald.conf.hbs")?, "0644"),
         WriteFile::new(&layout.nginx_conf, t("nginx-http.conf.hbs")?, "0644"),
         // The sites go to imgforge's directory: imgforge-vm installs one of them as nginx's
         // live site, so that a run of first boot again never replaces HTTPS by HTTP.

@@ -224,6 +224,7 @@ const OPTIONAL: &[(&str, Uses)] = &[
     ("imgforge_vm/dns.py", |n| n.dns),
     ("imgforge_vm/provision.py", |n| n.provision),
     ("imgforge_vm/remote.py", |n| n.day_two),
+    ("imgforge_vm/logs.py", |n| n.day_two),
     ("imgforge_vm/bundle.py", |n| n.bundle),
 ];
 
@@ -245,6 +246,7 @@ pub const RENDER_ONLY: &[&str] = &[
     "apt_docker_pin",
     "docker_bin",
     "docker_daemon",
+    "journald_conf",
     "nginx_app",
     "ssh_host_key",
     "system_cloud_config",

@@ -1,0 +1,329 @@
+"""`imgforge logs`: what the VM did and served, as one stream of lines in time order.
+
+Sources:
+- app: the slots' output from the journal (the container's, through its unit), every
+  version that ran, each line with the version that wrote it (the slot's start entry,
+  IMGFORGE_EVENT=slot-start, names it). The journal is persistent and bounded
+  (layout.json's journald_conf), so the lines outlive deploys and reboots.
+- proxy: nginx's access log for the app (JSON, with request and upstream times) and its
+  error log, rotated files included.
+- deploy, boot, backup, cert, dns: the VM program's own progress, which it writes to the
+  journal under IMGFORGE_SOURCE.
+
+The request is one JSON line: {"sources": [...], "since": seconds ago or null, "lines": N or
+null, "follow": bool}. Each answer line is a LogLine (guest/schema/log-line.schema.json).
+"""
+
+import gzip
+import json
+import os
+import queue
+import re
+import select
+import subprocess
+import sys
+import threading
+import time
+
+from .app import SLOTS, Refused, unit
+from .system import ENV
+
+SOURCES = ("app", "proxy", "deploy", "boot", "backup", "cert", "dns")
+PROGRAM_SOURCES = ("deploy", "boot", "backup", "cert", "dns")
+DEFAULT_LINES = 200
+MAX_LINES = 100_000
+ROTATIONS = 14
+ERROR_LINE = re.compile(r"(\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d) \[(\w+)\] (.*)")
+SLOT_UNIT = re.compile(r"@(\w+)\.service$")
+
+
+def stamp(seconds):
+    """RFC 3339, UTC, milliseconds: the one time format of every line."""
+    whole = int(seconds)
+    ms = int(round((seconds - whole) * 1000))
+    if ms == 1000:
+        whole, ms = whole + 1, 0
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{ms:03d}Z"
+
+
+def parse_request(head):
+    """The request's fields, checked; Refused names the one that is wrong."""
+    sources = head.get("sources") or list(SOURCES)
+    if not isinstance(sources, list) or not all(s in SOURCES for s in sources):
+        raise Refused(f"sources {sources!r}: each must be one of {', '.join(SOURCES)}")
+    since = head.get("since")
+    if since is not None and not (isinstance(since, int) and since >= 0):
+        raise Refused(f"since {since!r}: seconds, 0 or more")
+    lines = head.get("lines")
+    if lines is not None and not (isinstance(lines, int) and 1 <= lines <= MAX_LINES):
+        raise Refused(f"lines {lines!r}: between 1 and {MAX_LINES}")
+    if since is None and lines is None:
+        lines = DEFAULT_LINES
+    return {"sources": sources, "since": since, "lines": lines or MAX_LINES,
+            "follow": bool(head.get("follow"))}
+
+
+# -- the journal -------------------------------------------------------------------------
+
+def journal_matches(sources):
+    """journalctl's matches: the slots' units OR the program's sources (matches on one
+    field are alternatives, `+` joins the groups)."""
+    groups = []
+    if "app" in sources:
+        groups.append([f"_SYSTEMD_UNIT={unit(slot)}" for slot in SLOTS])
+    program = [f"IMGFORGE_SOURCE={s}" for s in sources if s in PROGRAM_SOURCES]
+    if program:
+        groups.append(program)
+    out = []
+    for g in groups:
+        out += (["+"] if out else []) + g
+    return out
+
+
+def journal_json(args):
+    """The entries `journalctl -o json ARGS` prints."""
+    proc = subprocess.run(["journalctl", "--output", "json", "--no-pager", *args], env=ENV,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=300)
+    return [e for e in map(parse_json, proc.stdout.splitlines()) if e]
+
+
+def parse_json(line):
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class Versions:
+    """Which version each slot ran when: its start entries, in time order."""
+
+    def __init__(self, starts):
+        self.starts = {}
+        for e in starts:
+            slot, version = e.get("IMGFORGE_SLOT"), e.get("IMGFORGE_VERSION")
+            if isinstance(slot, str) and isinstance(version, str):
+                self.starts.setdefault(slot, []).append((usec(e), version))
+        for runs in self.starts.values():
+            runs.sort()
+
+    @classmethod
+    def load(cls):
+        return cls(journal_json(["IMGFORGE_EVENT=slot-start"]))
+
+    def at(self, slot, t):
+        version = None
+        for started, v in self.starts.get(slot, []):
+            if started > t:
+                break
+            version = v
+        return version
+
+
+def usec(entry):
+    try:
+        return int(entry.get("__REALTIME_TIMESTAMP", "0"))
+    except ValueError:
+        return 0
+
+
+def text(value):
+    """MESSAGE as the journal gives it: a string, bytes as a list of numbers, or null."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(b, int) for b in value):
+        return bytes(value).decode(errors="replace")
+    return ""
+
+
+def from_journal(entry, versions):
+    t = usec(entry)
+    source = entry.get("IMGFORGE_SOURCE")
+    line = {"time": stamp(t / 1e6), "source": source if source in PROGRAM_SOURCES else "app",
+            "message": text(entry.get("MESSAGE")).rstrip("\n")}
+    m = SLOT_UNIT.search(entry.get("_SYSTEMD_UNIT") or "")
+    if line["source"] == "app" and m:
+        line["slot"] = m.group(1)
+        line["version"] = versions.at(m.group(1), t)
+    return t, line
+
+
+# -- nginx's logs ------------------------------------------------------------------------
+
+def access_line(raw):
+    """A line of the JSON access log, or None when it is not one."""
+    e = parse_json(raw)
+    if not e or not isinstance(e.get("msec"), (int, float)):
+        return None
+    upstream = str(e.get("upstream_time") or "").split(",")[-1].strip()
+    try:
+        upstream_s = float(upstream)
+    except ValueError:
+        upstream_s = None
+    req = {"remote": str(e.get("remote", "")), "method": str(e.get("method", "")),
+           "uri": str(e.get("uri", "")), "status": int(e.get("status") or 0),
+           "bytes": int(e.get("bytes") or 0), "request_time": float(e.get("request_time") or 0),
+           "upstream_time": upstream_s}
+    msg = f"{req['method']} {req['uri']} {req['status']} {req['request_time']:.3f} s"
+    return int(e["msec"] * 1e6), {"time": stamp(e["msec"]), "source": "proxy",
+                                  "message": msg, "request": req}
+
+
+def error_line(raw):
+    """A line of nginx's error log (its time is the VM's local time)."""
+    m = ERROR_LINE.match(raw)
+    if not m:
+        return None
+    fields = [int(x) for x in m.groups()[:6]]
+    t = time.mktime(tuple(fields) + (0, 0, -1))
+    return int(t * 1e6), {"time": stamp(t), "source": "proxy", "message": raw.rstrip("\n")}
+
+
+def rotated(path):
+    """path and its rotations, oldest first (logrotate: .1, then .2.gz and on)."""
+    names = [f"{path}.{n}.gz" for n in range(ROTATIONS, 1, -1)] + [f"{path}.1", path]
+    return [n for n in names if os.path.exists(n)]
+
+
+def read_lines(path):
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt", errors="replace") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
+
+
+def file_lines(paths, since_us):
+    out = []
+    for path, parse in ((paths.nginx_access_log, access_line), (paths.nginx_error_log, error_line)):
+        for name in rotated(path):
+            if since_us and os.path.getmtime(name) * 1e6 < since_us:
+                continue
+            out += [x for x in map(parse, read_lines(name)) if x and x[0] >= since_us]
+    return out
+
+
+# -- the command ---------------------------------------------------------------------------
+
+def collect(paths, req, now=None):
+    """The backlog: every line the request asks for, oldest first, at most `lines`; and
+    where following goes on (the last journal cursor, the files' sizes)."""
+    now = time.time() if now is None else now
+    since_us = int((now - req["since"]) * 1e6) if req["since"] is not None else 0
+    lines, cursor = [], None
+    matches = journal_matches(req["sources"])
+    if matches:
+        args = ["--lines", str(req["lines"])]
+        if since_us:
+            args += ["--since", f"@{since_us // 1_000_000}"]
+        entries = journal_json(args + matches)
+        versions = Versions.load() if "app" in req["sources"] else Versions([])
+        lines += [from_journal(e, versions) for e in entries if usec(e) >= since_us]
+        cursor = entries[-1].get("__CURSOR") if entries else None
+    if "proxy" in req["sources"]:
+        lines += file_lines(paths, since_us)
+    lines.sort(key=lambda x: x[0])
+    return [line for _, line in lines[-req["lines"]:]], cursor
+
+
+def logs(ctx, stream, out=None):
+    """Prints the backlog, then (follow) new lines as they come, until the client goes."""
+    out = out or sys.stdout
+    req = parse_request(parse_json(stream.readline(1 << 16) or "{}") or {})
+    started = time.time()
+    backlog, cursor = collect(ctx.paths, req, started)
+    sizes = {p: os.path.getsize(p) for p in (ctx.paths.nginx_access_log, ctx.paths.nginx_error_log)
+             if os.path.exists(p)}
+    for line in backlog:
+        out.write(json.dumps(line) + "\n")
+    out.flush()
+    if req["follow"]:
+        follow(ctx.paths, req, cursor, started, sizes, out)
+
+
+def follow(paths, req, cursor, started, sizes, out):
+    lines = queue.Queue()
+    stop = threading.Event()
+    children = []
+    matches = journal_matches(req["sources"])
+    if matches:
+        where = ["--after-cursor", cursor] if cursor else ["--since", f"@{int(started)}"]
+        proc = subprocess.Popen(["journalctl", "--output", "json", "--follow", "--no-pager",
+                                 *where, *matches], env=ENV, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        children.append(proc)
+        versions = Versions.load() if "app" in req["sources"] else Versions([])
+
+        def read_journal():
+            for raw in proc.stdout:
+                e = parse_json(raw)
+                if e:
+                    if e.get("IMGFORGE_EVENT") == "slot-start":
+                        versions.starts.setdefault(e.get("IMGFORGE_SLOT"), []).append(
+                            (usec(e), e.get("IMGFORGE_VERSION")))
+                    lines.put(from_journal(e, versions)[1])
+        threading.Thread(target=read_journal, daemon=True).start()
+    if "proxy" in req["sources"]:
+        def read_files():
+            tails = {p: Tail(p, sizes.get(p, 0)) for p in (paths.nginx_access_log,
+                                                            paths.nginx_error_log)}
+            parse = {paths.nginx_access_log: access_line, paths.nginx_error_log: error_line}
+            while not stop.is_set():
+                for p, tail in tails.items():
+                    for raw in tail.new_lines():
+                        x = parse[p](raw)
+                        if x:
+                            lines.put(x[1])
+                time.sleep(0.5)
+        threading.Thread(target=read_files, daemon=True).start()
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=5)
+            except queue.Empty:
+                # Nothing new: a client that went away shows here too, not only on a write.
+                if gone(out):
+                    return
+                continue
+            out.write(json.dumps(line) + "\n")
+            out.flush()
+    finally:
+        stop.set()
+        for proc in children:
+            proc.terminate()
+
+
+class Tail:
+    """New whole lines of a file that logrotate may replace (a new inode starts over)."""
+
+    def __init__(self, path, offset):
+        self.path, self.offset, self.rest = path, offset, b""
+        try:
+            self.inode = os.stat(path).st_ino
+        except OSError:
+            self.inode = None
+
+    def new_lines(self):
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return []
+        if st.st_ino != self.inode or st.st_size < self.offset:
+            self.inode, self.offset, self.rest = st.st_ino, 0, b""
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(1 << 20)
+        self.offset += len(data)
+        *whole, self.rest = (self.rest + data).split(b"\n")
+        return [w.decode(errors="replace") for w in whole]
+
+
+def gone(out):
+    """Whether the reader of out (a pipe to sshd) has closed it."""
+    try:
+        p = select.poll()
+        p.register(out.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
