@@ -95,6 +95,25 @@ impl Host {
         args: &[&str],
         request: impl FnOnce(&mut ChildStdin) -> std::io::Result<()>,
     ) -> Result<T> {
+        let mut stdout = Vec::new();
+        self.stream(args, request, |line| {
+            stdout.push(line.to_owned());
+            Ok(())
+        })?;
+        // The answer is the last line; anything before it is not imgforge-vm's.
+        let last = stdout.iter().rev().find(|l| !l.trim().is_empty());
+        serde_json::from_str(last.map_or("", |l| l.as_str()))
+            .with_context(|| format!("the VM answered {:?}", stdout.join("\n").trim()))
+    }
+
+    /// Runs the VM program's `args` like [`Host::call`], handing each line it prints on
+    /// stdout to `line` as it comes (`imgforge logs`). An error from `line` ends the call.
+    pub fn stream(
+        &self,
+        args: &[&str],
+        request: impl FnOnce(&mut ChildStdin) -> std::io::Result<()>,
+        mut line: impl FnMut(&str) -> Result<()>,
+    ) -> Result<()> {
         self.check()?;
         let mut child = self
             .command(args)
@@ -118,13 +137,15 @@ impl Host {
         // A closed pipe means the remote side ended early: its exit status says why.
         let written = request(&mut stdin).and_then(|()| stdin.flush());
         drop(stdin);
-        let mut stdout = String::new();
-        child
-            .stdout
-            .take()
-            .context("ssh stdout")?
-            .read_to_string(&mut stdout)
-            .context("reading the VM's answer")?;
+        let stdout = child.stdout.take().context("ssh stdout")?;
+        for text in BufReader::new(stdout).lines() {
+            let text = text.context("reading the VM's answer")?;
+            if let Err(e) = line(&text) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        }
         let status = child.wait().context("waiting for ssh")?;
         let lines = relay.join().unwrap_or_default();
         let last = lines
@@ -134,9 +155,7 @@ impl Host {
             .cloned()
             .unwrap_or_default();
         match status.code() {
-            // The answer is the last line; anything before it is not imgforge-vm's.
-            Some(0) => serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
-                .with_context(|| format!("the VM answered {:?}", stdout.trim())),
+            Some(0) => Ok(()),
             Some(SSH_ERROR) => Err(self.ssh_error(&lines.join("\n"))),
             Some(REFUSED) => Err(usage(last.trim_start_matches("imgforge-vm: error: "))),
             _ => {

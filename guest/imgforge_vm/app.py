@@ -372,18 +372,10 @@ class Apps:
                 if not ready:
                     log(f"{slot}: {rec['version']} answers its health path")
                 ready, failures = True, 0
-            elif (ready or time.monotonic() - began > allowance) and not self.backing_up():
+            elif ready or time.monotonic() - began > allowance:
                 failures += 1
                 if failures >= LIVENESS_FAILURES:
                     log(f"{slot}: {rec['version']} did not answer its health path "
                         f"{failures} times in a row: restarting it")
                     run("docker", "kill", self.paths.container(slot), check=False)
 
-    def backing_up(self):
-        """The backup pauses the container while it copies: no answers then is no fault."""
-        with open(self.paths.backup_lock, "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return False
-            except OSError:
-                return True

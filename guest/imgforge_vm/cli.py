@@ -21,17 +21,18 @@ from .system import SOURCE, Failed, log
 # SSH; run-job: a deploy's own unit.
 COMMANDS = ("deploy", "provision", "generalize", "cert", "dns", "backup", "upgrade", "report",
             "recover", "docker-firewall", "deploy-version", "rollback", "attach", "status",
-            "install-program", "logs")
+            "install-program", "logs", "backup-now", "backup-list")
 # Day two's commands live in remote.py, which first boot's program does not carry
 # (`imgforge deploy` and `status` send the whole program first).
-REMOTE = ("deploy-version", "rollback", "attach", "run-job", "status", "logs")
+REMOTE = ("deploy-version", "rollback", "attach", "run-job", "status", "logs", "backup-now",
+          "backup-list")
 # Whose progress a command's log lines are, in the journal (`imgforge logs --source`).
 # A slot's own lines are in its unit's journal already.
 SOURCES = {"deploy": "boot", "provision": "boot", "generalize": "boot", "report": "boot",
            "recover": "boot", "upgrade": "boot", "docker-firewall": "boot",
            "deploy-version": "deploy", "rollback": "deploy", "run-job": "deploy",
            "install-program": "deploy", "status": "deploy", "cert": "cert", "dns": "dns",
-           "backup": "backup"}
+           "backup": "backup", "backup-now": "backup"}
 
 
 def main(argv=None):
@@ -80,8 +81,7 @@ def main(argv=None):
         elif args.command == "upgrade":
             return 0 if firstboot.run_upgrade(ctx) else 1
         elif args.command == "backup":
-            slot = Apps(ctx).active()
-            backup(ctx, ctx.paths.container(slot) if slot else None)
+            backup(ctx)
         elif args.command == "report":
             report(ctx)
         elif args.command == "docker-firewall":
@@ -111,7 +111,8 @@ def day_two(ctx, args):
             pass  # the client went away
         return 0
     fn = {"deploy-version": remote.deploy_version, "rollback": remote.rollback,
-          "attach": remote.attach, "status": lambda c, _: remote.report(c)}[args.command]
+          "attach": remote.attach, "status": lambda c, _: remote.report(c),
+          "backup-now": remote.backup_now, "backup-list": remote.backup_list}[args.command]
     try:
         answer = fn(ctx, sys.stdin.buffer)
     except BrokenPipeError:

@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 
-from . import proxy, status
+from . import backup, proxy, status
 from .app import SLOTS, Apps, Refused, now, unit
 from .system import Failed, log, out, phase, read_json, retry, run, wait_for, write_atomic
 
@@ -307,7 +307,26 @@ def report(ctx):
     for name, path in (("data", conf["data_dir"]), ("backups", paths.backup_dir)):
         if os.path.isdir(path):
             doc["disk"][name] = int(out("du", "-sb", path).split()[0])
+    doc["backup"] = read_json(paths.backup_state, {})
     return doc
+
+
+def backup_now(ctx, stream):
+    """A backup now, by the unit the timer starts (one at a time); its record."""
+    began = now()
+    run("systemctl", "start", ctx.paths.units["backup"], check=False, timeout=7200)
+    last = read_json(ctx.paths.backup_state, {}).get("last")
+    if not last or last.get("started", "") < began:
+        raise Failed("the backup did not run: `imgforge logs --source backup` says why")
+    if last.get("result") != "ok":
+        raise Failed(f"the backup failed: {last.get('error')}")
+    return last
+
+
+def backup_list(ctx, stream):
+    """The archives, and the last backup's record."""
+    state = read_json(ctx.paths.backup_state, {})
+    return {"archives": backup.archives(ctx), "last": state.get("last")}
 
 
 def running_port(paths, conf):

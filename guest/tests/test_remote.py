@@ -6,9 +6,9 @@ import unittest
 import zipfile
 from unittest import mock
 
-from imgforge_vm import app, install, proxy, remote
+from imgforge_vm import app, backup, install, proxy, remote
 from imgforge_vm.app import Refused
-from imgforge_vm.system import Failed
+from imgforge_vm.system import Failed, write_atomic
 
 from . import schema
 from .support import Docker, Vm, ready_first_boot
@@ -218,6 +218,12 @@ class Serving(unittest.TestCase):
         Rust side parses (src/cli/status.rs): one disagreement, so it has problems."""
         ready_first_boot(self.vm.ctx)
         proxy.point_upstream(self.vm.paths, 8001)
+        good = {"started": "2026-12-06T03:00:00Z", "archive": "data-20261206T030000Z",
+                "where": "local", "result": "ok", "files": 2, "databases": 1,
+                "bytes": 40960, "seconds": 1.25}
+        failed = {"started": "2026-12-07T03:00:00Z", "archive": "data-20261207T030000Z",
+                  "where": "local", "result": "failed", "error": "disk full", "seconds": 0.5}
+        write_atomic(self.vm.paths.backup_state, json.dumps({"last": failed, "last_ok": good}))
         with mock.patch.object(remote, "out", lambda *a, **k: "4096\t/x\n"):
             doc = schema.check("status-answer", remote.report(self.vm.ctx))
         path = os.path.join(schema.FIXTURES, "status-answer-v1.json")
@@ -226,6 +232,42 @@ class Serving(unittest.TestCase):
                 f.write(json.dumps(doc, indent=2) + "\n")
         self.assertEqual(schema.shape(doc), schema.shape(schema.fixture("status-answer-v1.json")))
         self.assertFalse(doc["healthy"])
+
+
+class Backups(unittest.TestCase):
+    """`imgforge backup now | list`: the unit runs it, the answers are the contract's."""
+
+    def setUp(self):
+        self.vm = Vm()
+        self.addCleanup(self.vm.cleanup)
+        os.makedirs(self.vm.ctx.conf["data_dir"])
+        with open(os.path.join(self.vm.ctx.conf["data_dir"], "notes"), "w") as f:
+            f.write("x\n")
+
+    def start_unit(self, fail=None):
+        def run(*argv, **kw):
+            self.assertEqual(argv[:3], ("systemctl", "start", "imgforge-backup.service"))
+            try:
+                with mock.patch.object(backup, "snapshot", side_effect=fail) if fail else \
+                        mock.patch.object(backup, "log"):
+                    backup.backup(self.vm.ctx)
+            except Exception:
+                pass
+        return mock.patch.object(remote, "run", run)
+
+    def test_now_answers_the_record_and_list_shows_the_archive(self):
+        with self.start_unit():
+            record = schema.check("backup-answer", remote.backup_now(self.vm.ctx, None))
+        self.assertEqual((record["result"], record["files"]), ("ok", 1))
+        listed = schema.check("backup-list", remote.backup_list(self.vm.ctx, None))
+        self.assertEqual([a["name"] for a in listed["archives"]], [record["archive"]])
+        self.assertEqual(listed["last"], record)
+
+    def test_a_failed_backup_is_a_failure_with_its_reason(self):
+        with self.start_unit(fail=OSError("No space left on device")):
+            with self.assertRaises(Failed) as e:
+                remote.backup_now(self.vm.ctx, None)
+        self.assertIn("No space left", str(e.exception))
 
 
 GUEST = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod backup;
 pub mod boot;
 pub mod build;
 pub mod deploy;
@@ -10,6 +11,7 @@ pub mod docs;
 pub mod init;
 pub mod keygen;
 pub mod load;
+pub mod logs;
 pub mod pack;
 pub mod render;
 pub mod seed;
@@ -26,6 +28,7 @@ Examples:
   imgforge boot --disk debian.qcow2 --seed seed.img
   imgforge verify --host 127.0.0.1 --domain api.example.com
   imgforge deploy --host api.example.com --bundle classifier-0.2.oci.tar
+  imgforge logs --host api.example.com --source app,proxy --since 10m -f
 
 Exit codes: 0 ok, 1 failed, 2 bad usage or bad input.";
 
@@ -62,6 +65,10 @@ pub enum Command {
     Rollback(deploy::RollbackArgs),
     /// Show what a deployed VM runs, its certificate and its last deploys
     Status(status::Args),
+    /// Show the app's, nginx's and imgforge's logs on a deployed VM
+    Logs(Box<logs::Args>),
+    /// Back up a deployed VM's data now, or list its backups
+    Backup(Box<backup::Args>),
     /// Print shell completions or the man page
     #[command(subcommand)]
     Docs(docs::Docs),
@@ -81,6 +88,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(args) => deploy::run(*args),
         Command::Rollback(args) => deploy::rollback(args),
         Command::Status(args) => status::run(args),
+        Command::Logs(args) => logs::run(*args),
+        Command::Backup(args) => backup::run(*args),
         Command::Docs(docs) => docs::run(docs),
     }
 }

@@ -110,6 +110,24 @@ pub fn summary(host: &str, answer: &StatusAnswer) -> String {
                 .unwrap_or_default()
         ));
     }
+    let backup = &answer.backup;
+    match (&backup.last, &backup.last_ok) {
+        (None, _) => out.push_str("  backup       none yet\n"),
+        (Some(last), ok) => {
+            out.push_str(&format!(
+                "  backup       {}\n",
+                crate::cli::backup::describe(last)
+            ));
+            if last.result != "ok" {
+                if let Some(ok) = ok {
+                    out.push_str(&format!(
+                        "  last good    {}\n",
+                        crate::cli::backup::describe(ok)
+                    ));
+                }
+            }
+        }
+    }
     for (name, bytes) in &answer.disk {
         out.push_str(&format!(
             "  disk         {name}: {}\n",
@@ -140,5 +158,15 @@ mod tests {
             "{summary}"
         );
         assert!(!answer.healthy);
+        assert!(
+            summary.contains(
+                "backup       data-20261207T030000Z at 2026-12-07T03:00:00Z: FAILED: disk full"
+            ),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("last good    data-20261206T030000Z at 2026-12-06T03:00:00Z: 2 files (1 SQLite databases), 40.0 KiB in 1.2 s, on the VM's own disk (lost with the VM)"),
+            "{summary}"
+        );
     }
 }

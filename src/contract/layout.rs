@@ -25,6 +25,10 @@ pub struct Layout {
     pub app_state: String,
     pub deploy_lock: String,
     pub backup_lock: String,
+    /// The last backup and the last good one (`imgforge status`, `backup list`).
+    pub backup_state: String,
+    /// A backup's copy of the data directory, before it is archived.
+    pub backup_staging: String,
     pub cert_state: String,
     pub cert_lock: String,
     pub dns_state: String,

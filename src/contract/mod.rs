@@ -34,6 +34,8 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("status-answer.schema.json", of::<remote::StatusAnswer>()),
         ("deploy-request.schema.json", of::<remote::DeployRequest>()),
         ("deploy-answer.schema.json", of::<status::Deploy>()),
+        ("backup-answer.schema.json", of::<remote::BackupRecord>()),
+        ("backup-list.schema.json", of::<remote::BackupList>()),
         ("logs-request.schema.json", of::<logs::LogsRequest>()),
         ("log-line.schema.json", of::<logs::LogLine>()),
     ]

@@ -58,6 +58,9 @@ pub struct StatusAnswer {
     /// Bytes on disk, by what they are (`data`, `backups`).
     #[serde(default)]
     pub disk: IndexMap<String, u64>,
+    /// The backups' records.
+    #[serde(default)]
+    pub backup: BackupState,
 }
 
 /// What serves: the health path through nginx the way users come, and whether app.json,
@@ -82,4 +85,61 @@ pub struct Serving {
 pub struct Certificate {
     pub issuer: String,
     pub not_after: String,
+}
+
+/// A backup's record (`backup-now`'s answer; `status` and `backup-list` show the last).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct BackupRecord {
+    /// When it started, RFC 3339 UTC.
+    pub started: String,
+    /// The archive's name.
+    pub archive: String,
+    /// Where the archive is: `local` (this VM's disk).
+    #[serde(rename = "where")]
+    pub location: String,
+    /// `ok` or `failed`.
+    pub result: String,
+    /// Seconds it took.
+    pub seconds: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
+    /// SQLite databases copied through SQLite's online backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub databases: Option<u64>,
+    /// The archive's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The backup records: the last one, and the last that worked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct BackupState {
+    #[serde(default)]
+    pub last: Option<BackupRecord>,
+    #[serde(default)]
+    pub last_ok: Option<BackupRecord>,
+}
+
+/// `backup-list`'s answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct BackupList {
+    /// Oldest first.
+    pub archives: Vec<Archive>,
+    pub last: Option<BackupRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Archive {
+    pub name: String,
+    /// RFC 3339 UTC.
+    pub time: String,
+    pub bytes: u64,
+    #[serde(rename = "where")]
+    pub location: String,
 }
