@@ -31,7 +31,7 @@ import urllib.request
 
 from . import proxy
 from .layout import Layout
-from .system import (ENV, Failed, journal, log, out, phase, read_json, run, wait_for,
+from .system import (ENV, Failed, journal, log, now, out, phase, read_json, run, wait_for,
                      write_atomic)
 
 # The slots and the unit that runs one, as layout.json names them.
@@ -56,10 +56,6 @@ def other(slot):
 def unit(slot):
     """The slot's systemd unit: an instance of layout.json's app unit template."""
     return APP_UNIT.replace("@.", f"@{slot}.")
-
-
-def now():
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def docker_run_argv(conf, paths, slot, record):

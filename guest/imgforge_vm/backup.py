@@ -13,11 +13,10 @@ import json
 import os
 import shutil
 import sqlite3
-import sys
 import time
 import urllib.parse
 
-from .system import Failed, log, read_json, run, write_atomic
+from .system import Failed, log, now, read_json, run, write_atomic
 
 # An archive still being written is named *.part; one older than this is left from a
 # failed run and is removed.
@@ -57,12 +56,18 @@ def copy_database(src, dst):
         source.close()
 
 
+def counted(top):
+    """The files under top, and how many are SQLite databases."""
+    found = [os.path.join(r, n) for r, _, names in os.walk(top) for n in names]
+    return len(found), sum(map(is_sqlite, found))
+
+
 def snapshot(src_dir, dest_dir):
     """Copies src_dir into dest_dir: SQLite databases through the backup API (their
-    -wal, -shm and -journal files left out), other regular files as they are. Returns
-    the number of files and of databases copied."""
-    files = databases = 0
-    for root, _dirs, names in os.walk(src_dir):
+    -wal, -shm and -journal files left out), other regular files as they are."""
+    def unreadable(e):
+        raise e
+    for root, _dirs, names in os.walk(src_dir, onerror=unreadable):
         rel = os.path.relpath(root, src_dir)
         os.makedirs(os.path.join(dest_dir, rel), mode=0o700, exist_ok=True)
         for name in sorted(names):
@@ -74,15 +79,12 @@ def snapshot(src_dir, dest_dir):
                 continue
             if is_sqlite(src):
                 copy_database(src, dst)
-                databases += 1
             else:
                 shutil.copy2(src, dst)
-            files += 1
-    return files, databases
 
 
 def as_owner(path, fn):
-    """fn() run as the user and group owning path (a child process), root staying root."""
+    """fn() as the user and group owning path: a child process, unless that is us."""
     st = os.stat(path)
     if st.st_uid == os.geteuid():
         return fn()
@@ -91,38 +93,20 @@ def as_owner(path, fn):
     if pid == 0:
         code = 1
         try:
-            os.close(read)
             os.setgroups([])
             os.setgid(st.st_gid)
             os.setuid(st.st_uid)
-            os.write(write, json.dumps(fn()).encode())
+            fn()
             code = 0
         except BaseException as e:
-            print(f"imgforge: copying {path}: {e}", file=sys.stderr, flush=True)
+            os.write(write, str(e).encode()[:4000])
         finally:
             os._exit(code)
     os.close(write)
     with os.fdopen(read, "rb") as f:
-        answer = f.read()
-    _, status = os.waitpid(pid, 0)
-    if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
-        raise Failed(f"copying {path} as its owner failed (see above)")
-    return json.loads(answer)
-
-
-def archives(ctx):
-    """The archives on this VM's disk, oldest first: name, time and size."""
-    out = []
-    for path in sorted(glob.glob(os.path.join(ctx.paths.backup_dir, "data-*.tar.gz"))):
-        name = os.path.basename(path)
-        stamp = name[len("data-"):-len(".tar.gz")]
-        try:
-            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
-        except ValueError:
-            continue
-        out.append({"name": name[:-len(".tar.gz")], "time": when,
-                    "bytes": os.path.getsize(path), "where": "local"})
-    return out
+        error = f.read().decode(errors="replace")
+    if os.waitpid(pid, 0)[1] != 0:
+        raise Failed(f"copying {path} as its owner: {error or 'the copy was killed'}")
 
 
 def backup(ctx):
@@ -132,8 +116,7 @@ def backup(ctx):
     os.makedirs(dest, mode=0o700, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     name = os.path.join(dest, f"data-{stamp}.tar.gz")
-    record = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "archive": os.path.basename(name)[:-len(".tar.gz")], "where": "local"}
+    record = {"started": now(), "archive": f"data-{stamp}", "where": "local"}
     began = time.monotonic()
     os.makedirs(paths.state_dir, exist_ok=True)
     with open(paths.backup_lock, "a") as lock:
@@ -146,7 +129,8 @@ def backup(ctx):
                 os.makedirs(data_dir, mode=0o750)
             st = os.stat(data_dir)
             os.chown(staging, st.st_uid, st.st_gid)
-            files, databases = as_owner(data_dir, lambda: snapshot(data_dir, staging))
+            as_owner(data_dir, lambda: snapshot(data_dir, staging))
+            files, databases = counted(staging)
             log(f"copied {files} files ({databases} SQLite databases) while the app serves")
             run("tar", "--create", "--gzip", "--file", name + ".part", "--directory", staging,
                 ".", timeout=3600)

@@ -26,13 +26,6 @@ COMMANDS = ("deploy", "provision", "generalize", "cert", "dns", "backup", "upgra
 # (`imgforge deploy` and `status` send the whole program first).
 REMOTE = ("deploy-version", "rollback", "attach", "run-job", "status", "logs", "backup-now",
           "backup-list")
-# Whose progress a command's log lines are, in the journal (`imgforge logs --source`).
-# A slot's own lines are in its unit's journal already.
-SOURCES = {"deploy": "boot", "provision": "boot", "generalize": "boot", "report": "boot",
-           "recover": "boot", "upgrade": "boot", "docker-firewall": "boot",
-           "deploy-version": "deploy", "rollback": "deploy", "run-job": "deploy",
-           "install-program": "deploy", "status": "deploy", "cert": "cert", "dns": "dns",
-           "backup": "backup", "backup-now": "backup"}
 
 
 def main(argv=None):
@@ -43,7 +36,12 @@ def main(argv=None):
     sub.add_parser("run-job").add_argument("job")
     sub.add_parser("run-slot").add_argument("slot", choices=["blue", "green"])
     args = p.parse_args(argv)
-    SOURCE["name"] = SOURCES.get(args.command)
+    # Whose progress the command's log lines are, in the journal (`imgforge logs
+    # --source`): day two's are deploys', timers' their own, the rest first boot's. A
+    # slot's own lines are in its unit's journal already.
+    c = args.command
+    SOURCE["name"] = (None if c == "run-slot" else c if c in ("cert", "dns", "backup")
+                      else "deploy" if c in REMOTE + ("install-program",) else "boot")
 
     if args.command in ("provision", "generalize"):
         from . import provision
@@ -101,21 +99,4 @@ def day_two(ctx, args):
     except ImportError:
         raise Failed(f"this program has no `{args.command}`: first boot's carries only what "
                      "the VM runs then; `imgforge status` or `imgforge deploy` sends the rest") from None
-    if args.command == "run-job":
-        return remote.Jobs(ctx).run(args.job)
-    if args.command == "logs":
-        from .logs import logs
-        try:
-            logs(ctx, sys.stdin.buffer)
-        except BrokenPipeError:
-            pass  # the client went away
-        return 0
-    fn = {"deploy-version": remote.deploy_version, "rollback": remote.rollback,
-          "attach": remote.attach, "status": lambda c, _: remote.report(c),
-          "backup-now": remote.backup_now, "backup-list": remote.backup_list}[args.command]
-    try:
-        answer = fn(ctx, sys.stdin.buffer)
-    except BrokenPipeError:
-        return 0  # the client went away; a deploy it started goes on
-    print(json.dumps(answer), flush=True)
-    return 0
+    return remote.main(ctx, args)

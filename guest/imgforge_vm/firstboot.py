@@ -14,11 +14,10 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 
 from . import cert, proxy, status
 from .app import SLOTS, Apps
-from .system import Failed, download, log, out, retry, run, wait_for, write_atomic
+from .system import Failed, download, log, now, out, retry, run, wait_for, write_atomic
 
 # Waits for the dpkg lock (unattended-upgrades holds it at first boot) instead of failing.
 APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=1200", "-o", "Acquire::Retries=5",
@@ -290,8 +289,8 @@ def deploy(ctx):
         log(f"first boot runs again (run {runs}) on a VM that serves {kept['version']}: "
             "it keeps that version, its data and its certificate")
     status.begin(ctx.paths, ctx.step_names, first_boot={
-        "runs": runs, "instance_id": instance_id(ctx.paths), "started": time.strftime(
-            "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kept": kept["version"] if kept else None})
+        "runs": runs, "instance_id": instance_id(ctx.paths), "started": now(),
+        "kept": kept["version"] if kept else None})
     return run_steps(ctx)
 
 

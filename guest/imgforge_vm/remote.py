@@ -11,6 +11,7 @@ log. The client may go away at any time: the deploy goes on, and `attach` follow
 or says how it ended. The unit's name is taken while a deploy runs, so there is one at a time.
 """
 
+import glob
 import hashlib
 import http.client
 import json
@@ -20,7 +21,7 @@ import signal
 import sys
 import time
 
-from . import backup, proxy, status
+from . import proxy, status
 from .app import SLOTS, Apps, Refused, now, unit
 from .system import Failed, log, out, phase, read_json, retry, run, wait_for, write_atomic
 
@@ -326,7 +327,41 @@ def backup_now(ctx, stream):
 def backup_list(ctx, stream):
     """The archives, and the last backup's record."""
     state = read_json(ctx.paths.backup_state, {})
-    return {"archives": backup.archives(ctx), "last": state.get("last")}
+    return {"archives": archives(ctx), "last": state.get("last")}
+
+
+def archives(ctx):
+    """The archives on this VM's disk, oldest first: name, time and size."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(ctx.paths.backup_dir, "data-*.tar.gz"))):
+        name = os.path.basename(path)[:-len(".tar.gz")]
+        try:
+            when = time.strptime(name[len("data-"):], "%Y%m%dT%H%M%SZ")
+        except ValueError:
+            continue
+        out.append({"name": name, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", when),
+                    "bytes": os.path.getsize(path), "where": "local"})
+    return out
+
+
+def main(ctx, args):
+    """A day-two command: its answer (one JSON line) on stdout; `logs` streams lines."""
+    if args.command == "run-job":
+        return Jobs(ctx).run(args.job)
+    if args.command == "logs":
+        from .logs import logs
+        fn = logs
+    else:
+        fn = {"deploy-version": deploy_version, "rollback": rollback, "attach": attach,
+              "status": lambda c, _: report(c), "backup-now": backup_now,
+              "backup-list": backup_list}[args.command]
+    try:
+        answer = fn(ctx, sys.stdin.buffer)
+    except BrokenPipeError:
+        return 0  # the client went away; a deploy it started goes on
+    if answer is not None:
+        print(json.dumps(answer), flush=True)
+    return 0
 
 
 def running_port(paths, conf):

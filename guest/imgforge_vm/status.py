@@ -10,9 +10,8 @@ import fcntl
 import json
 import os
 import sys
-import time
 
-from .system import log, read_json, write_atomic
+from .system import log, now, read_json, write_atomic
 
 VERSION = 1
 PREFIX = "imgforge-status: "
@@ -60,7 +59,7 @@ def update(paths, step_names, steps=None, **fields):
                 st["boot_id"] = f.read().strip()
         except OSError:
             st["boot_id"] = ""
-        st["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        st["updated"] = now()
         st["state"] = derive_state(st)
         write_atomic(paths.status, dumps(st), 0o644)
     announce(paths, st)

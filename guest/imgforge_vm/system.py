@@ -24,6 +24,11 @@ class Failed(Exception):
     """A step's work failed; the message says what and why, for status.json."""
 
 
+def now():
+    """The time, as every document gives it: RFC 3339, UTC, seconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 # What the running command's progress is, in the journal (`imgforge logs --source`): set
 # by the command line; None for commands whose stderr the journal already keeps apart.
 SOURCE = {"name": None}

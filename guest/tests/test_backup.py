@@ -8,7 +8,8 @@ import time
 import unittest
 from unittest import mock
 
-from imgforge_vm import backup
+from imgforge_vm import backup, remote
+from imgforge_vm.system import Failed
 
 from .support import Vm
 
@@ -63,13 +64,13 @@ class Snapshot(unittest.TestCase):
                 time.sleep(0.01)
             before = written[0]
             staging = tempfile.mkdtemp()
-            files, databases = backup.snapshot(self.data, staging)
+            backup.snapshot(self.data, staging)
             after = written[0]
         finally:
             stop.set()
             t.join()
         self.assertEqual(errors, [], "a write waited for the copy")
-        self.assertEqual((files, databases), (2, 1))
+        self.assertEqual(backup.counted(staging), (2, 1))
         self.assertEqual(sorted(os.listdir(staging)), ["history.sqlite3", "uploads"])
         copy = sqlite3.connect(os.path.join(staging, "history.sqlite3"))
         self.assertEqual(copy.execute("PRAGMA integrity_check").fetchone(), ("ok",))
@@ -79,16 +80,32 @@ class Snapshot(unittest.TestCase):
     @unittest.skipUnless(os.geteuid() == 0, "changes user: needs root")
     def test_the_copy_runs_as_the_data_owner_and_leaves_no_file_of_roots(self):
         nobody = 65534
+        os.chmod(self.vm.root, 0o755)  # the way to the data directory, as on a VM
         for root, dirs, names in os.walk(self.data):
             for n in dirs + names + ["."]:
                 os.chown(os.path.join(root, n), nobody, nobody)
         staging = tempfile.mkdtemp()
         os.chown(staging, nobody, nobody)
-        self.assertEqual(backup.as_owner(self.data, os.geteuid), nobody)
         backup.as_owner(self.data, lambda: backup.snapshot(self.data, staging))
+        self.assertEqual(backup.counted(staging), (2, 1))
+        for root, _dirs, names in os.walk(staging):
+            for n in names:
+                self.assertEqual(os.stat(os.path.join(root, n)).st_uid, nobody, n)
         for root, dirs, names in os.walk(self.data):
             for n in dirs + names:
                 self.assertEqual(os.stat(os.path.join(root, n)).st_uid, nobody, n)
+        # The child's error is the parent's; a directory it cannot read is one.
+        os.chmod(os.path.join(self.data, "uploads"), 0o700)
+        os.chown(os.path.join(self.data, "uploads"), 0, 0)
+        other = tempfile.mkdtemp()
+        os.chown(other, nobody, nobody)
+        with self.assertRaisesRegex(Failed, "as its owner: .*Permission denied.*uploads"):
+            backup.as_owner(self.data, lambda: backup.snapshot(self.data, other))
+        os.chown(os.path.join(self.data, "uploads"), nobody, nobody)
+        broken = sqlite3.OperationalError("disk I/O error")
+        with mock.patch.object(backup, "copy_database", side_effect=broken):
+            with self.assertRaisesRegex(Failed, "as its owner: disk I/O error"):
+                backup.as_owner(self.data, lambda: backup.snapshot(self.data, staging))
 
     def test_a_backup_archives_the_copy_and_records_it_and_a_failure_keeps_the_last_good(self):
         ctx = self.vm.ctx
@@ -98,7 +115,7 @@ class Snapshot(unittest.TestCase):
         with tarfile.open(archive) as tar:
             self.assertEqual(sorted(n for n in tar.getnames() if n != "."),
                              ["./history.sqlite3", "./uploads", "./uploads/a.txt"])
-        self.assertEqual([a["name"] for a in backup.archives(ctx)], [record["archive"]])
+        self.assertEqual([a["name"] for a in remote.archives(ctx)], [record["archive"]])
         self.assertFalse(os.path.exists(self.vm.paths.backup_staging))
         time.sleep(1.1)
         broken = sqlite3.OperationalError("disk I/O error")
@@ -109,5 +126,5 @@ class Snapshot(unittest.TestCase):
             state = json.load(f)
         self.assertEqual((state["last"]["result"], state["last"]["error"]), ("failed", "disk I/O error"))
         self.assertEqual(state["last_ok"], record)
-        self.assertEqual(len(backup.archives(ctx)), 1)
+        self.assertEqual(len(remote.archives(ctx)), 1)
         self.assertEqual([n for n in os.listdir(self.vm.paths.backup_dir) if n.endswith(".part")], [])

@@ -238,38 +238,37 @@ pub fn zipapp_for(needs: Needs) -> Vec<u8> {
     zip(&files_for(needs), needs)
 }
 
-/// layout.json's entries only the rendered files use (the program never reads them): the
-/// user-data leaves them out of the program's copy (a unit test checks the program's
-/// source names none of them).
-pub const RENDER_ONLY: &[&str] = &[
-    "apt_auto_upgrades",
-    "apt_docker_pin",
-    "docker_bin",
-    "docker_daemon",
-    "journald_conf",
-    "nginx_app",
-    "ssh_host_key",
-    "system_cloud_config",
-    "units_dir",
-];
-
-/// A file of the program a VM with `needs` runs: [`shipped`], and layout.json without
-/// [`RENDER_ONLY`] and, unless the VM provisions, without what a provisioning boot
-/// clears (`generalize`).
+/// A file of the program a VM with `needs` runs: [`shipped`], and layout.json with only
+/// the entries the VM's modules name (the others are the rendered files' or the modules'
+/// the VM does not get: user-data is limited in size), `generalize` only with provision.py.
 pub fn shipped_for(name: &str, needs: Needs) -> Vec<u8> {
     let data = shipped(name);
     if name != "imgforge_vm/layout.json" {
         return data;
     }
+    let sources: Vec<String> = files_for(needs)
+        .iter()
+        .filter(|n| n.ends_with(".py"))
+        .map(|n| String::from_utf8_lossy(&shipped(n)).into_owned())
+        .collect();
     let mut layout: serde_json::Value =
         serde_json::from_slice(&data).expect("the shipped layout.json is JSON");
     if let Some(map) = layout.as_object_mut() {
-        map.retain(|k, _| !RENDER_ONLY.contains(&k.as_str()));
+        map.retain(|key, _| sources.iter().any(|src| names(src, key)));
+        // Also a command's name: what a provisioning boot clears goes with provision.py.
         if !needs.provision {
             map.remove("generalize");
         }
     }
     serde_json::to_vec(&layout).expect("JSON serializes")
+}
+
+/// Whether Python source `src` names `key`: as a whole word (`paths.key`, `"key"`).
+fn names(src: &str, key: &str) -> bool {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    src.match_indices(key).any(|(at, _)| {
+        !word(src[..at].chars().next_back()) && !word(src[at + key.len()..].chars().next())
+    })
 }
 
 /// The files of the program a VM with `needs` runs.
@@ -349,19 +348,30 @@ mod tests {
     }
 
     #[test]
-    fn the_program_names_no_render_only_layout_entry() {
-        for name in files().iter().filter(|n| n.ends_with(".py")) {
-            let src = String::from_utf8(Sources::get(name).unwrap().data.into_owned()).unwrap();
-            for key in RENDER_ONLY {
-                assert!(
-                    !src.contains(&format!(".{key}")) && !src.contains(&format!("\"{key}\"")),
-                    "{name} reads layout.json's {key}, which the user-data leaves out of its copy"
-                );
-            }
+    fn a_vms_layout_has_the_entries_its_modules_name_and_no_other() {
+        let core = Needs {
+            dns: false,
+            provision: false,
+            day_two: false,
+            bundle: false,
+        };
+        let of = |needs| -> serde_json::Value {
+            serde_json::from_slice(&shipped_for("imgforge_vm/layout.json", needs)).unwrap()
+        };
+        let (all, core) = (of(Needs::ALL), of(core));
+        // Only the rendered files name these; provisioning's and day two's modules these.
+        for key in ["docker_daemon", "units_dir", "journald_conf"] {
+            assert!(all.get(key).is_none(), "{key}");
         }
-        let shipped: serde_json::Value =
-            serde_json::from_slice(&shipped_for("imgforge_vm/layout.json", Needs::ALL)).unwrap();
-        assert!(shipped.get("generalize").is_some() && shipped.get("docker_bin").is_none());
+        for key in ["generalize", "nginx_access_log", "jobs_dir"] {
+            assert!(all.get(key).is_some() && core.get(key).is_none(), "{key}");
+        }
+        for key in ["program", "slots", "units", "status", "backup_state"] {
+            assert!(core.get(key).is_some(), "{key}");
+        }
+        assert!(names("x = paths.log_dir\n", "log_dir"));
+        assert!(!names("x = paths.log_dir_old\n", "log_dir"));
+        assert!(!names("catalog_dir", "log_dir"));
     }
 
     #[test]

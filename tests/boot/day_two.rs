@@ -66,7 +66,7 @@ pub fn classifier_version(
 }
 
 /// `curl --rate 10/s` over one connection at a time, GET / with a counter in the query,
-/// recording each response's status and the version it names.
+/// recording each response's status, time and the version it names.
 pub struct Stream {
     child: Child,
     out: PathBuf,
@@ -80,7 +80,7 @@ impl Stream {
             .args(["-sS", "--rate", "10/s", "--max-time", "3600", "--cacert"])
             .arg(root)
             .args(["--resolve", &format!("{DOMAIN}:{port}:127.0.0.1")])
-            .args(["-w", "\n@@ %{http_code}\n"])
+            .args(["-w", "\n@@ %{http_code} %{time_total}\n"])
             .arg(format!("https://{DOMAIN}:{port}/?n=[1-100000]"))
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(Stdio::null())
@@ -90,8 +90,9 @@ impl Stream {
         Stream { child, out }
     }
 
-    /// Stops the stream; the versions answered, in order, and the failed requests.
-    pub fn stop(mut self) -> (Vec<String>, Vec<String>) {
+    /// Stops the stream; the versions answered, in order, the failed requests, and the
+    /// slowest answer's seconds.
+    pub fn stop(mut self) -> (Vec<String>, Vec<String>, f64) {
         std::thread::sleep(Duration::from_secs(3));
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -103,8 +104,16 @@ impl Stream {
         let mut versions = Vec::new();
         let mut failed = Vec::new();
         let mut body = String::new();
+        let mut slowest: f64 = 0.0;
         for line in text.lines() {
-            match line.strip_prefix("@@ ") {
+            let tail = line.strip_prefix("@@ ").map(|t| {
+                let (code, secs) = t.split_once(' ').unwrap_or((t, "0"));
+                if code != "000" {
+                    slowest = slowest.max(secs.parse().unwrap_or(0.0));
+                }
+                code
+            });
+            match tail {
                 Some("200") => match serde_json::from_str::<serde_json::Value>(body.trim()) {
                     Ok(v) => versions.push(v["version"].as_str().unwrap_or("?").to_owned()),
                     Err(_) => failed.push(format!("200 with a body that is not JSON: {body:?}")),
@@ -121,20 +130,28 @@ impl Stream {
         if failed.last().is_some_and(|f| f.starts_with("000")) {
             failed.pop();
         }
-        (versions, failed)
+        (versions, failed, slowest)
     }
 
     /// Stops the stream and checks that every request was answered, and that the
     /// versions answered moved as `expected` (each run of equal answers once).
     pub fn stop_expecting(self, what: &str, expected: &[&str]) -> usize {
-        let (versions, failed) = self.stop();
+        self.stop_timed(what, expected).0
+    }
+
+    /// [`Stream::stop_expecting`], and the slowest answer's seconds.
+    pub fn stop_timed(self, what: &str, expected: &[&str]) -> (usize, f64) {
+        let (versions, failed, slowest) = self.stop();
         assert!(
             failed.is_empty(),
             "failed requests during {what}: {failed:?}"
         );
         assert_eq!(runs(&versions), expected, "traffic during {what}");
-        eprintln!("{what}: {} requests, none failed", versions.len());
-        versions.len()
+        eprintln!(
+            "{what}: {} requests, none failed, the slowest {slowest:.3} s",
+            versions.len()
+        );
+        (versions.len(), slowest)
     }
 }
 
@@ -189,10 +206,24 @@ pub fn cli(d: &Deployment, command: &str, extra: &[&str]) -> Output {
         "imgforge {command} {extra:?} ({:.0}s, {}):\n{}{}",
         started.elapsed().as_secs_f64(),
         out.status,
-        String::from_utf8_lossy(&out.stdout),
+        shortened(&String::from_utf8_lossy(&out.stdout)),
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// A long output's first and last lines (`imgforge logs` prints thousands).
+fn shortened(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() <= 40 {
+        return text.to_owned();
+    }
+    format!(
+        "{}\n[{} lines]\n{}\n",
+        lines[..10].join("\n"),
+        lines.len() - 20,
+        lines[lines.len() - 10..].join("\n")
+    )
 }
 
 /// `imgforge COMMAND` against the VM in its own process group (as a shell runs a

@@ -9,6 +9,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use imgforge::contract::layout;
+use imgforge::contract::logs::{LogLine, Source};
+use imgforge::contract::remote::{BackupList, BackupRecord};
 
 use crate::common::*;
 use crate::day_two::*;
@@ -178,10 +180,111 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
     let stream = Stream::start(&d, &root, "rollback");
     let out = cli(&d, "rollback", &[]);
     assert!(out.status.success(), "rollback failed");
-    stream.stop_expecting("rollback", &["0.4.0", "0.2.0"]);
+    let (_, slowest_before) = stream.stop_timed("rollback", &["0.4.0", "0.2.0"]);
     let out = cli(&d, "status", &[]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("0.2.0") && text.contains("answers"), "{text}");
+
+    // 6. A backup while requests stream: SQLite is copied through its online backup, the
+    //    app is never paused, so no request fails or waits a second.
+    let stream = Stream::start(&d, &root, "backup");
+    let out = cli(&d, "backup", &["now", "--json"]);
+    let (count, slowest) = stream.stop_timed("the backup", &["0.2.0"]);
+    assert!(out.status.success(), "backup now failed");
+    let record: BackupRecord = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!(
+        "backup: {} files, {} databases, {} bytes in {:.2} s; {count} requests meanwhile, \
+         the slowest {slowest:.3} s (during the rollback before: {slowest_before:.3} s)",
+        record.files.unwrap_or(0),
+        record.databases.unwrap_or(0),
+        record.bytes.unwrap_or(0),
+        record.seconds
+    );
+    assert_eq!((record.result.as_str(), record.databases), ("ok", Some(1)));
+    assert!(
+        slowest < 1.0,
+        "a request took {slowest:.3} s during the backup"
+    );
+    let out = cli(&d, "backup", &["list", "--json"]);
+    let list: BackupList = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        list.archives.iter().any(|a| a.name == record.archive),
+        "{list:?}"
+    );
+    let out = cli(&d, "status", &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("backup       {}", record.archive)),
+        "{text}"
+    );
+
+    // 7. Logs: the requests just made are in nginx's access log; the app's lines name
+    //    the version that wrote them, from v1 on, and outlive a reboot; the deploys' and
+    //    first boot's steps are there.
+    let lines = logs(&d, &["--since", "3h"]);
+    let requests: Vec<&LogLine> = lines
+        .iter()
+        .filter(|l| {
+            l.request
+                .as_ref()
+                .is_some_and(|r| r.uri.starts_with("/?n="))
+        })
+        .collect();
+    assert!(
+        requests.len() >= count,
+        "{} of the stream's {count} requests in the proxy's log",
+        requests.len()
+    );
+    let ran = |lines: &[LogLine]| -> Vec<String> {
+        let mut v: Vec<String> = lines
+            .iter()
+            .filter(|l| l.source == Source::App && l.message.contains("\"listening\""))
+            .filter_map(|l| l.version.clone())
+            .collect();
+        v.dedup();
+        v
+    };
+    let before = ran(&lines);
+    for version in ["0.1.0", "0.2.0", "0.4.0"] {
+        assert!(before.contains(&version.to_owned()), "{before:?}");
+    }
+    for (source, says) in [
+        (Source::Deploy, "[switch]"),
+        (Source::Boot, "step app: ok"),
+        (Source::Backup, "SQLite"),
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.source == source && l.message.contains(says)),
+            "no {source:?} line says {says:?}"
+        );
+    }
+    d.vm.note_reboot();
+    let _ = d.ssh.run("sudo systemctl reboot");
+    let st = d.wait("the reboot", Duration::from_secs(1800), &|s| {
+        s.is_finished()
+    });
+    assert!(st.is_ready(), "after the reboot: {st:?}");
+    let after = ran(&logs(&d, &["--since", "4h", "--source", "app"]));
+    for version in ["0.1.0", "0.4.0", "0.2.0"] {
+        assert!(
+            after.contains(&version.to_owned()),
+            "after the reboot: {after:?}"
+        );
+    }
     d.finish();
+}
+
+/// `imgforge logs --json EXTRA`, parsed.
+fn logs(d: &Deployment, extra: &[&str]) -> Vec<LogLine> {
+    let mut args = vec!["--json"];
+    args.extend_from_slice(extra);
+    let out = cli(d, "logs", &args);
+    assert!(out.status.success(), "imgforge logs {extra:?} failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
 }
