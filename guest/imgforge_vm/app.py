@@ -31,8 +31,7 @@ import urllib.request
 
 from . import proxy
 from .layout import Layout
-from .system import (ENV, Failed, journal, log, now, out, phase, read_json, run, wait_for,
-                     write_atomic)
+from .system import ENV, Failed, log, now, out, phase, read_json, run, wait_for, write_atomic
 
 # The slots and the unit that runs one, as layout.json names them.
 SLOTS = tuple(Layout.load().slots)
@@ -351,9 +350,6 @@ class Apps:
         if not rec:
             raise Failed(f"the {slot} slot has no version to run")
         argv = docker_run_argv(self.conf, self.paths, slot, rec)
-        # The version the lines after it are from (`imgforge logs`), in this unit's journal.
-        journal(f"{slot}: runs {rec['version']}", IMGFORGE_EVENT="slot-start",
-                IMGFORGE_SLOT=slot, IMGFORGE_VERSION=rec["version"], IMGFORGE_IMAGE=rec.get("image", ""))
         child = subprocess.Popen(argv, env=ENV)
         signal.signal(signal.SIGTERM, lambda *_: run(
             "docker", "stop", "--time", "20", self.paths.container(slot), check=False))

@@ -13,36 +13,27 @@ from .context import Ctx
 from .dockerfw import block_metadata
 from .install import install_program
 from .report import report
-from .system import SOURCE, Failed, log
+from .system import Failed, log
 
 # deploy: first boot's steps. provision, generalize: `imgforge build --provision`. cert,
 # dns, backup, upgrade, report, recover, docker-firewall: timers and units. run-slot: a
 # slot's unit. install-program, status, deploy-version, rollback, attach: `imgforge` over
 # SSH; run-job: a deploy's own unit.
 COMMANDS = ("deploy", "provision", "generalize", "cert", "dns", "backup", "upgrade", "report",
-            "recover", "docker-firewall", "deploy-version", "rollback", "attach", "status",
-            "install-program", "logs", "backup-now", "backup-list")
+            "recover", "docker-firewall", "install-program")
 # Day two's commands live in remote.py, which first boot's program does not carry
 # (`imgforge deploy` and `status` send the whole program first).
-REMOTE = ("deploy-version", "rollback", "attach", "run-job", "status", "logs", "backup-now",
-          "backup-list")
+REMOTE = ("deploy-version", "rollback", "attach", "status", "logs", "backup-now", "backup-list")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="imgforge-vm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
+    for name in COMMANDS + REMOTE:
         sub.add_parser(name)
     sub.add_parser("run-job").add_argument("job")
     sub.add_parser("run-slot").add_argument("slot", choices=["blue", "green"])
     args = p.parse_args(argv)
-    # Whose progress the command's log lines are, in the journal (`imgforge logs
-    # --source`): day two's are deploys', timers' their own, the rest first boot's. A
-    # slot's own lines are in its unit's journal already.
-    c = args.command
-    SOURCE["name"] = (None if c == "run-slot" else c if c in ("cert", "dns", "backup")
-                      else "deploy" if c in REMOTE + ("install-program",) else "boot")
-
     if args.command in ("provision", "generalize"):
         from . import provision
         ctx = Ctx.load(provision.STEP_NAMES)
@@ -64,7 +55,7 @@ def main(argv=None):
             with Apps(ctx).locked(wait=120):
                 Apps(ctx).reconcile(booting=True)
             return 0
-        if args.command in REMOTE:
+        if args.command in REMOTE + ("run-job",):
             Apps(ctx).recover()
             return day_two(ctx, args)
         if args.command == "deploy":

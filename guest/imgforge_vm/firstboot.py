@@ -17,14 +17,14 @@ import tempfile
 
 from . import cert, proxy, status
 from .app import SLOTS, Apps
-from .system import Failed, download, log, now, out, retry, run, wait_for, write_atomic
+from .system import Failed, fetch, log, now, out, retry, run, wait_for, write_atomic
 
 # Waits for the dpkg lock (unattended-upgrades holds it at first boot) instead of failing.
 APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=1200", "-o", "Acquire::Retries=5",
        "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"]
 APT_TIMEOUT = 1800
 BASE_PACKAGES = ["ca-certificates", "curl", "gnupg", "nginx", "unattended-upgrades"]
-TLS_PACKAGES = ["certbot", "python3-certbot-nginx"]
+TLS_PACKAGES = ["certbot"]
 DOCKER_CE = ["docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin",
              "docker-compose-plugin"]
 # Docker's Release key (docs.docker.com/engine/install): the only key apt trusts for it.
@@ -123,7 +123,11 @@ def docker_keyring(url, keyring, fingerprint=DOCKER_KEY):
     any other key in that file is left out, so apt trusts Docker's key only."""
     with tempfile.TemporaryDirectory() as home:
         os.chmod(home, 0o700)
-        download(url, home + "/key.asc", 64 << 10)
+        try:
+            key = fetch(url, 64 << 10, timeout=30)
+        except (OSError, ValueError) as e:
+            raise Failed(f"fetching {url}: {e}") from None
+        write_atomic(home + "/key.asc", key, 0o600)
         gpg = ["gpg", "--homedir", home, "--batch", "--quiet"]
         run(*gpg, "--import", home + "/key.asc", capture=True)
         exported = subprocess.run([*gpg, "--export", fingerprint], capture_output=True, timeout=60).stdout

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from .app import Refused
-from .system import Failed, log, sha256_file, write_atomic
+from .system import Failed, log, write_atomic
 
 PROGRAM_MAX_BYTES = 4 << 20
 
@@ -42,7 +42,10 @@ def install_program(ctx, stream, python=sys.executable):
     if got != sha256:
         raise Failed(f"the program arrived with sha256 {got}, expected {sha256}")
     path = ctx.paths.program
-    previous = sha256_file(path) if os.path.exists(path) else None
+    previous = None
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            previous = hashlib.sha256(f.read()).hexdigest()
     if previous == got:
         return {"program": got, "replaced": False}
     def ours(tmp):

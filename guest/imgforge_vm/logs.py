@@ -2,39 +2,81 @@
 
 Sources:
 - app: the slots' output from the journal (the container's, through its unit), every
-  version that ran, each line with the version that wrote it (the slot's start entry,
-  IMGFORGE_EVENT=slot-start, names it). The journal is persistent and bounded
+  version that ran, each line with the version that wrote it (app.json's history says
+  which version each slot ran from when). The journal is persistent and bounded
   (layout.json's journald_conf), so the lines outlive deploys and reboots.
 - proxy: nginx's access log for the app (JSON, with request and upstream times) and its
   error log, rotated files included.
-- deploy, boot, backup, cert, dns: the VM program's own progress, which it writes to the
-  journal under IMGFORGE_SOURCE.
+- deploy, boot, backup, cert, dns: the VM program's own progress, by the units that run
+  it: a deploy's unit (which sends its lines to the journal too: JournalTee), first boot
+  (cloud-init's final stage, the program's lines), the recovery and report at each boot,
+  and the timers' units.
 
 The request is one JSON line: {"sources": [...], "since": seconds ago or null, "lines": N or
 null, "follow": bool}. Each answer line is a LogLine (guest/schema/log-line.schema.json).
 """
 
+import calendar
 import gzip
 import json
 import os
 import queue
 import re
 import select
+import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 
-from .app import SLOTS, Refused, unit
+from .app import SLOTS, Apps, Refused, unit
 from .system import ENV
 
 SOURCES = ("app", "proxy", "deploy", "boot", "backup", "cert", "dns")
-PROGRAM_SOURCES = ("deploy", "boot", "backup", "cert", "dns")
 DEFAULT_LINES = 200
 MAX_LINES = 100_000
 ROTATIONS = 14
 ERROR_LINE = re.compile(r"(\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d) \[(\w+)\] (.*)")
 SLOT_UNIT = re.compile(r"@(\w+)\.service$")
+PREFIX = "imgforge: "
+# First boot runs in cloud-init's final stage, whose other lines are cloud-init's.
+CLOUD_FINAL = "cloud-final.service"
+
+
+def journal(socket_path, message, **fields):
+    """One journal entry, in journald's native protocol: each field length-prefixed, so
+    no value can forge another. Quietly nothing where there is no journal."""
+    entry = b""
+    for name, value in [("MESSAGE", message[:16384]), ("PRIORITY", "6")] + sorted(fields.items()):
+        data = str(value).encode(errors="replace")
+        entry += name.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(entry, socket_path)
+    except OSError:
+        pass
+
+
+class JournalTee:
+    """A deploy's stderr (its log file) that also sends each whole line to the journal,
+    with its time: the deploy unit's entries (`logs --source deploy`)."""
+
+    def __init__(self, stream, socket_path):
+        self.stream, self.socket_path, self.rest = stream, socket_path, ""
+
+    def write(self, text):
+        self.stream.write(text)
+        *lines, self.rest = (self.rest + text).split("\n")
+        for line in lines:
+            journal(self.socket_path, line, SYSLOG_IDENTIFIER="imgforge")
+        return len(text)
+
+    def flush(self):
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 def stamp(seconds):
@@ -65,19 +107,20 @@ def parse_request(head):
 
 # -- the journal -------------------------------------------------------------------------
 
-def journal_matches(sources):
-    """journalctl's matches: the slots' units OR the program's sources (matches on one
-    field are alternatives, `+` joins the groups)."""
-    groups = []
-    if "app" in sources:
-        groups.append([f"_SYSTEMD_UNIT={unit(slot)}" for slot in SLOTS])
-    program = [f"IMGFORGE_SOURCE={s}" for s in sources if s in PROGRAM_SOURCES]
-    if program:
-        groups.append(program)
-    out = []
-    for g in groups:
-        out += (["+"] if out else []) + g
-    return out
+def source_units(paths):
+    """The units whose journal is each source's."""
+    units = paths.units
+    return {"app": [unit(slot) for slot in SLOTS],
+            "deploy": [paths.deploy_unit + ".service"],
+            "boot": [CLOUD_FINAL, units["recover"], units["report"], units["upgrade"] + ".service"],
+            "backup": [units["backup"]], "cert": [units["cert"]], "dns": [units["dns"]]}
+
+
+def journal_matches(paths, sources):
+    """journalctl's matches: any of the sources' units (matches on one field are
+    alternatives)."""
+    by_source = source_units(paths)
+    return [f"_SYSTEMD_UNIT={u}" for s in sources if s != "proxy" for u in by_source[s]]
 
 
 def journal_json(args):
@@ -96,24 +139,30 @@ def parse_json(line):
 
 
 class Versions:
-    """Which version each slot ran when: its start entries, in time order."""
+    """Which version each slot ran when, from app.json's history: a slot runs the version
+    of its latest entry (deploy, rollback, first boot, switch) that started before the
+    line. Lines older than the history's first entry of a slot have none, but for first
+    boot's version, which starts before its entry."""
 
-    def __init__(self, starts):
+    def __init__(self, history):
         self.starts = {}
-        for e in starts:
-            slot, version = e.get("IMGFORGE_SLOT"), e.get("IMGFORGE_VERSION")
-            if isinstance(slot, str) and isinstance(version, str):
-                self.starts.setdefault(slot, []).append((usec(e), version))
+        for h in history:
+            try:
+                t = calendar.timegm(time.strptime(h["started"], "%Y-%m-%dT%H:%M:%SZ")) * 1e6
+            except (KeyError, TypeError, ValueError):
+                continue
+            self.starts.setdefault(h.get("slot"), []).append((t, h.get("version"), h.get("kind")))
         for runs in self.starts.values():
-            runs.sort()
+            runs.sort(key=lambda r: r[0])
 
     @classmethod
-    def load(cls):
-        return cls(journal_json(["IMGFORGE_EVENT=slot-start"]))
+    def load(cls, ctx):
+        return cls(Apps(ctx).load().get("history", []))
 
     def at(self, slot, t):
-        version = None
-        for started, v in self.starts.get(slot, []):
+        runs = self.starts.get(slot) or []
+        version = runs[0][1] if runs and runs[0][2] == "first-boot" else None
+        for started, v, _ in runs:
             if started > t:
                 break
             version = v
@@ -136,13 +185,18 @@ def text(value):
     return ""
 
 
-def from_journal(entry, versions):
+def from_journal(entry, versions, sources_of):
+    """A journal entry as a line, or None (cloud-init's own lines in its final stage)."""
     t = usec(entry)
-    source = entry.get("IMGFORGE_SOURCE")
-    line = {"time": stamp(t / 1e6), "source": source if source in PROGRAM_SOURCES else "app",
-            "message": text(entry.get("MESSAGE")).rstrip("\n")}
-    m = SLOT_UNIT.search(entry.get("_SYSTEMD_UNIT") or "")
-    if line["source"] == "app" and m:
+    name = entry.get("_SYSTEMD_UNIT") or ""
+    message = text(entry.get("MESSAGE")).rstrip("\n")
+    if name == CLOUD_FINAL and not message.startswith(PREFIX):
+        return t, None
+    source = sources_of.get(name, "app")
+    line = {"time": stamp(t / 1e6), "source": source,
+            "message": message[len(PREFIX):] if message.startswith(PREFIX) else message}
+    m = SLOT_UNIT.search(name)
+    if source == "app" and m:
         line["slot"] = m.group(1)
         line["version"] = versions.at(m.group(1), t)
     return t, line
@@ -206,20 +260,22 @@ def file_lines(paths, since_us):
 
 # -- the command ---------------------------------------------------------------------------
 
-def collect(paths, req, now=None):
+def collect(ctx, req, now=None):
     """The backlog: every line the request asks for, oldest first, at most `lines`; and
-    where following goes on (the last journal cursor, the files' sizes)."""
+    where following goes on (the last journal cursor)."""
+    paths = ctx.paths
     now = time.time() if now is None else now
     since_us = int((now - req["since"]) * 1e6) if req["since"] is not None else 0
     lines, cursor = [], None
-    matches = journal_matches(req["sources"])
+    matches = journal_matches(paths, req["sources"])
     if matches:
         args = ["--lines", str(req["lines"])]
         if since_us:
             args += ["--since", f"@{since_us // 1_000_000}"]
         entries = journal_json(args + matches)
-        versions = Versions.load() if "app" in req["sources"] else Versions([])
-        lines += [from_journal(e, versions) for e in entries if usec(e) >= since_us]
+        versions, sources_of = Versions.load(ctx), unit_sources(paths)
+        lines += [x for x in (from_journal(e, versions, sources_of) for e in entries
+                              if usec(e) >= since_us) if x[1]]
         cursor = entries[-1].get("__CURSOR") if entries else None
     if "proxy" in req["sources"]:
         lines += file_lines(paths, since_us)
@@ -227,42 +283,50 @@ def collect(paths, req, now=None):
     return [line for _, line in lines[-req["lines"]:]], cursor
 
 
+def unit_sources(paths):
+    return {u: s for s, units in source_units(paths).items() for u in units}
+
+
 def logs(ctx, stream, out=None):
     """Prints the backlog, then (follow) new lines as they come, until the client goes."""
     out = out or sys.stdout
     req = parse_request(parse_json(stream.readline(1 << 16) or "{}") or {})
     started = time.time()
-    backlog, cursor = collect(ctx.paths, req, started)
+    backlog, cursor = collect(ctx, req, started)
     sizes = {p: os.path.getsize(p) for p in (ctx.paths.nginx_access_log, ctx.paths.nginx_error_log)
              if os.path.exists(p)}
     for line in backlog:
         out.write(json.dumps(line) + "\n")
     out.flush()
     if req["follow"]:
-        follow(ctx.paths, req, cursor, started, sizes, out)
+        follow(ctx, req, cursor, started, sizes, out)
 
 
-def follow(paths, req, cursor, started, sizes, out):
+def follow(ctx, req, cursor, started, sizes, out):
+    paths = ctx.paths
     lines = queue.Queue()
     stop = threading.Event()
     children = []
-    matches = journal_matches(req["sources"])
+    matches = journal_matches(paths, req["sources"])
     if matches:
         where = ["--after-cursor", cursor] if cursor else ["--since", f"@{int(started)}"]
         proc = subprocess.Popen(["journalctl", "--output", "json", "--follow", "--no-pager",
                                  *where, *matches], env=ENV, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True)
         children.append(proc)
-        versions = Versions.load() if "app" in req["sources"] else Versions([])
+        sources_of = unit_sources(paths)
 
         def read_journal():
+            versions, loaded = Versions.load(ctx), time.monotonic()
             for raw in proc.stdout:
                 e = parse_json(raw)
-                if e:
-                    if e.get("IMGFORGE_EVENT") == "slot-start":
-                        versions.starts.setdefault(e.get("IMGFORGE_SLOT"), []).append(
-                            (usec(e), e.get("IMGFORGE_VERSION")))
-                    lines.put(from_journal(e, versions)[1])
+                if not e:
+                    continue
+                if time.monotonic() - loaded > 5:  # a deploy may have added a version
+                    versions, loaded = Versions.load(ctx), time.monotonic()
+                line = from_journal(e, versions, sources_of)[1]
+                if line:
+                    lines.put(line)
         threading.Thread(target=read_journal, daemon=True).start()
     if "proxy" in req["sources"]:
         def read_files():

@@ -3,13 +3,10 @@ then HTTPS with a redirect), the upstream file naming the active slot, and what 
 really runs, asked through its loopback-only check server.
 """
 
-import glob
 import os
-import re
 
 from .system import Failed, run, write_atomic
 
-UPSTREAM_PORT = re.compile(r"server 127\.0\.0\.1:(\d+);")
 
 
 def read(path):
@@ -26,12 +23,6 @@ def upstream_conf(paths, port):
             f"    server 127.0.0.1:{int(port)};\n"
             "    keepalive 8;\n"
             "}\n")
-
-
-def upstream_port(paths):
-    """The port the upstream file names, or None."""
-    m = UPSTREAM_PORT.search(read(paths.nginx_upstream) or "")
-    return int(m.group(1)) if m else None
 
 
 def checked(path, text):
@@ -85,15 +76,3 @@ def user_path(paths, conf):
 
 def answers(paths, conf):
     return 0 < user_path(paths, conf) < 400
-
-
-def draining():
-    """nginx workers from before the switch that still finish requests."""
-    for path in glob.glob("/proc/[0-9]*/cmdline"):
-        try:
-            with open(path, "rb") as f:
-                if b"worker process is shutting down" in f.read():
-                    return True
-        except OSError:
-            pass
-    return False

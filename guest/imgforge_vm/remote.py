@@ -25,9 +25,28 @@ from . import proxy, status
 from .app import SLOTS, Apps, Refused, now, unit
 from .system import Failed, log, out, phase, read_json, retry, run, wait_for, write_atomic
 
+UPSTREAM_PORT = re.compile(r"server 127\.0\.0\.1:(\d+);")
 ENV_LINE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=[^\n\r\0]*")
 BUNDLE_MAX_BYTES = 8 << 30
 KEEP_JOBS = 10
+
+
+def upstream_port(paths):
+    """The port the upstream file names, or None."""
+    m = UPSTREAM_PORT.search(proxy.read(paths.nginx_upstream) or "")
+    return int(m.group(1)) if m else None
+
+
+def draining():
+    """nginx workers from before the switch that still finish requests."""
+    for path in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(path, "rb") as f:
+                if b"worker process is shutting down" in f.read():
+                    return True
+        except OSError:
+            pass
+    return False
 
 
 class Deploys(Apps):
@@ -37,7 +56,7 @@ class Deploys(Apps):
     def retire(self, st, old, drain_s):
         phase(self.paths, "drain", f"the {old} slot finishes its requests (at most {drain_s} s)")
         time.sleep(min(1.0, drain_s))
-        wait_for(lambda: not proxy.draining(), drain_s, 0.5)
+        wait_for(lambda: not draining(), drain_s, 0.5)
         run("systemctl", "stop", unit(old), check=False)
         self.prune_images(st)
 
@@ -176,6 +195,8 @@ class Jobs:
         def stop(*_):
             raise Interrupted("the deploy's unit was stopped")
         signal.signal(signal.SIGTERM, stop)
+        from .logs import JournalTee
+        sys.stderr = JournalTee(sys.stderr, self.paths.journal_socket)
         result = {"id": job, "exit": 1, "started": now()}
         head = read_json(self.path(job, "request"), {})
         if os.path.exists(self.path(job, "request")):
@@ -395,7 +416,7 @@ def serving(ctx, deploying=False):
         return doc
     port = paths.slot_port(active)
     problems = doc["problems"]
-    named = proxy.upstream_port(paths)
+    named = upstream_port(paths)
     if named != port:
         problems.append(f"the upstream file names port {named}, app.json the {active} slot ({port})")
     running = running_port(paths, conf)

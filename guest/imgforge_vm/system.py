@@ -1,10 +1,7 @@
 """Running commands, writing files and downloading, each bounded in time and size."""
 
-import hashlib
 import json
 import os
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -12,7 +9,6 @@ import time
 import urllib.parse
 import urllib.request
 
-from .layout import Layout
 
 ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive", NEEDRESTART_MODE="a",
            PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
@@ -29,33 +25,9 @@ def now():
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-# What the running command's progress is, in the journal (`imgforge logs --source`): set
-# by the command line; None for commands whose stderr the journal already keeps apart.
-SOURCE = {"name": None}
-JOURNAL_SOCKET = Layout.load().journal_socket
-
-
 def log(msg):
-    """Progress, on stderr (stdout is for the one JSON answer of remote commands), and in
-    the journal under the command's source."""
+    """Progress, on stderr: stdout is for the one JSON answer of remote commands."""
     print("imgforge: " + msg, file=sys.stderr, flush=True)
-    if SOURCE["name"]:
-        journal(msg, IMGFORGE_SOURCE=SOURCE["name"])
-
-
-def journal(message, socket_path=None, **fields):
-    """One journal entry, in journald's native protocol: each field length-prefixed, so
-    no value can forge another. Quietly nothing where there is no journal."""
-    entry = b""
-    for name, value in [("MESSAGE", message[:16384]), ("PRIORITY", "6"),
-                        ("SYSLOG_IDENTIFIER", "imgforge")] + sorted(fields.items()):
-        data = str(value).encode(errors="replace")
-        entry += name.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(entry, socket_path or JOURNAL_SOCKET)
-    except OSError:
-        pass
 
 
 def run(*argv, timeout=DEFAULT_TIMEOUT, env=None, check=True, capture=False, quiet=False):
@@ -160,54 +132,6 @@ def read_json(path, default):
             return json.load(f)
     except (OSError, ValueError):
         return default
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def download(url, dest, max_bytes, sha256=None, timeout=30, deadline=1800, context=None):
-    """Streams url into dest, hashing as it goes. Each read waits at most `timeout` s, the
-    whole transfer `deadline` s; more than max_bytes or a wrong sha256 is an error and
-    leaves nothing at dest."""
-    part = dest + ".part"
-    shown = redact(url)
-    end = time.monotonic() + deadline
-    h = hashlib.sha256()
-    size = 0
-    try:
-        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
-            declared = resp.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise Failed(f"{shown} is {declared} bytes, over the limit of {max_bytes}")
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                while True:
-                    if time.monotonic() > end:
-                        raise Failed(f"downloading {shown} took over {deadline} s")
-                    block = resp.read(1 << 20)
-                    if not block:
-                        break
-                    size += len(block)
-                    if size > max_bytes:
-                        raise Failed(f"{shown} sent over {max_bytes} bytes")
-                    h.update(block)
-                    f.write(block)
-        got = h.hexdigest()
-        if sha256 is not None and got != sha256:
-            raise Failed(f"{shown} has sha256 {got}, expected {sha256}")
-        os.replace(part, dest)
-        return got
-    except (OSError, ValueError) as e:
-        # Timeouts, refused connections, HTTP errors: one kind of failure, with its cause.
-        raise Failed(f"downloading {shown}: {e}") from None
-    finally:
-        if os.path.exists(part):
-            os.remove(part)
 
 
 def fetch(url, max_bytes, timeout=15, context=None):

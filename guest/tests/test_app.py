@@ -54,7 +54,7 @@ class Fixture(unittest.TestCase):
         def run_and_reload(*argv, **kw):
             res = run(*argv, **kw)
             if argv[0] == "systemctl" and "nginx.service" in argv and res.returncode == 0:
-                self.nginx_port = proxy.upstream_port(self.vm.paths)
+                self.nginx_port = remote.upstream_port(self.vm.paths)
             if argv[0] == "journalctl":
                 res.stdout = "loading the model\nTOKEN=s3cret in a log line\n"
             return res
@@ -66,7 +66,7 @@ class Fixture(unittest.TestCase):
                    mock.patch.object(app, "phase", self.phase),
                    mock.patch.object(remote, "phase", self.phase),
                    mock.patch.object(remote, "run", run_and_reload),
-                   mock.patch.object(proxy, "draining", lambda: False),
+                   mock.patch.object(remote, "draining", lambda: False),
                    mock.patch.object(app.os, "chown"),
                    mock.patch.object(app.time, "sleep")]
         for p in patches:
@@ -97,7 +97,7 @@ class Fixture(unittest.TestCase):
         """app.json, the upstream file, nginx and the units enabled for boot name slot."""
         port = self.vm.paths.slot_port(slot)
         self.assertEqual(self.apps.active(), slot)
-        self.assertEqual(proxy.upstream_port(self.vm.paths), port)
+        self.assertEqual(remote.upstream_port(self.vm.paths), port)
         self.assertEqual(self.nginx_port, port, "nginx runs another upstream")
         self.assertEqual(self.docker.enabled, {app.unit(slot)})
         self.assertFalse(os.path.exists(self.vm.paths.switch_intent))
@@ -297,7 +297,7 @@ class Switch(Fixture):
         self.nginx_port = None  # nginx starts after the recovery
         with self.apps.locked():
             self.apps.reconcile(booting=True)
-        self.assertEqual(proxy.upstream_port(self.vm.paths), 8000)
+        self.assertEqual(remote.upstream_port(self.vm.paths), 8000)
         self.assertIn(["systemctl", "stop", "--no-block", GREEN], self.docker.calls)
         self.assertEqual(self.docker.enabled, {BLUE})
 

@@ -45,39 +45,22 @@ class Journal(unittest.TestCase):
         self.addCleanup(self.sock.close)
 
     def test_a_value_cannot_forge_another_field(self):
-        system.journal("line one\nPRIORITY=0\nIMGFORGE_SOURCE=boot", socket_path=self.path,
-                       IMGFORGE_SOURCE="deploy")
+        logs.journal(self.path, "line one\nPRIORITY=0\nSYSLOG_IDENTIFIER=x", SYSLOG_IDENTIFIER="imgforge")
         fields = parse_native(self.sock.recv(65536))
-        self.assertEqual(fields["IMGFORGE_SOURCE"], "deploy")
+        self.assertEqual(fields["SYSLOG_IDENTIFIER"], "imgforge")
         self.assertEqual(fields["PRIORITY"], "6")
-        self.assertEqual(fields["MESSAGE"], "line one\nPRIORITY=0\nIMGFORGE_SOURCE=boot")
+        self.assertEqual(fields["MESSAGE"], "line one\nPRIORITY=0\nSYSLOG_IDENTIFIER=x")
 
-    def test_log_goes_to_the_journal_under_the_commands_source(self):
-        with mock.patch.object(system, "JOURNAL_SOCKET", self.path), \
-                mock.patch.dict(system.SOURCE, name="backup"):
-            system.log("archived 3 files")
-        fields = parse_native(self.sock.recv(65536))
-        self.assertEqual((fields["MESSAGE"], fields["IMGFORGE_SOURCE"]),
-                         ("archived 3 files", "backup"))
-
-    def test_a_slot_says_which_version_it_runs_before_it_starts(self):
-        vm = Vm()
-        self.addCleanup(vm.cleanup)
-        apps = app.Apps(vm.ctx)
-        apps.save({"active": "green", "history": [], "previous": None, "running": {
-            "green": {"image_id": "sha256:2", "image": "c:0.2.0", "env_file": "/x.env",
-                      "version": "0.2.0"}}})
-
-        class Done:
-            def wait(self, timeout):
-                return 0
-        with mock.patch.object(system, "JOURNAL_SOCKET", self.path), \
-                mock.patch.object(app.subprocess, "Popen", lambda *a, **k: Done()), \
-                mock.patch.object(app.signal, "signal"):
-            apps.supervise("green")
-        fields = parse_native(self.sock.recv(65536))
-        self.assertEqual((fields["IMGFORGE_EVENT"], fields["IMGFORGE_SLOT"],
-                          fields["IMGFORGE_VERSION"]), ("slot-start", "green", "0.2.0"))
+    def test_a_deploys_stderr_goes_to_its_file_and_each_whole_line_to_the_journal(self):
+        out = io.StringIO()
+        tee = logs.JournalTee(out, self.path)
+        with mock.patch.object(system.sys, "stderr", tee):
+            system.log("[health] waiting")
+        tee.write("half a ")
+        tee.write("line\n")
+        self.assertEqual(out.getvalue(), "imgforge: [health] waiting\nhalf a line\n")
+        said = [parse_native(self.sock.recv(65536))["MESSAGE"] for _ in range(2)]
+        self.assertEqual(said, ["imgforge: [health] waiting", "half a line"])
 
 
 class Request(unittest.TestCase):
@@ -89,11 +72,13 @@ class Request(unittest.TestCase):
             with self.assertRaises(Refused, msg=bad):
                 logs.parse_request(bad)
 
-    def test_the_journal_matches_join_units_and_sources(self):
-        self.assertEqual(logs.journal_matches(["app", "deploy", "boot", "proxy"]), [
+    def test_each_source_is_its_units_journal(self):
+        paths = Vm().paths
+        self.assertEqual(logs.journal_matches(paths, ["app", "deploy", "backup", "proxy"]), [
             "_SYSTEMD_UNIT=imgforge-app@blue.service", "_SYSTEMD_UNIT=imgforge-app@green.service",
-            "+", "IMGFORGE_SOURCE=deploy", "IMGFORGE_SOURCE=boot"])
-        self.assertEqual(logs.journal_matches(["proxy"]), [])
+            "_SYSTEMD_UNIT=imgforge-deploy.service", "_SYSTEMD_UNIT=imgforge-backup.service"])
+        self.assertEqual(logs.journal_matches(paths, ["proxy"]), [])
+        self.assertIn("_SYSTEMD_UNIT=cloud-final.service", logs.journal_matches(paths, ["boot"]))
 
 
 def access_format():
@@ -131,28 +116,34 @@ class Collect(unittest.TestCase):
             os.utime(os.path.join(os.path.dirname(p.nginx_access_log), name),
                      (self.now, self.now))
         os.utime(p.nginx_access_log + ".2.gz", (self.now - 7000, self.now - 7000))
+        def at(t):
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+        # first boot's version started loading before its entry (prestart).
+        app.Apps(self.vm.ctx).save({"active": "green", "running": {}, "previous": None,
+                                    "history": [
+            {"kind": "first-boot", "slot": "blue", "version": "0.1.0", "started": at(self.now - 850)},
+            {"kind": "deploy", "slot": "green", "version": "0.2.0", "started": at(self.now - 450)},
+            {"kind": "deploy", "slot": "blue", "version": "0.3.0", "started": at(self.now - 100)}]})
         self.journal = [
-            entry(self.now - 900, "blue: runs 0.1.0", IMGFORGE_EVENT="slot-start",
-                  IMGFORGE_SLOT="blue", IMGFORGE_VERSION="0.1.0",
-                  _SYSTEMD_UNIT="imgforge-app@blue.service"),
+            entry(self.now - 900, "loading the model", _SYSTEMD_UNIT="imgforge-app@blue.service"),
+            entry(self.now - 899, "Cloud-init v. 24 running", _SYSTEMD_UNIT="cloud-final.service"),
+            entry(self.now - 898, "imgforge: step app: ok", _SYSTEMD_UNIT="cloud-final.service"),
             entry(self.now - 800, "listening on 8000", _SYSTEMD_UNIT="imgforge-app@blue.service"),
-            entry(self.now - 500, "[health] waiting", IMGFORGE_SOURCE="deploy"),
-            entry(self.now - 400, "green: runs 0.2.0", IMGFORGE_EVENT="slot-start",
-                  IMGFORGE_SLOT="green", IMGFORGE_VERSION="0.2.0",
-                  _SYSTEMD_UNIT="imgforge-app@green.service"),
+            entry(self.now - 500, "imgforge: [health] waiting",
+                  _SYSTEMD_UNIT="imgforge-deploy.service"),
+            entry(self.now - 400, "listening", _SYSTEMD_UNIT="imgforge-app@green.service"),
+            entry(self.now - 60, "crashed", _SYSTEMD_UNIT="imgforge-app@blue.service"),
             entry(self.now - 10, list(b"classified cat\n"),
                   _SYSTEMD_UNIT="imgforge-app@green.service"),
         ]
 
     def collect(self, **req):
         def journal_json(args):
-            if args == ["IMGFORGE_EVENT=slot-start"]:
-                return [e for e in self.journal if "IMGFORGE_EVENT" in e]
             since = next((int(a[1:]) for a in args if a.startswith("@")), 0)
             n = int(args[args.index("--lines") + 1])
             return [e for e in self.journal if int(e["__REALTIME_TIMESTAMP"]) >= since * 1e6][-n:]
         with mock.patch.object(logs, "journal_json", journal_json):
-            lines, cursor = logs.collect(self.vm.paths, logs.parse_request(req), self.now)
+            lines, cursor = logs.collect(self.vm.ctx, logs.parse_request(req), self.now)
         for line in lines:
             schema.check("log-line", line)
         return lines, cursor
@@ -161,20 +152,22 @@ class Collect(unittest.TestCase):
         lines, cursor = self.collect(since=3600)
         said = [(line["source"], line.get("version"), line["message"]) for line in lines]
         self.assertEqual(said, [
-            ("app", "0.1.0", "blue: runs 0.1.0"),
+            ("app", "0.1.0", "loading the model"),
+            ("boot", None, "step app: ok"),
             ("app", "0.1.0", "listening on 8000"),
             ("proxy", None, "POST /predict?a=1 502 0.100 s"),
             ("deploy", None, "[health] waiting"),
-            ("app", "0.2.0", "green: runs 0.2.0"),
+            ("app", "0.2.0", "listening"),
+            ("app", "0.3.0", "crashed"),
             ("proxy", None, "POST /history 200 0.012 s"),
-            ("proxy", None, lines[6]["message"]),
+            ("proxy", None, lines[8]["message"]),
             ("app", "0.2.0", "classified cat"),
         ])
-        self.assertIn("[error]", lines[6]["message"])
-        self.assertEqual(lines[2]["request"], {
+        self.assertIn("[error]", lines[8]["message"])
+        self.assertEqual(lines[3]["request"], {
             "remote": "10.0.2.2", "method": "POST", "uri": "/predict?a=1", "status": 502,
             "bytes": 42, "request_time": 0.1, "upstream_time": 0.04})
-        self.assertIsNone(lines[5]["request"]["upstream_time"])
+        self.assertIsNone(lines[7]["request"]["upstream_time"])
         self.assertEqual(lines[0]["time"], logs.stamp(self.now - 900))
         self.assertEqual(cursor, f"c{self.now - 10}")
 

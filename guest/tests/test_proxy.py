@@ -26,9 +26,9 @@ class Files(unittest.TestCase):
         self.vm.cleanup()
 
     def test_the_upstream_file_names_one_port(self):
-        self.assertIsNone(proxy.upstream_port(self.vm.paths))
+        self.assertIsNone(remote.upstream_port(self.vm.paths))
         self.assertTrue(proxy.point_upstream(self.vm.paths, 8001))
-        self.assertEqual(proxy.upstream_port(self.vm.paths), 8001)
+        self.assertEqual(remote.upstream_port(self.vm.paths), 8001)
         self.assertFalse(proxy.point_upstream(self.vm.paths, 8001), "unchanged: no write")
 
     def test_one_of_the_two_sites_is_live_and_tls_is_told_apart(self):
@@ -42,7 +42,7 @@ class Files(unittest.TestCase):
         self.docker.fail = ("nginx", "-t")
         with self.assertRaises(Failed):
             proxy.point_upstream(self.vm.paths, 8001)
-        self.assertEqual(proxy.upstream_port(self.vm.paths), 8000)
+        self.assertEqual(remote.upstream_port(self.vm.paths), 8000)
         with self.assertRaises(Failed):
             proxy.install_site(self.vm.paths, tls=True)
         self.assertFalse(os.path.exists(self.vm.paths.nginx_site), "nothing before: nothing after")

@@ -85,7 +85,7 @@ class Jobs(unittest.TestCase):
             mock.patch.object(app, "out", self.docker.out),
             mock.patch.object(app, "healthy", lambda *a, **k: True),
             mock.patch.object(remote, "running_port", lambda *a: None),
-            mock.patch.object(proxy, "draining", lambda: False),
+            mock.patch.object(remote, "draining", lambda: False),
             mock.patch.object(app.os, "chown"), mock.patch.object(app.time, "sleep"),
             mock.patch.object(remote.time, "sleep")]
         for p in patches:

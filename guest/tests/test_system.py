@@ -4,7 +4,8 @@ import tempfile
 import time
 import unittest
 
-from imgforge_vm.system import Failed, download, run
+from imgforge_vm.bundle import download
+from imgforge_vm.system import Failed, run
 
 from .support import Server, answering
 
