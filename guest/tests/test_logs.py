@@ -14,8 +14,7 @@ from imgforge_vm.app import Refused
 
 from . import schema
 from .support import Vm
-
-TEMPLATES = os.path.join(os.path.dirname(__file__), "..", "..", "templates")
+from .test_contract import TEMPLATES
 
 
 def entry(t, message, **fields):
