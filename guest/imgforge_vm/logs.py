@@ -248,13 +248,38 @@ def read_lines(path):
         return []
 
 
-def file_lines(paths, since_us):
+def file_lines(paths, since_us, files=None):
+    """nginx's lines since since_us (µs), from the access and error logs (or `files`)."""
     out = []
-    for path, parse in ((paths.nginx_access_log, access_line), (paths.nginx_error_log, error_line)):
+    for path, parse in files or ((paths.nginx_access_log, access_line),
+                                 (paths.nginx_error_log, error_line)):
         for name in rotated(path):
             if since_us and os.path.getmtime(name) * 1e6 < since_us:
                 continue
             out += [x for x in map(parse, read_lines(name)) if x and x[0] >= since_us]
+    return out
+
+
+def traffic(paths, now=None, windows=(("5m", 300), ("60m", 3600))):
+    """The app's requests in each window, from nginx's access log: how many, a second,
+    the share of 4xx and 5xx answers, and request time percentiles (seconds)."""
+    now = time.time() if now is None else now
+    longest = max(w for _, w in windows)
+    seen = file_lines(paths, int((now - longest) * 1e6), ((paths.nginx_access_log, access_line),))
+    out = {}
+    for name, seconds in windows:
+        reqs = [line["request"] for t, line in seen if t >= (now - seconds) * 1e6]
+        times = sorted(r["request_time"] for r in reqs)
+        n = len(reqs)
+
+        def share(lo, reqs=reqs, n=n):
+            return round(sum(lo <= r["status"] < lo + 100 for r in reqs) / n, 4) if n else 0.0
+
+        def pct(p, times=times, n=n):
+            return times[min(n - 1, int(p * n))] if n else None
+        out[name] = {"seconds": seconds, "requests": n, "per_second": round(n / seconds, 3),
+                     "share_4xx": share(400), "share_5xx": share(500),
+                     "p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99)}
     return out
 
 

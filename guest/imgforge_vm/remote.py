@@ -330,7 +330,33 @@ def report(ctx):
         if os.path.isdir(path):
             doc["disk"][name] = int(out("du", "-sb", path).split()[0])
     doc["backup"] = read_json(paths.backup_state, {})
+    from .logs import traffic
+    doc["traffic"] = traffic(paths)
+    doc["machine"] = machine(paths)
     return doc
+
+
+def machine(paths):
+    """CPU use over half a second, memory and the root filesystem."""
+    def busy_total():
+        with open(paths.cpu_stat) as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+        return sum(ticks) - idle, sum(ticks)
+    b0, t0 = busy_total()
+    time.sleep(0.5)
+    b1, t1 = busy_total()
+    mem = {}
+    with open(paths.meminfo) as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            mem[k] = int(v.split()[0]) * 1024
+    disk = os.statvfs("/")
+    return {"cpu": round((b1 - b0) / max(t1 - t0, 1), 4),
+            "memory_used": mem["MemTotal"] - mem.get("MemAvailable", mem.get("MemFree", 0)),
+            "memory_total": mem["MemTotal"],
+            "disk_used": (disk.f_blocks - disk.f_bfree) * disk.f_frsize,
+            "disk_total": disk.f_blocks * disk.f_frsize}
 
 
 def backup_now(ctx, stream):

@@ -38,6 +38,11 @@ class Vm:
         os.makedirs(os.path.dirname(self.paths.boot_id))
         with open(self.paths.boot_id, "w") as f:
             f.write("boot-1\n")
+        with open(self.paths.cpu_stat, "w") as f:
+            f.write("cpu  300 0 100 3600 0 0 0 0 0 0\ncpu0 150 0 50 1800 0 0 0 0 0 0\n")
+        with open(self.paths.meminfo, "w") as f:
+            f.write("MemTotal:        2048000 kB\nMemFree:          100000 kB\n"
+                    "MemAvailable:    1024000 kB\n")
         os.makedirs(os.path.dirname(self.paths.console))
         c = schema.check("deploy", dict(CONF, **conf))
         c["data_dir"] = self.root + c["data_dir"]

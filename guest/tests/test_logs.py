@@ -183,6 +183,30 @@ class Collect(unittest.TestCase):
         self.assertEqual(logs.stamp(0.25), "1970-01-01T00:00:00.250Z")
 
 
+class Traffic(unittest.TestCase):
+    def test_windows_count_rates_shares_and_percentiles(self):
+        vm = Vm()
+        self.addCleanup(vm.cleanup)
+        now = 1_800_000_000.0
+        os.makedirs(os.path.dirname(vm.paths.nginx_access_log))
+        lines = [access(now - 1000, "/old", 200, "5.000")]  # in the hour, not in 5 minutes
+        lines += [access(now - 100 + i, "/", 200, f"{(i + 1) / 1000:.3f}") for i in range(97)]
+        lines += [access(now - 2, "/", 404, "0.001"), access(now - 1, "/", 503, "1.500"),
+                  access(now - 1, "/", 429, "0.000")]
+        with open(vm.paths.nginx_access_log, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.utime(vm.paths.nginx_access_log, (now, now))
+        t = logs.traffic(vm.paths, now)
+        five, hour = t["5m"], t["60m"]
+        self.assertEqual((five["requests"], hour["requests"]), (100, 101))
+        self.assertEqual(five["per_second"], round(100 / 300, 3))
+        self.assertEqual((five["share_4xx"], five["share_5xx"]), (0.02, 0.01))
+        self.assertEqual((five["p50"], five["p95"], five["p99"]), (0.049, 0.094, 1.5))
+        self.assertEqual(hour["p99"], 1.5)
+        empty = logs.traffic(Vm().paths, now)["5m"]
+        self.assertEqual((empty["requests"], empty["p50"]), (0, None))
+
+
 class Follow(unittest.TestCase):
     def test_tail_reads_whole_lines_and_starts_over_after_a_rotation(self):
         d = tempfile.mkdtemp()

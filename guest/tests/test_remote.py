@@ -2,6 +2,7 @@ import hashlib
 import io
 import json
 import os
+import time
 import unittest
 import zipfile
 from unittest import mock
@@ -224,6 +225,12 @@ class Serving(unittest.TestCase):
         failed = {"started": "2026-12-07T03:00:00Z", "archive": "data-20261207T030000Z",
                   "where": "local", "result": "failed", "error": "disk full", "seconds": 0.5}
         write_atomic(self.vm.paths.backup_state, json.dumps({"last": failed, "last_ok": good}))
+        # Three requests a minute ago: nginx's JSON lines, as the access log has them.
+        t = time.time() - 60
+        write_atomic(self.vm.paths.nginx_access_log, "".join(
+            json.dumps({"msec": t, "remote": "10.0.2.2", "method": "GET", "uri": "/", "status": code,
+                        "bytes": 9, "request_time": secs, "upstream_time": str(secs)}) + "\n"
+            for code, secs in ((200, 0.02), (404, 0.001), (502, 0.9))))
         with mock.patch.object(remote, "out", lambda *a, **k: "4096\t/x\n"):
             doc = schema.check("status-answer", remote.report(self.vm.ctx))
         path = os.path.join(schema.FIXTURES, "status-answer-v1.json")

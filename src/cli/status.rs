@@ -110,6 +110,30 @@ pub fn summary(host: &str, answer: &StatusAnswer) -> String {
                 .unwrap_or_default()
         ));
     }
+    for (window, t) in &answer.traffic {
+        let ms = |v: Option<f64>| v.map_or("-".to_owned(), |s| format!("{:.0} ms", s * 1000.0));
+        out.push_str(&format!(
+            "  traffic {window:<4} {:.2} req/s ({} requests), 4xx {:.1}%, 5xx {:.1}%, p50 {}, p95 {}, p99 {}\n",
+            t.per_second,
+            t.requests,
+            t.share_4xx * 100.0,
+            t.share_5xx * 100.0,
+            ms(t.p50),
+            ms(t.p95),
+            ms(t.p99)
+        ));
+    }
+    if let Some(m) = &answer.machine {
+        let human = crate::disk::human;
+        out.push_str(&format!(
+            "  machine      CPU {:.0}%, memory {} of {}, disk {} of {}\n",
+            m.cpu * 100.0,
+            human(m.memory_used),
+            human(m.memory_total),
+            human(m.disk_used),
+            human(m.disk_total)
+        ));
+    }
     let backup = &answer.backup;
     match (&backup.last, &backup.last_ok) {
         (None, _) => out.push_str("  backup       none yet\n"),
@@ -158,6 +182,10 @@ mod tests {
             "{summary}"
         );
         assert!(!answer.healthy);
+        assert!(
+            summary.contains("traffic 5m   0.01 req/s (3 requests), 4xx 33.3%, 5xx 33.3%, p50 20 ms, p95 900 ms, p99 900 ms"),
+            "{summary}"
+        );
         assert!(
             summary.contains(
                 "backup       data-20261207T030000Z at 2026-12-07T03:00:00Z: FAILED: disk full"

@@ -90,6 +90,9 @@ pub struct Layout {
     pub public_ports: PublicPorts,
     pub console: String,
     pub boot_id: String,
+    /// `imgforge status`: the VM's CPU use and memory.
+    pub cpu_stat: String,
+    pub meminfo: String,
     pub app_env: String,
     pub generalize: Generalize,
 }

@@ -61,6 +61,40 @@ pub struct StatusAnswer {
     /// The backups' records.
     #[serde(default)]
     pub backup: BackupState,
+    /// The app's requests in the last 5 and 60 minutes (`5m`, `60m`), from nginx's log.
+    #[serde(default)]
+    pub traffic: IndexMap<String, Traffic>,
+    /// The VM's CPU, memory and disk.
+    #[serde(default)]
+    pub machine: Option<Machine>,
+}
+
+/// The app's requests in a window, as nginx's access log has them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Traffic {
+    /// The window's length.
+    pub seconds: u64,
+    pub requests: u64,
+    pub per_second: f64,
+    /// The share (0 to 1) of answers 400-499, and 500-599.
+    pub share_4xx: f64,
+    pub share_5xx: f64,
+    /// Request time percentiles, seconds (none without requests).
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+/// CPU use over half a second (0 to 1), memory and the root filesystem, bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Machine {
+    pub cpu: f64,
+    pub memory_used: u64,
+    pub memory_total: u64,
+    pub disk_used: u64,
+    pub disk_total: u64,
 }
 
 /// What serves: the health path through nginx the way users come, and whether app.json,
