@@ -72,8 +72,9 @@ class Fixture(unittest.TestCase):
         for p in patches:
             p.start()
             self.addCleanup(p.stop)
-        # Day two's deploys (first boot's program has the core: no drain, prune or rollback).
-        self.apps = remote.Deploys(self.vm.ctx)
+        # Day two's deploys (first boot's program has the core: no drain, prune or
+        # rollback), unwatched unless a test watches (class Watch).
+        self.apps = remote.Deploys(self.vm.ctx, watch_s=0)
 
     def tearDown(self):
         self.vm.cleanup()
@@ -368,6 +369,78 @@ class Supervise(unittest.TestCase):
         _, kills, checks = self.supervise([False] * 100)
         self.assertEqual(kills, 1)
         self.assertEqual(checks, 300 // app.LIVENESS_INTERVAL + app.LIVENESS_FAILURES)
+
+
+class Watch(Fixture):
+    """After the switch the old version stays nginx's backup, and a new one that fails
+    its health or answers 5xx more than the old one did loses the traffic again."""
+
+    def setUp(self):
+        super().setUp()
+        self.clock = [1_800_000_000.0]
+        self.checks = []
+        self.health = lambda n: True
+        for p in (mock.patch.object(remote.time, "time", lambda: self.clock[0]),
+                  mock.patch.object(remote, "answers", self.answer)):
+            p.start()
+            self.addCleanup(p.stop)
+        self.deploy("app:1", kind="first-boot")
+        self.apps = remote.Deploys(self.vm.ctx, watch_s=60)
+
+    def answer(self, url, timeout=10):
+        """The new slot's health at this check; time goes on by the check interval."""
+        self.clock[0] += remote.WATCH_INTERVAL
+        self.checks.append(self.upstream())
+        return self.health(len(self.checks))
+
+    def test_a_healthy_version_keeps_the_traffic_and_the_old_one_stops_being_the_backup(self):
+        self.assertEqual(self.deploy("app:2"), "green")
+        self.assertIn("server 127.0.0.1:8000 backup;", self.checks[0])
+        self.assertEqual(len(self.checks), 60 // remote.WATCH_INTERVAL)
+        self.assertNotIn("backup", self.upstream())
+        self.agrees("green")
+        self.assertEqual(self.phases, ["start", "health", "switch", "watch", "drain"])
+        self.assertEqual(self.docker.units[BLUE], "inactive")
+
+    def test_one_whose_health_fails_gives_the_traffic_back_and_the_deploy_fails(self):
+        self.health = lambda n: n < 10
+        with self.assertRaises(Failed) as e:
+            self.deploy("app:2")
+        self.assertIn("the watch switched traffic back to 1.0: 2.0 its health path failed 3 "
+                      "times in a row", str(e.exception))
+        self.assertEqual(len(self.checks), 12)
+        self.agrees("blue")
+        self.assertNotIn("backup", self.upstream())
+        self.assertEqual(self.docker.units[GREEN], "inactive")
+        st = self.apps.load()
+        self.assertIsNone(st["previous"], "a rollback would go to the version that failed")
+        last = st["history"][-1]
+        self.assertEqual((last["version"], last["result"]), ("2.0", "rolled-back"))
+        self.assertEqual(self.vm.status()["app"]["version"], "1.0")
+
+    def test_more_5xx_than_the_old_version_gives_the_traffic_back(self):
+        def access(t, status):
+            return json.dumps({"msec": t, "remote": "10.0.2.2", "method": "GET", "uri": "/",
+                               "status": status, "bytes": 1, "request_time": 0.01,
+                               "upstream_time": "0.01"}) + "\n"
+        log = self.vm.paths.nginx_access_log
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        before = self.clock[0]
+        with open(log, "w") as f:
+            f.write("".join(access(before - 100 + i, 500 if i < 2 else 200) for i in range(100)))
+
+        def health(n):
+            with open(log, "a") as f:
+                f.write("".join(access(self.clock[0] - 1, 503 if i % 2 else 200)
+                                for i in range(4)))
+            os.utime(log, (self.clock[0], self.clock[0]))  # the fake clock's "now"
+            return True
+        self.health = health
+        with self.assertRaises(Failed) as e:
+            self.deploy("app:2")
+        self.assertIn("5 of its answers were 5xx (50%)", str(e.exception))
+        self.assertIn("against 2% before", str(e.exception))
+        self.agrees("blue")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,10 @@ Examples:
 
 The new version starts beside the running one, on the other loopback port.
 Once it answers its health path, nginx sends new requests to it (a reload:
-requests in flight finish), the old one drains and stops. If it never gets
+requests in flight finish). For --watch seconds the old one stays ready as
+nginx's backup server and the new one is watched: a failing health path, or
+more 5xx answers than the old one gave, switches traffic back by itself and
+deploy exits 1 naming the watch. Then the old one drains and stops. If it never gets
 healthy nothing switches, it is removed, and deploy exits 1 with its last log
 lines. A reboot keeps the version that serves. Without --env/--env-file the
 new version gets the running one's environment; with them, exactly the
@@ -72,6 +75,11 @@ pub struct Timing {
     /// Most seconds the old version keeps finishing its requests after the switch
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub drain: u64,
+    /// Seconds after the switch to keep the old version ready and watch the new one:
+    /// if its health fails or its 5xx share rises above the old one's, traffic goes
+    /// back by itself and the deploy exits 1 (0: no watch)
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub watch: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,6 +151,7 @@ pub fn run(args: Args) -> Result<()> {
         env,
         health_timeout: args.timing.health_timeout,
         drain: args.timing.drain,
+        watch: Some(args.timing.watch),
         bundle: None,
     };
     let result = match &bundle {
@@ -180,6 +189,7 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
     let head = DeployRequest {
         health_timeout: args.timing.health_timeout,
         drain: args.timing.drain,
+        watch: Some(args.timing.watch),
         ..DeployRequest::default()
     };
     let result: Deploy = args

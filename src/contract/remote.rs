@@ -21,6 +21,10 @@ pub struct DeployRequest {
     pub health_timeout: Option<u64>,
     /// Seconds the old version keeps serving requests it already has.
     pub drain: u64,
+    /// Seconds after the switch during which the old version stays ready (nginx's
+    /// backup server) and the new one is watched: failing health, or more 5xx answers
+    /// than the old one gave, switches back by itself. None: 60; 0: no watch.
+    pub watch: Option<u64>,
     /// The bundle that follows the request line on stdin.
     pub bundle: Option<Upload>,
 }

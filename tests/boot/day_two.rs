@@ -20,14 +20,25 @@ use crate::deployment::*;
 /// for the boot report).
 pub const SLOW_START: u64 = 240;
 
+/// How a packed version behaves beyond the classifier's own ways.
+#[derive(Debug, Clone, Copy)]
+pub enum Behaviour {
+    /// As the classifier does.
+    Plain,
+    /// Starts the classifier only after this many seconds.
+    SlowStart(u64),
+    /// Dies this many seconds after its health path first answers.
+    DiesAfterHealthy(u64),
+}
+
 /// The classifier packed as another version: the same model and binary, its version in
-/// the image's name, label and `APP_VERSION` (what `GET /` reports), plus `env`. With
-/// `start_delay`, a busybox shell waits that many seconds before it runs the classifier.
+/// the image's name, label and `APP_VERSION` (what `GET /` reports), plus `env`. A
+/// behaviour other than `Plain` runs it under a busybox shell script.
 pub fn classifier_version(
     dir: &Path,
     version: &str,
     env: &[(&str, &str)],
-    start_delay: Option<u64>,
+    behaviour: Behaviour,
 ) -> PathBuf {
     let src = dir.join(format!("classifier-{version}"));
     run(Command::new("cp")
@@ -42,7 +53,16 @@ pub fn classifier_version(
     for (k, v) in env {
         spec["env"][*k] = (*v).into();
     }
-    if let Some(delay) = start_delay {
+    let script = match behaviour {
+        Behaviour::Plain => None,
+        Behaviour::SlowStart(delay) => Some(format!("sleep {delay} && exec /app/classifier")),
+        Behaviour::DiesAfterHealthy(after) => Some(format!(
+            "/app/classifier & pid=$!; \
+             until /bin/busybox wget -q -O /dev/null http://127.0.0.1:8000/health; do sleep 1; done; \
+             sleep {after}; kill $pid; wait $pid; exit 1"
+        )),
+    };
+    if let Some(script) = script {
         // busybox-static: one binary with no libraries to bring along.
         std::fs::copy("/bin/busybox", src.join("busybox")).expect("/bin/busybox");
         let layer: serde_yaml_ng::Value = serde_yaml_ng::from_str(
@@ -50,7 +70,6 @@ pub fn classifier_version(
         )
         .unwrap();
         spec["layers"].as_sequence_mut().unwrap().push(layer);
-        let script = format!("sleep {delay} && exec /app/classifier");
         spec["entrypoint"] =
             serde_yaml_ng::to_value(["/bin/busybox", "sh", "-c", &script]).unwrap();
     }

@@ -1,6 +1,8 @@
 //! Day two on a booted VM, with a steady stream of HTTPS requests (10 a second, each
 //! checked) the whole time: a deploy whose client is interrupted, a broken version, bad
-//! input, a version slower to start than any timeout the VM used to have, a rollback.
+//! input, a version slower to start than any timeout the VM used to have, a rollback, a
+//! version that dies after the switch (the watch switches back), a backup; then the logs
+//! of all of it, before and after a reboot.
 //! (A new instance-id, with first boot running again, is in the slow tier: faults.rs.)
 //! No request may fail, and traffic moves from one version to the next once per switch.
 
@@ -23,9 +25,9 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
     d.wait_ready_with_certificate();
     let root = d.pebble_root();
     let v1_label = top1(&predict_cat(&d, &root));
-    let fast = classifier_version(&d.dir, "0.2.0", &[], None);
-    let broken = classifier_version(&d.dir, "0.3.0", &[("MODEL_DIR", "/nonexistent")], None);
-    let slow = classifier_version(&d.dir, "0.4.0", &[], Some(SLOW_START));
+    let fast = classifier_version(&d.dir, "0.2.0", &[], Behaviour::Plain);
+    let broken = classifier_version(&d.dir, "0.3.0", &[("MODEL_DIR", "/nonexistent")], Behaviour::Plain);
+    let slow = classifier_version(&d.dir, "0.4.0", &[], Behaviour::SlowStart(SLOW_START));
 
     // 1. v2, with the client interrupted (Ctrl-C) while the VM waits for v2's health: the
     //    deploy goes on on the VM, `--attach` follows it to its end, traffic moves from v1
@@ -186,7 +188,44 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("0.2.0") && text.contains("answers"), "{text}");
 
-    // 6. A backup while requests stream: SQLite is copied through its online backup, the
+    // 6. v5 dies 20 s after it first answers. The deploy's watch (60 s by default) keeps
+    //    v2 ready as nginx's backup server, sees v5's health fail, and switches traffic
+    //    back by itself: the deploy exits 1 naming the watch, and no request fails but
+    //    those v5 had in flight when it died (counted).
+    let dies = classifier_version(&d.dir, "0.5.0", &[], Behaviour::DiesAfterHealthy(20));
+    let stream = Stream::start(&d, &root, "watch");
+    let out = cli(&d, "deploy", &["--bundle", dies.to_str().unwrap()]);
+    let (versions, failed, _) = stream.stop();
+    eprintln!(
+        "the watch: {} requests, {} failed ({failed:?}), traffic {:?}",
+        versions.len() + failed.len(),
+        failed.len(),
+        runs(&versions)
+    );
+    assert_eq!(out.status.code(), Some(1), "v5's deploy did not fail");
+    let err = stderr(&out);
+    assert!(
+        err.contains("the watch switched traffic back"),
+        "{err}"
+    );
+    assert!(failed.len() <= 1, "failed requests during the watch: {failed:?}");
+    let seen = runs(&versions);
+    assert!(
+        seen.first().map(String::as_str) == Some("0.2.0")
+            && seen.last().map(String::as_str) == Some("0.2.0")
+            && seen.contains(&"0.5.0".to_owned()),
+        "traffic during the watch: {seen:?}"
+    );
+    assert_eq!(serving_version(&d), "0.2.0");
+    let doc = status_json(&d);
+    let last = doc.deploys.last().expect("a deploy in status.json");
+    assert_eq!(
+        (last.version.as_str(), last.result.as_str()),
+        ("0.5.0", "rolled-back"),
+        "{last:?}"
+    );
+
+    // 7. A backup while requests stream: SQLite is copied through its online backup, the
     //    app is never paused, so no request fails or waits a second.
     let stream = Stream::start(&d, &root, "backup");
     let out = cli(&d, "backup", &["now", "--json"]);
@@ -219,7 +258,7 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
         "{text}"
     );
 
-    // 7. Logs: the requests just made are in nginx's access log; the app's lines name
+    // 8. Logs: the requests just made are in nginx's access log; the app's lines name
     //    the version that wrote them, from v1 on, and outlive a reboot; the deploys' and
     //    first boot's steps are there.
     let lines = logs(&d, &["--since", "3h"]);
@@ -246,11 +285,12 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
         v
     };
     let before = ran(&lines);
-    for version in ["0.1.0", "0.2.0", "0.4.0"] {
+    for version in ["0.1.0", "0.2.0", "0.4.0", "0.5.0"] {
         assert!(before.contains(&version.to_owned()), "{before:?}");
     }
     for (source, says) in [
         (Source::Deploy, "[switch]"),
+        (Source::Deploy, "[watch]"),
         (Source::Boot, "step app: ok"),
         (Source::Backup, "SQLite"),
     ] {

@@ -46,7 +46,7 @@ fn a_killed_client_or_a_power_cut_never_leaves_a_version_nobody_chose() {
     let label = top1(&predict_cat(&d, &root));
     let bundles: Vec<(String, PathBuf)> = ["0.2.0", "0.3.0"]
         .iter()
-        .map(|v| (v.to_string(), classifier_version(&d.dir, v, &[], None)))
+        .map(|v| (v.to_string(), classifier_version(&d.dir, v, &[], Behaviour::Plain)))
         .collect();
     let mut serving = "0.1.0".to_owned();
     let mut expected = vec![serving.clone()];
@@ -110,7 +110,7 @@ fn a_killed_client_or_a_power_cut_never_leaves_a_version_nobody_chose() {
     //    instance-id (a restored snapshot, a provider's migration): first boot runs again.
     //    It keeps the version that serves (the slow one, given its time again), its data
     //    and its certificate.
-    let slow = classifier_version(&d.dir, "0.4.0", &[], Some(SLOW_START));
+    let slow = classifier_version(&d.dir, "0.4.0", &[], Behaviour::SlowStart(SLOW_START));
     let stream = Stream::start(&d, &root, "slow");
     let out = cli(&d, "deploy", &["--bundle", slow.to_str().unwrap()]);
     assert!(out.status.success(), "the deploy of the slow 0.4.0 failed");
