@@ -92,6 +92,9 @@ class Apps:
         self.conf = ctx.conf
         self.paths = ctx.paths
         self.state_path = self.paths.app_state
+        # Day two watches a new version after the switch (remote.Deploys); first boot
+        # has no version before it to go back to.
+        self.watch_s = 0
 
     # -- state -------------------------------------------------------------------
     def load(self):
@@ -174,27 +177,33 @@ class Apps:
             raise Failed(f"{reason}; its last log lines are in {where}")
         healthy_after = time.monotonic() - began
         try:
-            self.switch(st, slot)
+            self.switch(st, slot, old if self.watch_s else None)
         except BaseException as e:
             self.finish(self.load(), dict(entry, result="failed",
                                           error=f"switching traffic: {e or type(e).__name__}"))
             raise
         switched_after = time.monotonic() - began
         if old:
-            self.retire(st, old, drain_s)
+            try:
+                self.retire(st, old, drain_s)
+            except Failed as e:
+                self.finish(self.load(), dict(entry, result="rolled-back", error=str(e)))
+                raise
         self.finish(st, dict(entry, result="ok", healthy_s=round(healthy_after, 2),
                              switch_s=round(switched_after - healthy_after, 2)))
         log(f"{kind}: {record['version']} serves from the {slot} slot")
         return slot
 
-    def switch(self, st, slot):
-        """Gives slot the traffic, as one transaction (see the module's doc)."""
+    def switch(self, st, slot, backup=None):
+        """Gives slot the traffic, as one transaction (see the module's doc); nginx falls
+        back to the slot `backup` names while it does not answer."""
         old = st["active"]
         intent = {"from": old, "to": slot, "record": st["running"][slot], "started": now()}
         write_atomic(self.paths.switch_intent, json.dumps(intent) + "\n", 0o600)
         try:
             run("systemctl", "enable", unit(slot))
-            proxy.point_upstream(self.paths, self.paths.slot_port(slot))
+            proxy.point_upstream(self.paths, self.paths.slot_port(slot),
+                                 backup and self.paths.slot_port(backup))
             proxy.reload()
             phase(self.paths, "switch", f"nginx sends new requests to the {slot} slot")
             if old:

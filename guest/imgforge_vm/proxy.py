@@ -17,10 +17,13 @@ def read(path):
         return None
 
 
-def upstream_conf(paths, port):
+def upstream_conf(paths, port, backup=None):
+    """The upstream file: the slot nginx sends traffic to, and while a deploy is watched,
+    the slot before as the backup nginx tries when the new one does not answer."""
+    fallback = f"    server 127.0.0.1:{int(backup)} backup;\n" if backup else ""
     return ("# Written by imgforge-vm: the app slot nginx sends traffic to.\n"
             f"upstream {paths.upstream} {{\n"
-            f"    server 127.0.0.1:{int(port)};\n"
+            f"    server 127.0.0.1:{int(port)};\n{fallback}"
             "    keepalive 8;\n"
             "}\n")
 
@@ -43,8 +46,8 @@ def checked(path, text):
     return True
 
 
-def point_upstream(paths, port):
-    return checked(paths.nginx_upstream, upstream_conf(paths, port))
+def point_upstream(paths, port, backup=None):
+    return checked(paths.nginx_upstream, upstream_conf(paths, port, backup))
 
 
 def install_site(paths, tls):

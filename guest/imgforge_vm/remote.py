@@ -22,13 +22,32 @@ import sys
 import time
 
 from . import proxy, status
-from .app import SLOTS, Apps, Refused, now, unit
+from .app import SLOTS, Apps, Refused, answers, now, unit
 from .system import Failed, log, out, phase, read_json, retry, run, wait_for, write_atomic
 
+# After the switch, the new version is watched this long by default, its health asked this
+# often; this many failures in a row, or a 5xx share this much above the old version's
+# (with at least this many 5xx answers), switch traffic back.
+WATCH_SECONDS = 60
+WATCH_INTERVAL = 2
+WATCH_FAILURES = 3
+WATCH_5XX_MARGIN = 0.05
+WATCH_MIN_5XX = 5
 UPSTREAM_PORT = re.compile(r"server 127\.0\.0\.1:(\d+);")
 ENV_LINE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=[^\n\r\0]*")
 BUNDLE_MAX_BYTES = 8 << 30
 KEEP_JOBS = 10
+
+
+def five_xx(paths, start, end):
+    """The share of 5xx answers nginx gave between start and end (seconds), and their
+    number."""
+    from .logs import access_line, file_lines
+    seen = [line["request"]["status"] for t, line in
+            file_lines(paths, int(start * 1e6), ((paths.nginx_access_log, access_line),))
+            if t <= end * 1e6]
+    bad = sum(s >= 500 for s in seen)
+    return (bad / len(seen) if seen else 0.0), bad
 
 
 def upstream_port(paths):
@@ -50,15 +69,65 @@ def draining():
 
 
 class Deploys(Apps):
-    """Day two's deploys: the old version drains before it stops, older images go, and
+    """Day two's deploys: the new version is watched after the switch (and traffic goes
+    back if it fails), the old version drains before it stops, older images go, and
     there is a version to roll back to."""
 
+    def __init__(self, ctx, watch_s=WATCH_SECONDS):
+        super().__init__(ctx)
+        self.watch_s = watch_s
+
+    def deploy(self, record, kind="deploy", health_timeout=None, drain_s=30):
+        # What a rollback goes back to, if the watch undoes this deploy.
+        self.previous = self.load().get("previous")
+        return super().deploy(record, kind, health_timeout, drain_s)
+
     def retire(self, st, old, drain_s):
+        if self.watch_s:
+            self.watch(st, old)
         phase(self.paths, "drain", f"the {old} slot finishes its requests (at most {drain_s} s)")
         time.sleep(min(1.0, drain_s))
         wait_for(lambda: not draining(), drain_s, 0.5)
         run("systemctl", "stop", unit(old), check=False)
         self.prune_images(st)
+
+    def watch(self, st, old):
+        """The first watch_s seconds after the switch: the old slot keeps running as
+        nginx's backup, and the new one's health path is asked every WATCH_INTERVAL s and
+        its 5xx share compared with the old one's. A failure switches traffic back, stops
+        the new slot and raises Failed; else the old slot stops being the backup."""
+        new = st["active"]
+        phase(self.paths, "watch", f"{self.watch_s} s: the {old} slot stays ready while the "
+                                   f"{new} slot's health and 5xx answers are watched")
+        switched = time.time()
+        before = five_xx(self.paths, switched - 300, switched)
+        failures, problem = 0, None
+        while not problem and time.time() - switched < self.watch_s:
+            time.sleep(WATCH_INTERVAL)
+            failures = 0 if answers(self.health_url(new)) else failures + 1
+            after = time.time() - switched
+            if failures >= WATCH_FAILURES:
+                problem = (f"its health path failed {failures} times in a row, {after:.0f} s "
+                           "after the switch")
+            now = five_xx(self.paths, switched, time.time())
+            if now[1] >= WATCH_MIN_5XX and now[0] > before[0] + WATCH_5XX_MARGIN:
+                problem = (f"{now[1]} of its answers were 5xx ({now[0]:.0%}) {after:.0f} s "
+                           f"after the switch, against {before[0]:.0%} before")
+        if not problem:
+            proxy.point_upstream(self.paths, self.paths.slot_port(new))
+            proxy.reload()
+            log(f"watch: the {new} slot stayed healthy for {self.watch_s} s")
+            return
+        phase(self.paths, "watch", f"{st['running'][new]['version']}: {problem}: switching "
+                                   f"traffic back to the {old} slot")
+        self.switch(st, old)
+        st["previous"] = self.previous
+        self.save(st)
+        where = self.keep_log(new)
+        run("systemctl", "stop", unit(new), check=False)
+        raise Failed(f"the watch switched traffic back to {st['running'][old]['version']}: "
+                     f"{st['running'][new]['version']} {problem}; its last log lines are in "
+                     f"{where}")
 
     def prune_images(self, st):
         """Keeps the images of both slots and the rollback target; removes the older
@@ -201,7 +270,8 @@ class Jobs:
         head = read_json(self.path(job, "request"), {})
         if os.path.exists(self.path(job, "request")):
             os.remove(self.path(job, "request"))
-        apps = Deploys(self.ctx)
+        watch = head.get("watch")
+        apps = Deploys(self.ctx, WATCH_SECONDS if watch is None else watch)
         try:
             with apps.locked(wait=120):
                 apps.finish_interrupted()

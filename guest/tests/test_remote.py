@@ -93,7 +93,7 @@ class Jobs(unittest.TestCase):
             p.start()
             self.addCleanup(p.stop)
         self.jobs = remote.Jobs(self.vm.ctx)
-        self.apps = remote.Deploys(self.vm.ctx)
+        self.apps = remote.Deploys(self.vm.ctx, watch_s=0)
         with self.apps.locked():
             self.apps.deploy(self.apps.record("app:1", "TOKEN=a b\n"))
 
@@ -101,7 +101,7 @@ class Jobs(unittest.TestCase):
         self.vm.cleanup()
 
     def submit(self, body=b"bundle bytes", sha=None, env=None):
-        head = {"image": "app:2", "env": env,
+        head = {"image": "app:2", "env": env, "watch": 0,
                 "bundle": {"size": len(body), "sha256": sha or hashlib.sha256(body).hexdigest()}}
         return self.jobs.submit("deploy", head, io.BytesIO(body))
 

@@ -26,7 +26,12 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
     let root = d.pebble_root();
     let v1_label = top1(&predict_cat(&d, &root));
     let fast = classifier_version(&d.dir, "0.2.0", &[], Behaviour::Plain);
-    let broken = classifier_version(&d.dir, "0.3.0", &[("MODEL_DIR", "/nonexistent")], Behaviour::Plain);
+    let broken = classifier_version(
+        &d.dir,
+        "0.3.0",
+        &[("MODEL_DIR", "/nonexistent")],
+        Behaviour::Plain,
+    );
     let slow = classifier_version(&d.dir, "0.4.0", &[], Behaviour::SlowStart(SLOW_START));
 
     // 1. v2, with the client interrupted (Ctrl-C) while the VM waits for v2's health: the
@@ -204,11 +209,11 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
     );
     assert_eq!(out.status.code(), Some(1), "v5's deploy did not fail");
     let err = stderr(&out);
+    assert!(err.contains("the watch switched traffic back"), "{err}");
     assert!(
-        err.contains("the watch switched traffic back"),
-        "{err}"
+        failed.len() <= 1,
+        "failed requests during the watch: {failed:?}"
     );
-    assert!(failed.len() <= 1, "failed requests during the watch: {failed:?}");
     let seen = runs(&versions);
     assert!(
         seen.first().map(String::as_str) == Some("0.2.0")

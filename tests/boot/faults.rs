@@ -46,7 +46,12 @@ fn a_killed_client_or_a_power_cut_never_leaves_a_version_nobody_chose() {
     let label = top1(&predict_cat(&d, &root));
     let bundles: Vec<(String, PathBuf)> = ["0.2.0", "0.3.0"]
         .iter()
-        .map(|v| (v.to_string(), classifier_version(&d.dir, v, &[], Behaviour::Plain)))
+        .map(|v| {
+            (
+                v.to_string(),
+                classifier_version(&d.dir, v, &[], Behaviour::Plain),
+            )
+        })
         .collect();
     let mut serving = "0.1.0".to_owned();
     let mut expected = vec![serving.clone()];
