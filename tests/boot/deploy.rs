@@ -222,7 +222,7 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
         "traffic during the watch: {seen:?}"
     );
     assert_eq!(serving_version(&d), "0.2.0");
-    let doc = status_json(&d);
+    let doc = crate::day_two::status_json(&d);
     let last = doc.deploys.last().expect("a deploy in status.json");
     assert_eq!(
         (last.version.as_str(), last.result.as_str()),
