@@ -193,6 +193,31 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("0.2.0") && text.contains("answers"), "{text}");
 
+    // The app's metrics are the VM's: nginx answers 404 for them, the slot's own port
+    // serves them on the VM, counting the requests streamed so far.
+    let out = d.curl(
+        "https",
+        "/metrics",
+        &[
+            "--cacert",
+            root.to_str().unwrap(),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+    let slot = crate::day_two::status_json(&d).app.expect("an app").slot;
+    let metrics = d.ssh.ok(&format!(
+        "curl -sS http://127.0.0.1:{}/metrics",
+        layout().slots[&slot]
+    ));
+    assert!(
+        metrics.contains("classifier_requests_total{route=\"/\",status=\"200\"}"),
+        "{metrics}"
+    );
+
     // 6. v5 dies 20 s after it first answers. The deploy's watch (60 s by default) keeps
     //    v2 ready as nginx's backup server, sees v5's health fail, and switches traffic
     //    back by itself: the deploy exits 1 naming the watch, and no request fails but

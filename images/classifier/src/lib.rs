@@ -5,6 +5,7 @@
 pub mod config;
 pub mod error;
 pub mod history;
+pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod web;

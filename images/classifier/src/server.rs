@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, RawQuery, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, MatchedPath, Multipart, RawQuery, Request, State,
+};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -29,6 +31,7 @@ use utoipa_axum::routes;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorBody};
 use crate::history::{Entry, History, NewEntry, Retention};
+use crate::metrics::{InProgress, Metrics};
 use crate::model::{self, Classifier, DecodeError, DecodeLimits, EngineConfig, Prediction};
 use crate::web;
 
@@ -52,6 +55,8 @@ pub struct AppState {
     decode_memory: Arc<Semaphore>,
     decode_slots: Arc<Semaphore>,
     inference_slots: Arc<Semaphore>,
+    max_uploads: usize,
+    pub metrics: Metrics,
     started: Instant,
 }
 
@@ -64,6 +69,7 @@ impl AppState {
             .clone()
             .unwrap_or_else(model::default_ort_library);
         model::init_runtime(&library)?;
+        let loading = Instant::now();
         let classifier = Classifier::load(
             &config.model_dir,
             &EngineConfig {
@@ -94,6 +100,8 @@ impl AppState {
             },
             history_token: config.history_token.clone(),
             upload_slots: Semaphore::new(config.max_pending_uploads),
+            max_uploads: config.max_pending_uploads,
+            metrics: Metrics::new(loading.elapsed().as_secs_f64()),
             decode_memory: Arc::new(Semaphore::new(decode_kib)),
             decode_slots: Arc::new(Semaphore::new(config.decode_concurrency)),
             started: Instant::now(),
@@ -163,10 +171,14 @@ pub fn app(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         )
         .route("/docs", get(docs))
         .route("/static/{file}", get(web::asset))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            log_request,
+        ))
         .with_state(state)
 }
 
@@ -232,20 +244,60 @@ async fn shutdown_signal() {
     }
 }
 
-async fn log_request(req: Request, next: Next) -> Response {
+async fn log_request(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let route = route_of(req.extensions().get::<MatchedPath>());
     let response = next.run(req).await;
+    let seconds = start.elapsed().as_secs_f64();
+    state
+        .metrics
+        .request(route, response.status().as_u16(), seconds);
     tracing::info!(
         target: "access",
         method = %method,
         path = %path,
         status = response.status().as_u16(),
-        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+        duration_ms = seconds * 1000.0,
         "request"
     );
     response
+}
+
+/// The route a request matched, as the router names it (a bounded set of labels).
+fn route_of(matched: Option<&MatchedPath>) -> &'static str {
+    const ROUTES: [&str; 8] = [
+        "/",
+        "/health",
+        "/predict",
+        "/history",
+        "/openapi.json",
+        "/docs",
+        "/static/{file}",
+        "/metrics",
+    ];
+    matched
+        .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
+        .unwrap_or("other")
+}
+
+/// Prometheus metrics ([`crate::metrics`]); imgforge's nginx does not forward this path.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let now = InProgress {
+        uploads: state.max_uploads - state.upload_slots.available_permits(),
+        max_uploads: state.max_uploads,
+        inferences: state.classifier.parallelism() - state.inference_slots.available_permits(),
+        max_inferences: state.classifier.parallelism(),
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(now),
+    )
+        .into_response()
 }
 
 #[derive(Serialize, ToSchema)]
@@ -623,6 +675,7 @@ async fn predict(
         .acquire_owned()
         .await
         .map_err(|e| ApiError::internal(&e.into()))?;
+    let decoding = Instant::now();
     let input = blocking(move || {
         let img = model::decode_image(&bytes, &limits).map_err(|e| decode_error(e, &limits))?;
         drop(bytes);
@@ -631,6 +684,7 @@ async fn predict(
         input
     })
     .await?;
+    state.metrics.decode(decoding.elapsed().as_secs_f64());
     drop(upload_slot);
 
     let inference_slot = Arc::clone(&state.inference_slots)
@@ -646,6 +700,7 @@ async fn predict(
             .map_err(|e| ApiError::internal(&e))?;
         let inference_ms = start.elapsed().as_secs_f64() * 1000.0;
         drop(inference_slot);
+        job_state.metrics.inference(inference_ms / 1000.0);
         let predictions = job_state.classifier.top_k(&probs, top_k);
         // A full disk should not stop the service from answering; the history is a log.
         let id = job_state

@@ -393,6 +393,81 @@ async fn the_api_is_described_by_openapi() {
     assert!(resp.text().await.unwrap().contains("openapi.json"));
 }
 
+/// The value of the sample `line` names in Prometheus' text format (0 when absent).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_requests_uploads_and_model_time() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    for _ in 0..3 {
+        let resp = predict_multipart(&server, "chelsea.png", photo("chelsea.png")).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let resp = predict_raw(&server, "", Some("image/png"), b"not a png".to_vec()).await;
+    assert!(resp.status().is_client_error());
+    let refused = resp.status().as_u16();
+    client().get(server.url("/nowhere")).send().await.unwrap();
+    let resp = client().get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = resp.text().await.unwrap();
+    let predict = "route=\"/predict\"";
+    assert_eq!(
+        sample(
+            &text,
+            &format!("classifier_requests_total{{{predict},status=\"200\"}}")
+        ),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("classifier_rejected_uploads_total{{status=\"{refused}\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "classifier_requests_total{route=\"other\",status=\"404\"}"
+        ),
+        1.0,
+        "a path no route matched is `other`, never the client's path"
+    );
+    assert!(!text.contains("/nowhere"));
+    assert_eq!(sample(&text, "classifier_inference_seconds_count"), 3.0);
+    assert_eq!(sample(&text, "classifier_decode_seconds_count"), 3.0);
+    assert!(sample(&text, "classifier_inference_seconds_sum") > 0.0);
+    assert_eq!(
+        sample(
+            &text,
+            &format!("classifier_request_duration_seconds_count{{{predict}}}")
+        ),
+        4.0
+    );
+    assert!(sample(&text, "classifier_model_load_seconds") > 0.0);
+    assert_eq!(sample(&text, "classifier_uploads_in_progress"), 0.0);
+    // Not part of the API its clients see.
+    let doc: Value = client()
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/metrics"].is_null());
+}
+
 async fn expect_error(resp: reqwest::Response, status: StatusCode, code: &str) {
     assert_eq!(resp.status(), status, "{code}");
     let body: Value = resp
