@@ -212,6 +212,19 @@ fn connections(command: &str, extra: &[&str]) -> usize {
     }
 }
 
+/// Waits for a boot after a reboot or power cut to finish ready.
+pub fn booted(d: &mut Deployment, what: &str) {
+    let st = d.wait(what, Duration::from_secs(1800), &|s| s.is_finished());
+    assert!(st.is_ready(), "after {what}: {st:?}");
+}
+
+/// Reboots the VM and waits for the boot to finish ready.
+pub fn reboot(d: &mut Deployment) {
+    d.vm.note_reboot();
+    let _ = d.ssh.run("sudo systemctl reboot");
+    booted(d, "the reboot");
+}
+
 /// `imgforge COMMAND` against the VM, run to its end.
 pub fn cli(d: &Deployment, command: &str, extra: &[&str]) -> Output {
     let mut args = vec![command.to_owned()];

@@ -331,12 +331,7 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
             "no {source:?} line says {says:?}"
         );
     }
-    d.vm.note_reboot();
-    let _ = d.ssh.run("sudo systemctl reboot");
-    let st = d.wait("the reboot", Duration::from_secs(1800), &|s| {
-        s.is_finished()
-    });
-    assert!(st.is_ready(), "after the reboot: {st:?}");
+    reboot(&mut d);
     let after = ran(&logs(&d, &["--since", "4h", "--source", "app"]));
     for version in ["0.1.0", "0.4.0", "0.2.0"] {
         assert!(

@@ -17,12 +17,6 @@ use crate::deployment::*;
 
 const PHASES: [&str; 6] = ["upload", "load", "start", "health", "switch", "drain"];
 
-/// Waits for a boot after a reboot or power cut to finish ready.
-fn booted(d: &mut Deployment, what: &str) {
-    let st = d.wait(what, Duration::from_secs(1800), &|s| s.is_finished());
-    assert!(st.is_ready(), "after {what}: {st:?}");
-}
-
 /// Deploys `bundle`, cuts the power while the deploy is held at `phase`, and waits for
 /// the next boot to finish ready.
 fn power_cut_at(d: &mut Deployment, phase: &str, bundle: &Path) {
@@ -84,9 +78,7 @@ fn a_killed_client_or_a_power_cut_never_leaves_a_version_nobody_chose() {
     stream.stop_expecting("the killed deploys", &expected_runs);
 
     // 2. A reboot serves the version recorded as active.
-    d.vm.note_reboot();
-    let _ = d.ssh.run("sudo systemctl reboot");
-    booted(&mut d, "the reboot");
+    reboot(&mut d);
     assert_eq!(d.https_json(&root, "/", &[])["version"], serving.as_str());
 
     // 3. The power cut during the switch (nginx already sends requests to the new slot,

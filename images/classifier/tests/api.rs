@@ -330,14 +330,7 @@ async fn browsers_get_pages_that_load_nothing_from_elsewhere() {
 async fn index_and_health_describe_the_service() {
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(data.path(), &[]);
-    let body: Value = client()
-        .get(server.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = get_json(&server, "/").await;
     assert_eq!(body["service"], "classifier");
     assert_eq!(body["model"]["name"], "efficientnet-lite0");
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
@@ -393,7 +386,13 @@ async fn the_api_is_described_by_openapi() {
     assert!(resp.text().await.unwrap().contains("openapi.json"));
 }
 
-/// The value of the sample `line` names in Prometheus' text format (0 when absent).
+async fn get_json(server: &Server, path: &str) -> Value {
+    let resp = client().get(server.url(path)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "GET {path}");
+    resp.json().await.unwrap()
+}
+
+/// The value of the sample `series` in Prometheus' text format (0 when absent).
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -457,14 +456,7 @@ async fn metrics_count_requests_uploads_and_model_time() {
     assert!(sample(&text, "classifier_model_load_seconds") > 0.0);
     assert_eq!(sample(&text, "classifier_uploads_in_progress"), 0.0);
     // Not part of the API its clients see.
-    let doc: Value = client()
-        .get(server.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = get_json(&server, "/openapi.json").await;
     assert!(doc["paths"]["/metrics"].is_null());
 }
 
