@@ -39,15 +39,10 @@ BUNDLE_MAX_BYTES = 8 << 30
 KEEP_JOBS = 10
 
 
-def five_xx(paths, start, end):
-    """The share of 5xx answers nginx gave between start and end (seconds), and their
-    number."""
-    from .logs import access_line, file_lines
-    seen = [line["request"]["status"] for t, line in
-            file_lines(paths, int(start * 1e6), ((paths.nginx_access_log, access_line),))
-            if t <= end * 1e6]
-    bad = sum(s >= 500 for s in seen)
-    return (bad / len(seen) if seen else 0.0), bad
+def five_xx(statuses):
+    """The share of 5xx among HTTP statuses, and their number."""
+    bad = sum(s >= 500 for s in statuses)
+    return (bad / len(statuses) if statuses else 0.0), bad
 
 
 def upstream_port(paths):
@@ -99,9 +94,14 @@ class Deploys(Apps):
         new = st["active"]
         phase(self.paths, "watch", f"{self.watch_s} s: the {old} slot stays ready while the "
                                    f"{new} slot's health and 5xx answers are watched")
-        switched = time.time()
-        before = five_xx(self.paths, switched - 300, switched)
-        failures, problem = 0, None
+        from .logs import Tail, access_line, file_lines
+        switched, log_file = time.time(), self.paths.nginx_access_log
+        # The old version's answers over the 5 minutes before, then the new one's as
+        # nginx writes them (only what is new is read at each check).
+        before = five_xx([x[1]["request"]["status"] for x in file_lines(
+            self.paths, int((switched - 300) * 1e6), ((log_file, access_line),))])
+        tail = Tail(log_file, os.path.getsize(log_file) if os.path.exists(log_file) else 0)
+        statuses, failures, problem = [], 0, None
         while not problem and time.time() - switched < self.watch_s:
             time.sleep(WATCH_INTERVAL)
             failures = 0 if answers(self.health_url(new)) else failures + 1
@@ -109,7 +109,9 @@ class Deploys(Apps):
             if failures >= WATCH_FAILURES:
                 problem = (f"its health path failed {failures} times in a row, {after:.0f} s "
                            "after the switch")
-            now = five_xx(self.paths, switched, time.time())
+            statuses += [x[1]["request"]["status"] for x in map(access_line, tail.new_lines())
+                         if x]
+            now = five_xx(statuses)
             if now[1] >= WATCH_MIN_5XX and now[0] > before[0] + WATCH_5XX_MARGIN:
                 problem = (f"{now[1]} of its answers were 5xx ({now[0]:.0%}) {after:.0f} s "
                            f"after the switch, against {before[0]:.0%} before")
