@@ -66,11 +66,12 @@ def snapshot(src_dir, dest_dir):
 
 
 def backup(ctx):
-    """One backup, while the app serves; its record in backup_state."""
-    paths = ctx.paths
+    """One backup, while the app serves: to the repository deploy.json names (borg), else
+    a tar.gz on this VM's disk; its record in backup_state."""
+    paths, repo = ctx.paths, ctx.conf.get("borg")
     os.makedirs(paths.backup_dir, mode=0o700, exist_ok=True)
     record = {"started": now(), "archive": time.strftime("data-%Y%m%dT%H%M%SZ", time.gmtime()),
-              "where": "local"}
+              "where": "borg" if repo else "local"}
     name = os.path.join(paths.backup_dir, record["archive"] + ".tar.gz")
     began = time.monotonic()
     staging = paths.backup_staging
@@ -79,10 +80,16 @@ def backup(ctx):
         os.makedirs(os.path.dirname(staging), exist_ok=True)
         files, databases = snapshot(ctx.conf["data_dir"], staging)
         log(f"copied {files} files ({databases} SQLite databases) while the app serves")
-        run("tar", "--create", "--gzip", "--file", name + ".part", "--directory", staging, ".",
-            timeout=3600)
-        os.replace(name + ".part", name)
-        record.update(result="ok", files=files, databases=databases, bytes=os.path.getsize(name))
+        record.update(files=files, databases=databases)
+        if repo:
+            from .borg import archive
+            record.update(archive(ctx, staging, record["archive"]))
+        else:
+            run("tar", "--create", "--gzip", "--file", name + ".part", "--directory", staging,
+                ".", timeout=3600)
+            os.replace(name + ".part", name)
+            record.update(bytes=os.path.getsize(name))
+        record["result"] = "ok"
     except Exception as e:
         record.update(result="failed", error=str(e))
         raise
@@ -96,6 +103,8 @@ def backup(ctx):
         if record["result"] == "ok":
             state["last_ok"] = record
         write_atomic(paths.backup_state, json.dumps(state, indent=2) + "\n", 0o600)
-        prune(paths.backup_dir, ctx.conf["backup_keep"])
-    log(f"backup {record['archive']}: {record['bytes']} bytes in {record['seconds']} s")
+        if not repo:
+            prune(paths.backup_dir, ctx.conf["backup_keep"])
+    log(f"backup {record['archive']}: {record['bytes']} bytes in {record['seconds']} s, "
+        f"{record['where']}")
     return record

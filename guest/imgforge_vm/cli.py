@@ -23,7 +23,8 @@ COMMANDS = ("deploy", "provision", "generalize", "cert", "dns", "backup", "upgra
             "recover", "docker-firewall", "install-program")
 # Day two's commands live in remote.py, which first boot's program does not carry
 # (`imgforge deploy` and `status` send the whole program first).
-REMOTE = ("deploy-version", "rollback", "attach", "status", "logs", "backup-now", "backup-list")
+REMOTE = ("deploy-version", "rollback", "attach", "status", "logs", "backup-now", "backup-list",
+          "restore")
 
 
 def main(argv=None):

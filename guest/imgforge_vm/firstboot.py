@@ -63,14 +63,16 @@ def firewall(ctx):
 def packages(ctx):
     conf = ctx.conf
     if conf["offline"]:
-        need = ["docker", "nginx", "ufw", "sshd"] + (["certbot"] if conf["tls"] else [])
+        need = (["docker", "nginx", "ufw", "sshd"] + (["certbot"] if conf["tls"] else []) +
+                (["borg"] if conf.get("borg") else []))
         missing = [n for n in need if not shutil.which(n)]
         if missing:
             raise Failed("the image lacks " + ", ".join(missing) +
                          "; render without --offline, or bake them in")
         return "skipped"
     apt("update")
-    apt("install", *BASE_PACKAGES, *(TLS_PACKAGES if conf["tls"] else []))
+    apt("install", *BASE_PACKAGES, *(TLS_PACKAGES if conf["tls"] else []),
+        *(["borgbackup"] if conf.get("borg") else []))
     return "ok"
 
 

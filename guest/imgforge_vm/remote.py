@@ -279,6 +279,10 @@ class Jobs:
                 apps.finish_interrupted()
                 if head.get("kind") == "rollback":
                     apps.rollback(head.get("health_timeout"), head.get("drain", 30))
+                elif head.get("kind") == "restore":
+                    from .restore import restore
+                    restore(apps, head.get("archive"), head.get("health_timeout"),
+                            head.get("drain", 30))
                 else:
                     if head.get("bundle"):
                         phase(self.paths, "load", "loading the image into Docker")
@@ -368,6 +372,18 @@ def rollback(ctx, stream):
     return answer(jobs.follow(jobs.submit("rollback", request(stream, image=False), stream)))
 
 
+def restore(ctx, stream):
+    """Starts a restore (the archive the request names, else the newest) as a deploy job;
+    an archive that does not exist is refused before anything changes."""
+    from .restore import pick
+    head = request(stream, image=False)
+    if head.get("archive") is not None and not isinstance(head["archive"], str):
+        raise Refused("the request's archive is not a name")
+    pick(ctx, head.get("archive"))
+    jobs = Jobs(ctx)
+    return answer(jobs.follow(jobs.submit("restore", head, stream)))
+
+
 def attach(ctx, stream):
     jobs = Jobs(ctx)
     job = jobs.latest()
@@ -446,21 +462,8 @@ def backup_now(ctx, stream):
 def backup_list(ctx, stream):
     """The archives, and the last backup's record."""
     state = read_json(ctx.paths.backup_state, {})
+    from .restore import archives
     return {"archives": archives(ctx), "last": state.get("last")}
-
-
-def archives(ctx):
-    """The archives on this VM's disk, oldest first: name, time and size."""
-    out = []
-    for path in sorted(glob.glob(os.path.join(ctx.paths.backup_dir, "data-*.tar.gz"))):
-        name = os.path.basename(path)[:-len(".tar.gz")]
-        try:
-            when = time.strptime(name[len("data-"):], "%Y%m%dT%H%M%SZ")
-        except ValueError:
-            continue
-        out.append({"name": name, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", when),
-                    "bytes": os.path.getsize(path), "where": "local"})
-    return out
 
 
 def main(ctx, args):
@@ -473,7 +476,7 @@ def main(ctx, args):
     else:
         fn = {"deploy-version": deploy_version, "rollback": rollback, "attach": attach,
               "status": lambda c, _: report(c), "backup-now": backup_now,
-              "backup-list": backup_list}[args.command]
+              "backup-list": backup_list, "restore": restore}[args.command]
     try:
         answer = fn(ctx, sys.stdin.buffer)
     except BrokenPipeError:

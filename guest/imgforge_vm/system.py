@@ -30,13 +30,14 @@ def log(msg):
     print("imgforge: " + msg, file=sys.stderr, flush=True)
 
 
-def run(*argv, timeout=DEFAULT_TIMEOUT, env=None, check=True, capture=False, quiet=False):
+def run(*argv, timeout=DEFAULT_TIMEOUT, env=None, check=True, capture=False, quiet=False,
+        cwd=None):
     """Runs argv (never through a shell). Raises Failed on a non-zero exit or a timeout."""
     if not quiet:
         log("run: " + " ".join(argv))
     try:
         # A command's own output goes to stderr too: stdout carries remote answers.
-        proc = subprocess.run(argv, env=env or ENV, timeout=timeout, text=True,
+        proc = subprocess.run(argv, env=env or ENV, timeout=timeout, text=True, cwd=cwd,
                               stdout=subprocess.PIPE if capture else 2,
                               stderr=subprocess.PIPE if capture else None)
     except subprocess.TimeoutExpired:

@@ -8,7 +8,7 @@ import time
 import unittest
 from unittest import mock
 
-from imgforge_vm import backup, remote
+from imgforge_vm import backup, restore
 
 from .support import Vm
 
@@ -96,7 +96,7 @@ class Snapshot(unittest.TestCase):
         with tarfile.open(archive) as tar:
             self.assertEqual(sorted(n for n in tar.getnames() if n != "."),
                              ["./history.sqlite3", "./uploads", "./uploads/a.txt"])
-        self.assertEqual([a["name"] for a in remote.archives(ctx)], [record["archive"]])
+        self.assertEqual([a["name"] for a in restore.archives(ctx)], [record["archive"]])
         self.assertFalse(os.path.exists(self.vm.paths.backup_staging))
         time.sleep(1.1)
         broken = sqlite3.OperationalError("disk I/O error")
@@ -107,5 +107,5 @@ class Snapshot(unittest.TestCase):
             state = json.load(f)
         self.assertEqual((state["last"]["result"], state["last"]["error"]), ("failed", "disk I/O error"))
         self.assertEqual(state["last_ok"], record)
-        self.assertEqual(len(remote.archives(ctx)), 1)
+        self.assertEqual(len(restore.archives(ctx)), 1)
         self.assertEqual([n for n in os.listdir(self.vm.paths.backup_dir) if n.endswith(".part")], [])

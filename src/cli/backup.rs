@@ -3,7 +3,11 @@
 
 use anyhow::Result;
 
-use crate::contract::remote::{BackupList, BackupRecord};
+use std::time::Instant;
+
+use crate::cli::deploy::{print_result, Timing};
+use crate::contract::remote::{BackupList, BackupRecord, DeployRequest};
+use crate::contract::status::Deploy;
 use crate::remote::Host;
 
 #[derive(Debug, clap::Args)]
@@ -22,6 +26,49 @@ pub struct Args {
 pub enum Action {
     Now,
     List,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// The archive to restore (`imgforge backup list` names them) [default: the newest]
+    #[arg(long, value_name = "NAME")]
+    pub archive: Option<String>,
+    #[command(flatten)]
+    pub timing: Timing,
+    #[command(flatten)]
+    pub host: Host,
+}
+
+/// The archive's data under the running version: extracted and checked beside the live
+/// data, then the version starts again on it in the idle slot and takes the traffic as
+/// a deploy would. Until then the app serves from its data as it was.
+pub fn restore(args: RestoreArgs) -> Result<()> {
+    if let Some(name) = &args.archive {
+        let ok = name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !ok {
+            return Err(crate::exit::usage(format!(
+                "--archive {name:?}: not an archive name; `imgforge backup list --host {}` names them",
+                args.host.host
+            )));
+        }
+    }
+    let started = Instant::now();
+    args.host.update_program()?;
+    let head = DeployRequest {
+        health_timeout: args.timing.health_timeout,
+        drain: args.timing.drain,
+        watch: Some(args.timing.watch),
+        archive: args.archive.clone(),
+        ..DeployRequest::default()
+    };
+    let result: Deploy = args.host.call(&["restore"], |stdin| {
+        crate::remote::send(stdin, &head, None)
+    })?;
+    print_result("restored the data; serving", &result, Some(started));
+    Ok(())
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -47,7 +94,7 @@ pub fn run(args: Args) -> Result<()> {
                         "{}  {}  {:>10}  {}",
                         a.name,
                         a.time,
-                        crate::disk::human(a.bytes),
+                        a.bytes.map_or("-".to_owned(), crate::disk::human),
                         where_(&a.location)
                     );
                 }
@@ -67,6 +114,7 @@ pub fn run(args: Args) -> Result<()> {
 pub fn where_(location: &str) -> &str {
     match location {
         "local" => "on the VM's own disk (lost with the VM)",
+        "borg" => "in the backup repository, off the VM",
         other => other,
     }
 }

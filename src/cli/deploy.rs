@@ -153,6 +153,7 @@ pub fn run(args: Args) -> Result<()> {
         drain: args.timing.drain,
         watch: Some(args.timing.watch),
         bundle: None,
+        archive: None,
     };
     let result = match &bundle {
         Some((path, info)) => {
@@ -199,7 +200,7 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_result(what: &str, r: &Deploy, started: Option<Instant>) {
+pub fn print_result(what: &str, r: &Deploy, started: Option<Instant>) {
     let secs = |s: Option<f64>| s.map_or("?".to_owned(), |s| s.to_string());
     println!(
         "{what} {} ({}) on the {} slot: healthy after {}s, traffic on it {}s later{}",

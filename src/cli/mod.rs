@@ -69,6 +69,8 @@ pub enum Command {
     Logs(Box<logs::Args>),
     /// Back up a deployed VM's data now, or list its backups
     Backup(Box<backup::Args>),
+    /// Restore a deployed VM's data from a backup, with the app serving until it is ready
+    Restore(Box<backup::RestoreArgs>),
     /// Print shell completions or the man page
     #[command(subcommand)]
     Docs(docs::Docs),
@@ -90,6 +92,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(args),
         Command::Logs(args) => logs::run(*args),
         Command::Backup(args) => backup::run(*args),
+        Command::Restore(args) => backup::restore(*args),
         Command::Docs(docs) => docs::run(docs),
     }
 }

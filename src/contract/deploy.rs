@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::input::{DnsProvider, DockerSource};
+use crate::input::{BackupEvery, DnsProvider, DockerSource};
 
 /// The document version this imgforge writes; the program refuses one it does not know.
 pub const VERSION: u32 = 1;
@@ -40,6 +40,25 @@ pub struct DeployJson {
     pub app: AppLimits,
     /// The DNS provider the VM registers its address with (its token is in its own file).
     pub dns: Option<DnsJson>,
+    /// The BorgBackup repository backups go to (passphrase and SSH key in their own
+    /// files); none: archives on the VM's own disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub borg: Option<BorgJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BorgJson {
+    /// ssh://USER@HOST[:PORT]/PATH
+    pub repo: String,
+    pub every: BackupEvery,
+    /// Whether `borg_known_hosts` holds the host's key from the user; otherwise it is
+    /// trusted at the first backup and pinned there.
+    pub known_hosts: bool,
+    pub keep_hourly: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -29,6 +29,13 @@ pub struct Layout {
     pub backup_state: String,
     /// A backup's copy of the data directory, before it is archived.
     pub backup_staging: String,
+    /// The BorgBackup repository's passphrase and the SSH key the VM logs in with (0600).
+    pub borg_passphrase: String,
+    pub borg_ssh_key: String,
+    /// The repository host's key: the user's, or the one seen at the first backup.
+    pub borg_known_hosts: String,
+    /// Borg's own files: its cache and the repository's security records.
+    pub borg_base: String,
     pub cert_state: String,
     pub cert_lock: String,
     pub dns_state: String,

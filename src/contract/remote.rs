@@ -27,6 +27,9 @@ pub struct DeployRequest {
     pub watch: Option<u64>,
     /// The bundle that follows the request line on stdin.
     pub bundle: Option<Upload>,
+    /// `restore`: the archive to restore; none: the newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
 }
 
 /// Bytes that follow a request line: exactly `size`, with this sha256.
@@ -133,7 +136,7 @@ pub struct BackupRecord {
     pub started: String,
     /// The archive's name.
     pub archive: String,
-    /// Where the archive is: `local` (this VM's disk).
+    /// Where the archive is: `local` (this VM's disk) or `borg` (the repository).
     #[serde(rename = "where")]
     pub location: String,
     /// `ok` or `failed`.
@@ -145,9 +148,12 @@ pub struct BackupRecord {
     /// SQLite databases copied through SQLite's online backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub databases: Option<u64>,
-    /// The archive's size.
+    /// The archive's size (in a repository: the data's, before compression).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// What the repository stored for it: compressed and deduplicated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -177,7 +183,8 @@ pub struct Archive {
     pub name: String,
     /// RFC 3339 UTC.
     pub time: String,
-    pub bytes: u64,
+    /// Its size on the VM's disk; none for a repository's (borg would read each one).
+    pub bytes: Option<u64>,
     #[serde(rename = "where")]
     pub location: String,
 }

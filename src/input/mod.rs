@@ -2,6 +2,7 @@
 //! for both; flags win), validated into a [`Deployment`] whose every field has a safe type, or
 //! a [`Problems`] listing every problem at once.
 
+pub mod borg;
 mod locate;
 mod problems;
 pub mod settings;
@@ -15,6 +16,8 @@ use clap::ValueEnum;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use borg::Secret;
+pub use borg::{BackupEvery, Borg};
 pub use locate::positions;
 pub use problems::{parse_message, Entry, Origin, Problems, Severity};
 pub use settings::{DnsProvider, Provider, Setting, Settings, UserDataSettings, DEFAULT_IMAGE};
@@ -38,6 +41,8 @@ pub struct Deployment {
     pub host_key: bool,
     /// The VM registers its own address before the certificate.
     pub dns: Option<Dns>,
+    /// Backups go off the VM, to a BorgBackup repository.
+    pub borg: Option<Borg>,
 }
 
 #[derive(Debug, Clone)]
@@ -328,6 +333,7 @@ impl<'a> Validator<'a> {
         let backup_keep = self.with_default(&s::BACKUP_KEEP);
         let env = self.env();
         let dns = self.dns(domain.as_ref().and_then(|d| d.as_ref()));
+        let borg = self.borg();
         let bundle = match bundle {
             Some(b) => Some(b),
             None => self.bundle(),
@@ -369,7 +375,105 @@ impl<'a> Validator<'a> {
             backup_keep: backup_keep?,
             host_key: flags.host_key || file.host_key,
             dns: dns?,
+            borg: borg?,
         })
+    }
+
+    /// A file setting (flag, else the config file's key, resolved against the file).
+    fn file_setting(
+        &self,
+        flag: &'static str,
+        key: &str,
+        get: fn(&Settings) -> Option<&PathBuf>,
+    ) -> Option<(PathBuf, Origin)> {
+        match (get(self.flags), get(self.file_settings), self.file) {
+            (Some(p), _, _) => Some((p.clone(), Origin::Flag(flag))),
+            (None, Some(p), Some(f)) => Some((f.resolve(p, self.home), f.origin(key))),
+            _ => None,
+        }
+    }
+
+    /// `--backup-repo` and what it needs: the passphrase and the SSH key (files only
+    /// their owner reads), the host's key if given, the schedule and what to keep.
+    /// `Some(None)` when backups stay on the VM.
+    fn borg(&mut self) -> Option<Option<Borg>> {
+        let repo = self.value(&s::BACKUP_REPO);
+        let keep_weekly = self.with_default(&s::BACKUP_KEEP_WEEKLY);
+        let keep_monthly = self.with_default(&s::BACKUP_KEEP_MONTHLY);
+        let passphrase =
+            self.file_setting("--backup-passphrase-file", "backup.passphrase-file", |s| {
+                s.backup.passphrase_file.as_ref()
+            });
+        let ssh_key = self.file_setting("--backup-ssh-key-file", "backup.ssh-key-file", |s| {
+            s.backup.ssh_key_file.as_ref()
+        });
+        let known_hosts = self.file_setting("--backup-known-hosts", "backup.known-hosts", |s| {
+            s.backup.known_hosts.as_ref()
+        });
+        let every = self.flags.backup.every.or(self.file_settings.backup.every);
+        let repo = match repo {
+            Err(()) => return None,
+            Ok(Some(repo)) => repo,
+            Ok(None) => {
+                let given = [passphrase.as_ref(), ssh_key.as_ref(), known_hosts.as_ref()];
+                for (_, origin) in given.into_iter().flatten() {
+                    self.report.error(
+                        origin.clone(),
+                        None,
+                        "a backup repository setting without a repository",
+                        "pass --backup-repo ssh://USER@HOST/PATH too, or drop it",
+                    );
+                }
+                return given.iter().all(Option::is_none).then_some(None);
+            }
+        };
+        let passphrase = match passphrase {
+            None => {
+                self.missing("--backup-passphrase-file", "the repository is encrypted with a passphrase", "put a passphrase in a file only you can read (chmod 600; `openssl rand -base64 32`) and pass --backup-passphrase-file FILE; keep a copy: without it the archives cannot be read");
+                None
+            }
+            Some((path, origin)) => self.secret(&path, origin, "passphrase", Secret::passphrase),
+        };
+        let ssh_key = match ssh_key {
+            None => {
+                self.missing("--backup-ssh-key-file", "the VM needs a key to log in to the repository's host", "make one with `imgforge keygen -o backup_key`, add backup_key.pub to the repository host's authorized_keys, and pass --backup-ssh-key-file backup_key");
+                None
+            }
+            Some((path, origin)) => self.secret(&path, origin, "SSH key", Secret::ssh_private_key),
+        };
+        let known_hosts = match known_hosts {
+            None => Some(None),
+            Some((path, origin)) => {
+                let shown = path.display().to_string();
+                match crate::fsutil::read_small(&path) {
+                    Err(e) => {
+                        self.report.error(
+                            origin,
+                            Some(&shown),
+                            format!("reading {shown}: {e}"),
+                            "pass a readable known_hosts file",
+                        );
+                        None
+                    }
+                    Ok(text) => match borg::KnownHosts::parse(&text) {
+                        Ok(k) => Some(Some(k)),
+                        Err(p) => {
+                            self.report.error(origin, Some(&shown), p.message, p.help);
+                            None
+                        }
+                    },
+                }
+            }
+        };
+        Some(Some(Borg {
+            repo,
+            passphrase: passphrase?,
+            ssh_key: ssh_key?,
+            known_hosts: known_hosts?,
+            every: every.unwrap_or_default(),
+            keep_weekly: keep_weekly?,
+            keep_monthly: keep_monthly?,
+        }))
     }
 
     /// `--dns`: the provider, its token (from a file only the owner reads), and the
@@ -377,11 +481,9 @@ impl<'a> Validator<'a> {
     fn dns(&mut self, domain: Option<&Domain>) -> Option<Option<Dns>> {
         let (flags, file) = (&self.flags.dns, &self.file_settings.dns);
         let provider = flags.provider.or(file.provider);
-        let token_file = match (&flags.token_file, &file.token_file, self.file) {
-            (Some(p), _, _) => Some((p.clone(), Origin::Flag("--dns-token-file"))),
-            (None, Some(p), Some(f)) => Some((f.resolve(p, self.home), f.origin("dns.token-file"))),
-            _ => None,
-        };
+        let token_file = self.file_setting("--dns-token-file", "dns.token-file", |s| {
+            s.dns.token_file.as_ref()
+        });
         let zone = self.value(&s::DNS_ZONE);
         let api_url = self.value(&s::DNS_API_URL);
         let Some(provider) = provider else {
@@ -443,7 +545,7 @@ impl<'a> Validator<'a> {
                 self.missing("--dns-token-file", "the DNS provider needs an API token", "put the token in a file only you can read (chmod 600) and pass --dns-token-file FILE");
                 None
             }
-            Some((path, origin)) => self.dns_token(&path, origin),
+            Some((path, origin)) => self.secret(&path, origin, "DNS token", DnsToken::parse),
         };
         match (ok, token, zone, api_url) {
             (true, Some(token), Ok(zone), Ok(api_url)) => Some(Some(Dns {
@@ -456,12 +558,19 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn dns_token(&mut self, path: &Path, origin: Origin) -> Option<DnsToken> {
+    /// A secret from a file only its owner may read: refused for its mode before a
+    /// byte of it is read, then parsed; never shown.
+    fn secret<T>(
+        &mut self,
+        path: &Path,
+        origin: Origin,
+        what: &str,
+        parse: fn(&str) -> Result<T, Problem>,
+    ) -> Option<T> {
         use std::os::unix::fs::PermissionsExt;
         let shown = path.display().to_string();
         let read = fs::metadata(path).and_then(|m| {
             if m.is_file() && m.permissions().mode() & 0o077 != 0 {
-                // Refused for its mode before a byte of it is read.
                 return Ok((m, String::new()));
             }
             Ok((m, crate::fsutil::read_small(path)?))
@@ -471,8 +580,8 @@ impl<'a> Validator<'a> {
                 self.report.error(
                     origin,
                     Some(&shown),
-                    format!("reading the DNS token file {shown}: {e}"),
-                    "pass a readable file holding the token",
+                    format!("reading the {what} file {shown}: {e}"),
+                    format!("pass a readable file holding the {what}"),
                 );
                 None
             }
@@ -481,14 +590,14 @@ impl<'a> Validator<'a> {
                     origin,
                     Some(&shown),
                     format!(
-                        "the DNS token file is readable by others (mode {:o})",
+                        "the {what} file is readable by others (mode {:o})",
                         meta.permissions().mode() & 0o777
                     ),
                     format!("chmod 600 {shown}: it holds a secret"),
                 );
                 None
             }
-            Ok((_, text)) => match DnsToken::parse(&text) {
+            Ok((_, text)) => match parse(&text) {
                 Ok(t) => Some(t),
                 Err(p) => {
                     self.report.error(origin, Some(&shown), p.message, p.help);

@@ -9,6 +9,7 @@ use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::borg::{BackupEvery, BackupRepo};
 use super::types::*;
 use super::DockerSource;
 
@@ -226,6 +227,30 @@ pub struct BackupSettings {
     #[arg(long = "backup-keep", value_name = "N")]
     #[serde(default, deserialize_with = "scalar")]
     pub keep: Option<String>,
+    /// Back up off the VM, to this BorgBackup repository: ssh://USER@HOST[:PORT]/PATH
+    #[arg(long = "backup-repo", value_name = "URL")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub repo: Option<String>,
+    /// File holding the repository's passphrase (mode 0600; never on the command line)
+    #[arg(long = "backup-passphrase-file", value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Private SSH key the VM logs in to the repository's host with (mode 0600)
+    #[arg(long = "backup-ssh-key-file", value_name = "FILE")]
+    pub ssh_key_file: Option<PathBuf>,
+    /// The repository host's known_hosts lines [default: its key is trusted at the first backup]
+    #[arg(long = "backup-known-hosts", value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// How often the VM backs up to the repository [default: daily]
+    #[arg(long = "backup-every", value_enum, value_name = "WHEN")]
+    pub every: Option<BackupEvery>,
+    /// Weekly archives the repository keeps [default: 4]
+    #[arg(long = "backup-keep-weekly", value_name = "N")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub keep_weekly: Option<String>,
+    /// Monthly archives the repository keeps [default: 6]
+    #[arg(long = "backup-keep-monthly", value_name = "N")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub keep_monthly: Option<String>,
 }
 
 /// `imgforge render`'s packaging of the user-data: flags of render, keys under `user-data:`.
@@ -255,6 +280,9 @@ impl Settings {
         files.extend(self.admin.ssh_key_files.iter().map(PathBuf::as_path));
         files.extend(self.tls.ca_bundle.as_deref());
         files.extend(self.dns.token_file.as_deref());
+        files.extend(self.backup.passphrase_file.as_deref());
+        files.extend(self.backup.ssh_key_file.as_deref());
+        files.extend(self.backup.known_hosts.as_deref());
         files.extend(self.app.env_file.as_deref());
         files
     }
@@ -457,6 +485,37 @@ pub const BACKUP_KEEP: Setting<u32> = Setting {
         )),
     },
 };
+pub const BACKUP_REPO: Setting<BackupRepo> = Setting {
+    flag: "--backup-repo",
+    key: "backup.repo",
+    default: None,
+    get: |s| s.backup.repo.as_deref(),
+    parse: BackupRepo::parse,
+};
+pub const BACKUP_KEEP_WEEKLY: Setting<u32> = Setting {
+    flag: "--backup-keep-weekly",
+    key: "backup.keep-weekly",
+    default: Some("4"),
+    get: |s| s.backup.keep_weekly.as_deref(),
+    parse: |s| archive_count(s, "weekly", 520),
+};
+pub const BACKUP_KEEP_MONTHLY: Setting<u32> = Setting {
+    flag: "--backup-keep-monthly",
+    key: "backup.keep-monthly",
+    default: Some("6"),
+    get: |s| s.backup.keep_monthly.as_deref(),
+    parse: |s| archive_count(s, "monthly", 120),
+};
+
+fn archive_count(s: &str, every: &str, max: u32) -> Result<u32, Problem> {
+    match s.parse::<u32>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(Problem::new(
+            "not a backup count",
+            format!("keep between 0 and {max} {every} archives"),
+        )),
+    }
+}
 
 /// Every scalar setting's flag, key and default (for the tests that hold flags, their help,
 /// keys and `imgforge init`'s starter file together).
@@ -480,6 +539,17 @@ pub const NAMES: &[(&str, &str, Option<&str>)] = &[
     (BUNDLE_SHA256.flag, BUNDLE_SHA256.key, BUNDLE_SHA256.default),
     (ACME_SERVER.flag, ACME_SERVER.key, ACME_SERVER.default),
     (BACKUP_KEEP.flag, BACKUP_KEEP.key, BACKUP_KEEP.default),
+    (BACKUP_REPO.flag, BACKUP_REPO.key, BACKUP_REPO.default),
+    (
+        BACKUP_KEEP_WEEKLY.flag,
+        BACKUP_KEEP_WEEKLY.key,
+        BACKUP_KEEP_WEEKLY.default,
+    ),
+    (
+        BACKUP_KEEP_MONTHLY.flag,
+        BACKUP_KEEP_MONTHLY.key,
+        BACKUP_KEEP_MONTHLY.default,
+    ),
     (DNS_ZONE.flag, DNS_ZONE.key, DNS_ZONE.default),
     (DNS_API_URL.flag, DNS_API_URL.key, DNS_API_URL.default),
 ];

@@ -1,7 +1,10 @@
 //! deploy.json from the user's input: the values the templates take too, so each is
 //! defined once.
 
-use crate::contract::deploy::{AppLimits, BundleJson, DeployJson, DnsJson, PIDS_LIMIT, VERSION};
+use crate::contract::deploy::{
+    AppLimits, BorgJson, BundleJson, DeployJson, DnsJson, PIDS_LIMIT, VERSION,
+};
+use crate::input::BackupEvery;
 use crate::input::{Bundle, Deployment};
 
 pub fn deploy_json(spec: &Deployment) -> DeployJson {
@@ -50,6 +53,19 @@ pub fn deploy_json(spec: &Deployment) -> DeployJson {
             provider: d.provider,
             zone: d.zone.as_ref().map(|z| z.to_string()),
             api_url: d.api_url.as_ref().map(|u| u.to_string()),
+        }),
+        borg: spec.borg.as_ref().map(|b| BorgJson {
+            repo: b.repo.to_string(),
+            every: b.every,
+            known_hosts: b.known_hosts.is_some(),
+            keep_hourly: if b.every == BackupEvery::Hourly {
+                24
+            } else {
+                0
+            },
+            keep_daily: spec.backup_keep,
+            keep_weekly: b.keep_weekly,
+            keep_monthly: b.keep_monthly,
         }),
     }
 }

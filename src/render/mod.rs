@@ -144,6 +144,25 @@ fn cloud_config(
         files.push(unit_file(&units.dns, "imgforge-dns.service.hbs")?);
         files.push(unit_file(&units.dns_timer, "imgforge-dns.timer.hbs")?);
     }
+    if let Some(borg) = &spec.borg {
+        files.push(WriteFile::new(
+            &layout.borg_passphrase,
+            format!("{}\n", borg.passphrase.expose()),
+            "0600",
+        ));
+        files.push(WriteFile::new(
+            &layout.borg_ssh_key,
+            borg.ssh_key.expose().to_owned(),
+            "0600",
+        ));
+        if let Some(known) = &borg.known_hosts {
+            files.push(WriteFile::new(
+                &layout.borg_known_hosts,
+                known.as_str().to_owned(),
+                "0644",
+            ));
+        }
+    }
     if let Some(tls) = &spec.tls {
         files.push(WriteFile::new(
             &layout.nginx_site_tls,
@@ -167,6 +186,7 @@ fn cloud_config(
     }
     let needs = program::Needs {
         dns: spec.dns.is_some(),
+        borg: spec.borg.is_some(),
         provision: false,
         day_two: false,
         bundle: !matches!(spec.app.bundle, Bundle::Registry | Bundle::Baked),
@@ -241,10 +261,9 @@ pub fn provisioning_user_data(spec: &Deployment) -> Result<String> {
                 "0600",
             ),
             program_file(program::Needs {
-                dns: false,
                 provision: true,
-                day_two: false,
                 bundle: !matches!(spec.app.bundle, Bundle::Registry | Bundle::Baked),
+                ..program::Needs::CORE
             })?,
         ],
         runcmd: vec![vec![layout.program.clone(), "provision".to_owned()]],

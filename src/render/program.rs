@@ -207,15 +207,26 @@ pub struct Needs {
     pub day_two: bool,
     /// Gets its app's image as a bundle (from a URL, the seed disk or the image).
     pub bundle: bool,
+    /// Backs up to a BorgBackup repository.
+    pub borg: bool,
 }
 
 impl Needs {
+    /// No optional part: what every VM runs.
+    pub const CORE: Needs = Needs {
+        dns: false,
+        provision: false,
+        day_two: false,
+        bundle: false,
+        borg: false,
+    };
     /// Every optional part: the program `install-program` sends on day two.
     pub const ALL: Needs = Needs {
         dns: true,
         provision: true,
         day_two: true,
         bundle: true,
+        borg: true,
     };
 }
 
@@ -225,7 +236,9 @@ const OPTIONAL: &[(&str, Uses)] = &[
     ("imgforge_vm/provision.py", |n| n.provision),
     ("imgforge_vm/remote.py", |n| n.day_two),
     ("imgforge_vm/logs.py", |n| n.day_two),
+    ("imgforge_vm/restore.py", |n| n.day_two),
     ("imgforge_vm/bundle.py", |n| n.bundle),
+    ("imgforge_vm/borg.py", |n| n.borg),
 ];
 
 /// The program with every module.
@@ -349,12 +362,7 @@ mod tests {
 
     #[test]
     fn a_vms_layout_has_the_entries_its_modules_name_and_no_other() {
-        let core = Needs {
-            dns: false,
-            provision: false,
-            day_two: false,
-            bundle: false,
-        };
+        let core = Needs::CORE;
         let of = |needs| -> serde_json::Value {
             serde_json::from_slice(&shipped_for("imgforge_vm/layout.json", needs)).unwrap()
         };

@@ -171,12 +171,7 @@ fn same_deployment(gzipped: &[u8], plain: &[u8]) {
         .filter(|f| f["path"].as_str() != Some(layout.program.as_str()))
         .collect();
     assert_eq!(rest, expected, "the files besides the program");
-    let needs = program::Needs {
-        dns: false,
-        provision: false,
-        day_two: false,
-        bundle: false,
-    };
+    let needs = program::Needs::CORE;
     let shipped = program::files_for(needs);
     let names: Vec<&str> = modules
         .iter()
@@ -1113,12 +1108,7 @@ fn the_shipped_vm_program_passes_its_unit_tests_and_runs() {
     // As a document gzipped as a whole brings it: modules, which python3's zipapp puts
     // together on the VM (render::with_program_modules).
     let src = dir.path().join("src");
-    let core = program::Needs {
-        dns: false,
-        provision: false,
-        day_two: false,
-        bundle: false,
-    };
+    let core = program::Needs::CORE;
     for name in program::files_for(core) {
         let path = src.join(&name);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -1287,4 +1277,183 @@ fn env_file_values_reach_the_container_and_env_flags_warn_without_echoing() {
     let out = run.cmd(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("bad.env:2"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_backup_repository_takes_its_passphrase_and_key_from_private_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let run = Run::new();
+    let private = |name: &str, text: &str| {
+        let path = run.path(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let passphrase = private("borg.passphrase", "a passphrase of the repository\n");
+    let keygen = run.cmd(&["keygen", "-o", run.path("borg_key").to_str().unwrap()]);
+    assert!(keygen.status.success(), "{}", stderr(&keygen));
+    let ssh_key = run.path("borg_key").to_str().unwrap().to_owned();
+    let host_pub = std::fs::read_to_string(run.path("borg_key.pub")).unwrap();
+    let known = private("known_hosts", &format!("[10.0.2.2]:2222 {host_pub}"));
+    let repo = "ssh://root@10.0.2.2:2222/var/backups/imgforge";
+    let base = [
+        "--backup-repo",
+        repo,
+        "--backup-passphrase-file",
+        &passphrase,
+        "--backup-ssh-key-file",
+        &ssh_key,
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--backup-known-hosts", &known, "--backup-every", "hourly"]);
+    let text = render_ok(&run, &args);
+    cloud_init_schema(&text);
+    let doc = yaml(&text);
+    let layout = imgforge::contract::layout();
+    assert_eq!(
+        written(&doc, &layout.borg_passphrase),
+        "a passphrase of the repository\n"
+    );
+    assert!(written(&doc, &layout.borg_ssh_key).contains("OPENSSH PRIVATE KEY"));
+    assert!(written(&doc, &layout.borg_known_hosts).starts_with("[10.0.2.2]:2222 ssh-ed25519 "));
+    for path in [&layout.borg_passphrase, &layout.borg_ssh_key] {
+        let file = doc["write_files"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"].as_str() == Some(path))
+            .unwrap();
+        assert_eq!(file["permissions"].as_str(), Some("0600"), "{path}");
+    }
+    let dj = deploy_json(&doc);
+    assert_eq!(dj["borg"]["repo"], repo);
+    assert_eq!(
+        (
+            dj["borg"]["every"].as_str(),
+            dj["borg"]["keep_hourly"].as_u64()
+        ),
+        (Some("hourly"), Some(24))
+    );
+    assert!(
+        !dj.to_string().contains("passphrase of"),
+        "the passphrase is in deploy.json"
+    );
+    let timer = written(
+        &doc,
+        &format!("{}/{}", layout.units_dir, layout.units.backup_timer),
+    );
+    assert!(timer.contains("OnCalendar=hourly"), "{timer}");
+
+    // Refused, each naming the setting and what to do, and nothing written.
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "--backup-repo",
+                "/var/backups/repo",
+                "--backup-passphrase-file",
+                &passphrase,
+                "--backup-ssh-key-file",
+                &ssh_key,
+            ],
+            "not an ssh:// repository URL",
+        ),
+        (
+            vec![
+                "--backup-repo",
+                "sftp://u@h/r",
+                "--backup-passphrase-file",
+                &passphrase,
+                "--backup-ssh-key-file",
+                &ssh_key,
+            ],
+            "--backup-repo",
+        ),
+        (
+            vec!["--backup-repo", repo, "--backup-ssh-key-file", &ssh_key],
+            "--backup-passphrase-file",
+        ),
+        (
+            vec![
+                "--backup-repo",
+                repo,
+                "--backup-passphrase-file",
+                &passphrase,
+            ],
+            "--backup-ssh-key-file",
+        ),
+        (
+            vec!["--backup-passphrase-file", &passphrase],
+            "without a repository",
+        ),
+        (
+            vec![
+                "--backup-repo",
+                repo,
+                "--backup-passphrase-file",
+                &ssh_key,
+                "--backup-ssh-key-file",
+                &passphrase,
+            ],
+            "not an OpenSSH private key",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let out = run.cmd(
+            &[
+                &[
+                    "render",
+                    "--domain",
+                    "api.example.com",
+                    "--email",
+                    "ops@example.com",
+                    "--ssh-key",
+                    &key(),
+                    "-o",
+                    "refused.yaml",
+                ],
+                &extra[..],
+            ]
+            .concat(),
+        );
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{extra:?}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("a passphrase of the"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(
+            !stderr(&out).contains("PRIVATE KEY-----"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!run.path("refused.yaml").exists());
+    }
+    std::fs::set_permissions(&passphrase, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = run.cmd(
+        &[
+            &[
+                "render",
+                "--domain",
+                "api.example.com",
+                "--email",
+                "ops@example.com",
+                "--ssh-key",
+                &key(),
+                "-o",
+                "refused.yaml",
+            ],
+            &base[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the passphrase file is readable by others (mode 640)")
+            && stderr(&out).contains("--backup-passphrase-file")
+            && stderr(&out).contains("chmod 600"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!run.path("refused.yaml").exists());
 }
