@@ -64,7 +64,7 @@ def packages(ctx):
     conf = ctx.conf
     if conf["offline"]:
         need = (["docker", "nginx", "ufw", "sshd"] + (["certbot"] if conf["tls"] else []) +
-                (["borg"] if conf.get("borg") else []))
+                [p["command"] for p in conf.get("packages", [])])
         missing = [n for n in need if not shutil.which(n)]
         if missing:
             raise Failed("the image lacks " + ", ".join(missing) +
@@ -72,7 +72,7 @@ def packages(ctx):
         return "skipped"
     apt("update")
     apt("install", *BASE_PACKAGES, *(TLS_PACKAGES if conf["tls"] else []),
-        *(["borgbackup"] if conf.get("borg") else []))
+        *[p["name"] for p in conf.get("packages", [])])
     return "ok"
 
 

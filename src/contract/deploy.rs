@@ -44,6 +44,23 @@ pub struct DeployJson {
     /// files); none: archives on the VM's own disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub borg: Option<BorgJson>,
+    /// /metrics over HTTPS with the token (`nginx_metrics_auth` holds it): the app's
+    /// metrics and node_exporter's, on loopback.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metrics: bool,
+    /// Packages first boot installs beyond the base (and an image for --offline must
+    /// carry): each with the command that shows it is there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<PackageJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PackageJson {
+    /// The Debian/Ubuntu package.
+    pub name: String,
+    /// A command it installs.
+    pub command: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -72,6 +72,12 @@ pub struct Layout {
     pub nginx_app: String,
     pub nginx_upstream: String,
     pub nginx_conf: String,
+    /// The map from the Authorization header to whether /metrics answers (0600: the token).
+    pub nginx_metrics_auth: String,
+    /// node_exporter's port, on loopback, and the drop-in that keeps it there.
+    pub node_exporter_port: u16,
+    pub node_exporter_bin: String,
+    pub node_exporter_dropin: String,
     pub nginx_site_enabled: String,
     pub nginx_default_site: String,
     /// nginx's name for the app's upstream block.

@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{Domain, Parsed, Problem};
+use super::types::{Domain, Parsed, Problem, Secret};
 
 /// A BorgBackup repository over SSH: `ssh://USER@HOST[:PORT]/PATH`. User, host and path
 /// are restricted to characters that mean themselves in a URL, in ssh's argv and in JSON.
@@ -99,57 +99,6 @@ impl fmt::Display for BackupRepo {
             write!(f, ":{port}")?;
         }
         write!(f, "/{}", self.path)
-    }
-}
-
-/// A secret read from a file (a passphrase, a private key): never shown.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<hidden>)")
-    }
-}
-
-impl Secret {
-    /// The repository's passphrase: one line of printable text.
-    pub fn passphrase(s: &str) -> Parsed<Self> {
-        let p = s.strip_suffix('\n').unwrap_or(s);
-        let help = "put the passphrase alone on one line in the file (e.g. `openssl rand -base64 32 > FILE`)";
-        if p.chars().count() < 12 {
-            return Err(Problem::new(
-                "the passphrase is shorter than 12 characters (it is not shown)",
-                help,
-            ));
-        }
-        if p.len() > 1024 || p.chars().any(|c| c.is_control()) {
-            return Err(Problem::new(
-                "the passphrase file holds more than one line of text (it is not shown)",
-                help,
-            ));
-        }
-        Ok(Secret(p.to_owned()))
-    }
-
-    /// The private SSH key the VM logs in to the repository's host with: OpenSSH format,
-    /// not protected by a passphrase (nobody is there to type it).
-    pub fn ssh_private_key(s: &str) -> Parsed<Self> {
-        let help = "pass an OpenSSH private key without a passphrase, e.g. from `imgforge keygen -o backup_key`, and add its .pub to the repository host's authorized_keys";
-        let key = ssh_key::PrivateKey::from_openssh(s.trim())
-            .map_err(|_| Problem::new("not an OpenSSH private key (it is not shown)", help))?;
-        if key.is_encrypted() {
-            return Err(Problem::new(
-                "the key is protected by a passphrase, which the VM cannot type",
-                help,
-            ));
-        }
-        Ok(Secret(format!("{}\n", s.trim())))
-    }
-
-    /// The secret itself, for the file written onto the VM (0600).
-    pub fn expose(&self) -> &str {
-        &self.0
     }
 }
 

@@ -16,7 +16,6 @@ use clap::ValueEnum;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use borg::Secret;
 pub use borg::{BackupEvery, Borg};
 pub use locate::positions;
 pub use problems::{parse_message, Entry, Origin, Problems, Severity};
@@ -43,6 +42,8 @@ pub struct Deployment {
     pub dns: Option<Dns>,
     /// Backups go off the VM, to a BorgBackup repository.
     pub borg: Option<Borg>,
+    /// /metrics over HTTPS answers requests with this bearer token.
+    pub metrics_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -334,6 +335,7 @@ impl<'a> Validator<'a> {
         let env = self.env();
         let dns = self.dns(domain.as_ref().and_then(|d| d.as_ref()));
         let borg = self.borg();
+        let metrics_token = self.metrics_token(tls_enabled);
         let bundle = match bundle {
             Some(b) => Some(b),
             None => self.bundle(),
@@ -376,7 +378,31 @@ impl<'a> Validator<'a> {
             host_key: flags.host_key || file.host_key,
             dns: dns?,
             borg: borg?,
+            metrics_token: metrics_token?,
         })
+    }
+
+    /// `--metrics-token-file`: the token Prometheus sends; HTTPS only (the token would
+    /// cross the network in clear otherwise). `Some(None)` when /metrics stays closed.
+    fn metrics_token(&mut self, tls: bool) -> Option<Option<Secret>> {
+        let Some((path, origin)) =
+            self.file_setting("--metrics-token-file", "metrics-token-file", |s| {
+                s.metrics_token_file.as_ref()
+            })
+        else {
+            return Some(None);
+        };
+        if !tls {
+            self.report.error(
+                origin,
+                Some(&path.display().to_string()),
+                "the metrics token would cross the network in clear without HTTPS",
+                "drop --no-tls (with --domain and --email), or drop --metrics-token-file",
+            );
+            return None;
+        }
+        self.secret(&path, origin, "metrics token", Secret::bearer_token)
+            .map(Some)
     }
 
     /// A file setting (flag, else the config file's key, resolved against the file).

@@ -57,6 +57,9 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(default)]
     pub backup: BackupSettings,
+    /// Serve /metrics over HTTPS to this file's bearer token (mode 0600): the app's and the node's Prometheus metrics
+    #[arg(long = "metrics-token-file", value_name = "FILE")]
+    pub metrics_token_file: Option<PathBuf>,
     /// Pre-generate the VM's SSH host key and print its known_hosts line
     #[arg(long)]
     #[serde(default)]
@@ -283,6 +286,7 @@ impl Settings {
         files.extend(self.backup.passphrase_file.as_deref());
         files.extend(self.backup.ssh_key_file.as_deref());
         files.extend(self.backup.known_hosts.as_deref());
+        files.extend(self.metrics_token_file.as_deref());
         files.extend(self.app.env_file.as_deref());
         files
     }

@@ -1123,3 +1123,71 @@ mod tests {
         assert!(!p.message.contains("b3BlbnNz"));
     }
 }
+
+/// A secret read from a file (a passphrase, a private key): never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<hidden>)")
+    }
+}
+
+impl Secret {
+    /// The repository's passphrase: one line of printable text.
+    pub fn passphrase(s: &str) -> Parsed<Self> {
+        let p = s.strip_suffix('\n').unwrap_or(s);
+        let help = "put the passphrase alone on one line in the file (e.g. `openssl rand -base64 32 > FILE`)";
+        if p.chars().count() < 12 {
+            return Err(Problem::new(
+                "the passphrase is shorter than 12 characters (it is not shown)",
+                help,
+            ));
+        }
+        if p.len() > 1024 || p.chars().any(|c| c.is_control()) {
+            return Err(Problem::new(
+                "the passphrase file holds more than one line of text (it is not shown)",
+                help,
+            ));
+        }
+        Ok(Secret(p.to_owned()))
+    }
+
+    /// The private SSH key the VM logs in to the repository's host with: OpenSSH format,
+    /// not protected by a passphrase (nobody is there to type it).
+    pub fn ssh_private_key(s: &str) -> Parsed<Self> {
+        let help = "pass an OpenSSH private key without a passphrase, e.g. from `imgforge keygen -o backup_key`, and add its .pub to the repository host's authorized_keys";
+        let key = ssh_key::PrivateKey::from_openssh(s.trim())
+            .map_err(|_| Problem::new("not an OpenSSH private key (it is not shown)", help))?;
+        if key.is_encrypted() {
+            return Err(Problem::new(
+                "the key is protected by a passphrase, which the VM cannot type",
+                help,
+            ));
+        }
+        Ok(Secret(format!("{}\n", s.trim())))
+    }
+
+    /// A bearer token (RFC 6750's b64token characters), at least 16 of them: it lands in
+    /// nginx's configuration, where every one of these characters means itself.
+    pub fn bearer_token(s: &str) -> Parsed<Self> {
+        let t = s.strip_suffix('\n').unwrap_or(s);
+        let help = "put a random token alone in the file, e.g. `openssl rand -hex 32 > FILE`";
+        let ok = (16..=256).contains(&t.len())
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._~+/=".contains(c));
+        if !ok {
+            return Err(Problem::new(
+                "the token file does not hold one token of 16 to 256 letters, digits and -._~+/= (it is not shown)",
+                help,
+            ));
+        }
+        Ok(Secret(t.to_owned()))
+    }
+
+    /// The secret itself, for the file written onto the VM (0600).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}

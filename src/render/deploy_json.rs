@@ -2,7 +2,7 @@
 //! defined once.
 
 use crate::contract::deploy::{
-    AppLimits, BorgJson, BundleJson, DeployJson, DnsJson, PIDS_LIMIT, VERSION,
+    AppLimits, BorgJson, BundleJson, DeployJson, DnsJson, PackageJson, PIDS_LIMIT, VERSION,
 };
 use crate::input::BackupEvery;
 use crate::input::{Bundle, Deployment};
@@ -67,5 +67,26 @@ pub fn deploy_json(spec: &Deployment) -> DeployJson {
             keep_weekly: b.keep_weekly,
             keep_monthly: b.keep_monthly,
         }),
+        metrics: spec.metrics_token.is_some(),
+        packages: packages(spec),
     }
+}
+
+/// What the deployment's options need installed beyond the base.
+fn packages(spec: &Deployment) -> Vec<PackageJson> {
+    let package = |name: &str, command: &str| PackageJson {
+        name: name.to_owned(),
+        command: command.to_owned(),
+    };
+    let mut out = Vec::new();
+    if spec.borg.is_some() {
+        out.push(package("borgbackup", "borg"));
+    }
+    if spec.metrics_token.is_some() {
+        out.push(package(
+            "prometheus-node-exporter",
+            "prometheus-node-exporter",
+        ));
+    }
+    out
 }

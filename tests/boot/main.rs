@@ -19,4 +19,5 @@ mod faults;
 mod first_boot;
 mod minimal;
 mod provision;
+mod restore;
 mod security;

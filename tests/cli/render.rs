@@ -1457,3 +1457,111 @@ fn a_backup_repository_takes_its_passphrase_and_key_from_private_files() {
     );
     assert!(!run.path("refused.yaml").exists());
 }
+
+#[test]
+fn a_metrics_token_opens_metrics_over_https_only_and_node_exporter_on_loopback() {
+    use std::os::unix::fs::PermissionsExt;
+    let run = Run::new();
+    let token = run.path("metrics.token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = render_ok(&run, &["--metrics-token-file", token.to_str().unwrap()]);
+    cloud_init_schema(&text);
+    let doc = yaml(&text);
+    let layout = imgforge::contract::layout();
+    let auth = written(&doc, &layout.nginx_metrics_auth);
+    assert!(
+        auth.contains("\"Bearer 0123456789abcdef0123456789abcdef\" \"ok\";"),
+        "{auth}"
+    );
+    let app = written(&doc, &layout.nginx_app);
+    assert!(
+        app.contains("$imgforge_metrics_auth != \"ok\"") && app.contains("$scheme != \"https\""),
+        "{app}"
+    );
+    assert!(
+        !app.contains("0123456789abcdef"),
+        "the token is in app.conf"
+    );
+    // The drop-in the test guest image carries is the one render writes.
+    let dropin = written(&doc, &layout.node_exporter_dropin);
+    assert!(
+        dropin.contains("--web.listen-address=127.0.0.1:9100"),
+        "{dropin}"
+    );
+    let in_image = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("tests/guest/rootfs{}", layout.node_exporter_dropin)),
+    )
+    .unwrap();
+    assert_eq!(dropin, in_image);
+    let dj = deploy_json(&doc);
+    assert_eq!(dj["metrics"], true);
+    assert_eq!(dj["packages"][0]["name"], "prometheus-node-exporter");
+    assert!(!dj.to_string().contains("0123456789abcdef"));
+    // Without it, /metrics answers 404 and nothing else changes.
+    let plain = written(&yaml(&render_ok(&run, &[])), &layout.nginx_app);
+    assert!(
+        plain.contains("location = /metrics {\n    return 404;\n}"),
+        "{plain}"
+    );
+
+    // Refused: a short token, a token others can read, a token without HTTPS.
+    let short = run.path("short.token");
+    std::fs::write(&short, "abc\n").unwrap();
+    std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run.cmd(
+        &[
+            &[
+                "render",
+                "-o",
+                "refused.yaml",
+                "--metrics-token-file",
+                short.to_str().unwrap(),
+            ][..],
+            &base_args().iter().map(String::as_str).collect::<Vec<_>>()[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("16 to 256"), "{}", stderr(&out));
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run.cmd(
+        &[
+            &[
+                "render",
+                "-o",
+                "refused.yaml",
+                "--metrics-token-file",
+                token.to_str().unwrap(),
+            ][..],
+            &base_args().iter().map(String::as_str).collect::<Vec<_>>()[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("readable by others"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("0123456789abcdef"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run.cmd(&[
+        "render",
+        "-o",
+        "refused.yaml",
+        "--no-tls",
+        "--ssh-key",
+        &key(),
+        "--metrics-token-file",
+        token.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("in clear"), "{}", stderr(&out));
+    assert!(!run.path("refused.yaml").exists());
+}

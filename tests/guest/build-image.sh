@@ -70,7 +70,10 @@ build() {
         openssh-server sudo curl ca-certificates gnupg openssl procps less
         apparmor unattended-upgrades e2fsprogs locales pebble
     )
-    [ "$variant" = bare ] || pkgs+=(docker.io ${docker_cli:-} nginx certbot python3-certbot-nginx ufw)
+    # borgbackup and prometheus-node-exporter: what --backup-repo and --metrics-token-file
+    # install (the exporter on loopback, as a deployment configures it: rootfs/etc/systemd).
+    [ "$variant" = bare ] || pkgs+=(docker.io ${docker_cli:-} nginx certbot python3-certbot-nginx ufw
+        borgbackup prometheus-node-exporter)
     local include
     include=$(
         IFS=,
