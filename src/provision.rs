@@ -108,15 +108,12 @@ pub fn run(p: &Provisioning, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> 
     ));
     let started = Instant::now();
     let mut vm = Vm::start(&cfg)?;
-    let mut last_step = String::new();
+    // One line per step as the guest reports it (`imgforge: step NAME: starting|ok|…`),
+    // with the time since power-on: a log file shows where a long provisioning is.
     let outcome = vm.wait_until(p.timeout, &|_| false, &mut |pr| {
-        if let Some(line) = &pr.last_line {
-            if let Some(at) = line.find("imgforge: step ") {
-                let step = line[at + "imgforge: step ".len()..].trim().to_owned();
-                if step != last_step {
-                    progress(&format!("[{:>4}s] {step}", pr.elapsed.as_secs()));
-                    last_step = step;
-                }
+        for (at, line) in &pr.new_lines {
+            if let Some(step) = line.split_once("imgforge: step ").map(|(_, s)| s.trim()) {
+                progress(&format!("[{:>4}s] {step}", at.as_secs()));
             }
         }
     });

@@ -185,6 +185,9 @@ fn tail_suffix(tail: &str) -> String {
 pub struct Progress {
     pub elapsed: Duration,
     pub last_line: Option<String>,
+    /// The lines the console printed since the previous call, each with the time since
+    /// power-on it was seen at (a caller that looks for some lines misses none).
+    pub new_lines: Vec<(Duration, String)>,
 }
 
 /// A running QEMU guest. Dropping it kills QEMU; [`Vm::detach`] leaves it running.
@@ -382,6 +385,7 @@ impl Vm {
     ) -> Result<Status, WaitError> {
         let start = Instant::now();
         let mut last_progress: Option<Instant> = None;
+        let mut seen = self.watcher.lock().lines.len();
         loop {
             {
                 let st = self.watcher.lock();
@@ -393,10 +397,16 @@ impl Vm {
                 }
                 if last_progress.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                     last_progress = Some(Instant::now());
+                    let power_on = st.boots[st.current_boot()].power_on;
                     let p = Progress {
-                        elapsed: st.boots[st.current_boot()].power_on.elapsed(),
+                        elapsed: power_on.elapsed(),
                         last_line: st.last_line().map(str::to_string),
+                        new_lines: st.lines[seen.min(st.lines.len())..]
+                            .iter()
+                            .map(|l| (l.at.saturating_duration_since(power_on), l.text.clone()))
+                            .collect(),
                     };
+                    seen = st.lines.len();
                     drop(st);
                     progress(&p);
                 }

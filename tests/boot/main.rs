@@ -18,6 +18,6 @@ mod dns;
 mod faults;
 mod first_boot;
 mod minimal;
+mod operable;
 mod provision;
-mod restore;
 mod security;

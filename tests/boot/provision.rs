@@ -132,7 +132,27 @@ fn a_provisioned_image_deploys_without_downloads_and_faster_than_the_seed_path()
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
     ));
     let provisioning = started.elapsed();
-    eprintln!("{}", stderr(&out));
+    let err = stderr(&out);
+    eprintln!("{err}");
+    // Captured, as in a log file: a line per step as the guest reports it, each with the
+    // time since power-on, its start and its end.
+    let started_steps: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.strip_suffix(": starting"))
+        .filter_map(|l| l.rsplit_once("s] ").map(|(_, step)| step))
+        .collect();
+    assert!(
+        started_steps.len() >= 3,
+        "no step lines while provisioning:\n{err}"
+    );
+    for step in started_steps {
+        assert!(
+            [": ok", ": skipped"]
+                .iter()
+                .any(|end| err.contains(&format!("s] {step}{end}"))),
+            "{step} started and never ended in:\n{err}"
+        );
+    }
     let size = std::fs::metadata(&image).unwrap().len();
     let mut d = Deployment::boot(
         "provisioned",
