@@ -58,11 +58,8 @@ pub fn restore(args: RestoreArgs) -> Result<()> {
     let started = Instant::now();
     args.host.update_program()?;
     let head = DeployRequest {
-        health_timeout: args.timing.health_timeout,
-        drain: args.timing.drain,
-        watch: Some(args.timing.watch),
         archive: args.archive.clone(),
-        ..DeployRequest::default()
+        ..args.timing.request()
     };
     let result: Deploy = args.host.call(&["restore"], |stdin| {
         crate::remote::send(stdin, &head, None)

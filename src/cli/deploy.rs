@@ -184,15 +184,23 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+impl Timing {
+    /// A request with these timings and nothing else (a rollback's; a restore adds the
+    /// archive).
+    pub fn request(&self) -> DeployRequest {
+        DeployRequest {
+            health_timeout: self.health_timeout,
+            drain: self.drain,
+            watch: Some(self.watch),
+            ..DeployRequest::default()
+        }
+    }
+}
+
 pub fn rollback(args: RollbackArgs) -> Result<()> {
     let started = Instant::now();
     args.host.update_program()?;
-    let head = DeployRequest {
-        health_timeout: args.timing.health_timeout,
-        drain: args.timing.drain,
-        watch: Some(args.timing.watch),
-        ..DeployRequest::default()
-    };
+    let head = args.timing.request();
     let result: Deploy = args
         .host
         .call(&["rollback"], |stdin| send(stdin, &head, None))?;

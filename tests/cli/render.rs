@@ -1507,61 +1507,36 @@ fn a_metrics_token_opens_metrics_over_https_only_and_node_exporter_on_loopback()
     );
 
     // Refused: a short token, a token others can read, a token without HTTPS.
+    let refused = |token: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "render",
+            "-o",
+            "refused.yaml",
+            "--metrics-token-file",
+            token.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = run.cmd(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("0123456789abcdef"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!run.path("refused.yaml").exists());
+        stderr(&out)
+    };
+    let base = base_args();
+    let base: Vec<&str> = base.iter().map(String::as_str).collect();
     let short = run.path("short.token");
     std::fs::write(&short, "abc\n").unwrap();
     std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let out = run.cmd(
-        &[
-            &[
-                "render",
-                "-o",
-                "refused.yaml",
-                "--metrics-token-file",
-                short.to_str().unwrap(),
-            ][..],
-            &base_args().iter().map(String::as_str).collect::<Vec<_>>()[..],
-        ]
-        .concat(),
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("16 to 256"), "{}", stderr(&out));
+    let err = refused(&short, &base);
+    assert!(err.contains("16 to 256"), "{err}");
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = run.cmd(
-        &[
-            &[
-                "render",
-                "-o",
-                "refused.yaml",
-                "--metrics-token-file",
-                token.to_str().unwrap(),
-            ][..],
-            &base_args().iter().map(String::as_str).collect::<Vec<_>>()[..],
-        ]
-        .concat(),
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("readable by others"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        !stderr(&out).contains("0123456789abcdef"),
-        "{}",
-        stderr(&out)
-    );
+    let err = refused(&token, &base);
+    assert!(err.contains("readable by others"), "{err}");
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let out = run.cmd(&[
-        "render",
-        "-o",
-        "refused.yaml",
-        "--no-tls",
-        "--ssh-key",
-        &key(),
-        "--metrics-token-file",
-        token.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("in clear"), "{}", stderr(&out));
-    assert!(!run.path("refused.yaml").exists());
+    let err = refused(&token, &["--no-tls", "--ssh-key", &key()]);
+    assert!(err.contains("in clear"), "{err}");
 }
