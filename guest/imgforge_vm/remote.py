@@ -18,6 +18,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 
@@ -160,6 +161,25 @@ class Deploys(Apps):
             return ""
         with open(rec["env_file"]) as f:
             return f.read()
+
+
+def notify(ctx, event, text):
+    """Tells the webhook (--notify-url), if there is one, with the same curl and
+    configuration the units' notifications use; a webhook that does not answer is logged,
+    never a failure of its own."""
+    if not ctx.conf.get("notify"):
+        return
+    body = json.dumps({"text": text, "content": text, "event": event,
+                       "host": ctx.conf.get("domain") or "the VM"})
+    try:
+        proc = subprocess.run([ctx.paths.curl_bin, "-fsS", "--max-time", "30", "--retry", "3",
+                               "--config", ctx.paths.notify_curlrc, "-H",
+                               "Content-Type: application/json", "--data-binary", "@-"],
+                              input=body, text=True, capture_output=True, timeout=150)
+        ok = proc.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    log(f"notify: {event}: {'told' if ok else 'the webhook did not take it'}")
 
 
 class Interrupted(BaseException):
@@ -310,6 +330,10 @@ class Jobs:
                 result["entry"] = history[-1]
             write_atomic(self.path(job, "result"), json.dumps(result) + "\n", 0o600)
             log(f"done: {'ok' if result['exit'] == 0 else result.get('error')}")
+            if result["exit"] == 1:
+                notify(self.ctx, f"{head.get('kind', 'deploy')}-failed",
+                       f"imgforge: the {head.get('kind', 'deploy')} on "
+                       f"{self.ctx.conf.get('domain') or 'the VM'} failed: {result.get('error')}")
         return result["exit"]
 
     def show_app_log(self, apps):

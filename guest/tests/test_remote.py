@@ -1,7 +1,9 @@
 import hashlib
+import http.server
 import io
 import json
 import os
+import shutil
 import time
 import unittest
 import zipfile
@@ -12,7 +14,7 @@ from imgforge_vm.app import Refused
 from imgforge_vm.system import Failed, write_atomic
 
 from . import schema
-from .support import Docker, Vm, ready_first_boot
+from .support import Docker, Server, Vm, ready_first_boot
 
 
 def stream(head, body=b""):
@@ -145,6 +147,41 @@ class Jobs(unittest.TestCase):
             result = json.load(f)
         self.assertIn("did not answer /health", result["error"])
         self.assertEqual(result["entry"]["result"], "failed")
+
+    def test_a_failed_job_tells_the_webhook_and_a_refused_one_does_not(self):
+        posts = []
+
+        class Hook(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                n = int(self.headers["Content-Length"])
+                posts.append((self.headers["Content-Type"], json.loads(self.rfile.read(n))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+        hook = Server(Hook)
+        self.addCleanup(hook.close)
+        paths = self.vm.paths
+        os.makedirs(os.path.dirname(paths.curl_bin))
+        os.symlink(shutil.which("curl"), paths.curl_bin)
+        write_atomic(paths.notify_curlrc, f'url = "{hook.url}/hook"\n', 0o600)
+        self.vm.ctx.conf.update(notify=True, domain="api.example.com")
+        job = self.submit()
+        with mock.patch.object(app, "healthy", lambda *a, **k: False):
+            self.assertEqual(self.jobs.run(job), 1)
+        self.assertEqual(len(posts), 1)
+        kind, body = posts[0]
+        self.assertEqual((kind, body["event"], body["host"]),
+                         ("application/json", "deploy-failed", "api.example.com"))
+        self.assertIn("did not answer /health", body["text"])
+        self.assertEqual(body["text"], body["content"])
+        # Refused (exit 2: the client hears why at once): nothing to tell.
+        self.unit = "inactive"
+        job = self.jobs.submit("rollback", {"watch": 0}, io.BytesIO())
+        with mock.patch.object(remote.Deploys, "rollback", side_effect=Refused("no")):
+            self.assertEqual(self.jobs.run(job), 2)
+        self.assertEqual(len(posts), 1)
 
     def test_follow_copies_the_log_and_returns_the_result(self):
         job = self.submit()

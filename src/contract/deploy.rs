@@ -48,6 +48,10 @@ pub struct DeployJson {
     /// metrics and node_exporter's, on loopback.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub metrics: bool,
+    /// A webhook is told of failures (`notify_curlrc` holds its URL; `notify_dir` the
+    /// messages of the units whose failure it is told).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub notify: bool,
     /// Packages first boot installs beyond the base (and an image for --offline must
     /// carry): each with the command that shows it is there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

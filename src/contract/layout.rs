@@ -72,6 +72,11 @@ pub struct Layout {
     pub nginx_app: String,
     pub nginx_upstream: String,
     pub nginx_conf: String,
+    /// curl's configuration naming the webhook (0600: the URL may be a secret), and the
+    /// messages, one per unit whose failure it is told (`UNIT.json`).
+    pub notify_curlrc: String,
+    pub notify_dir: String,
+    pub curl_bin: String,
     /// The map from the Authorization header to whether /metrics answers (0600: the token).
     pub nginx_metrics_auth: String,
     /// node_exporter's port, on loopback, and the drop-in that keeps it there.
@@ -124,6 +129,10 @@ pub struct Units {
     pub dns_timer: String,
     pub cert: String,
     pub cert_timer: String,
+    /// Tells the webhook that the unit its instance names failed (`OnFailure=`).
+    pub notify: String,
+    /// certbot's own renewal unit (the distribution's).
+    pub certbot: String,
     pub upgrade: String,
     pub generalize: String,
 }

@@ -44,6 +44,8 @@ pub struct Deployment {
     pub borg: Option<Borg>,
     /// /metrics over HTTPS answers requests with this bearer token.
     pub metrics_token: Option<Secret>,
+    /// Told of failures the VM meets on its own.
+    pub notify: Option<NotifyUrl>,
 }
 
 #[derive(Debug, Clone)]
@@ -336,6 +338,7 @@ impl<'a> Validator<'a> {
         let dns = self.dns(domain.as_ref().and_then(|d| d.as_ref()));
         let borg = self.borg();
         let metrics_token = self.metrics_token(tls_enabled);
+        let notify = self.value(&s::NOTIFY_URL);
         let bundle = match bundle {
             Some(b) => Some(b),
             None => self.bundle(),
@@ -379,6 +382,7 @@ impl<'a> Validator<'a> {
             dns: dns?,
             borg: borg?,
             metrics_token: metrics_token?,
+            notify: notify.ok()?,
         })
     }
 

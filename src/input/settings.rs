@@ -57,6 +57,10 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(default)]
     pub backup: BackupSettings,
+    /// Webhook told of a failed deploy, an automatic rollback, a failed backup or certificate renewal (ntfy, Slack, Discord)
+    #[arg(long = "notify-url", value_name = "URL")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub notify_url: Option<String>,
     /// Serve /metrics over HTTPS to this file's bearer token (mode 0600): the app's and the node's Prometheus metrics
     #[arg(long = "metrics-token-file", value_name = "FILE")]
     pub metrics_token_file: Option<PathBuf>,
@@ -489,6 +493,13 @@ pub const BACKUP_KEEP: Setting<u32> = Setting {
         )),
     },
 };
+pub const NOTIFY_URL: Setting<NotifyUrl> = Setting {
+    flag: "--notify-url",
+    key: "notify-url",
+    default: None,
+    get: |s| s.notify_url.as_deref(),
+    parse: NotifyUrl::parse,
+};
 pub const BACKUP_REPO: Setting<BackupRepo> = Setting {
     flag: "--backup-repo",
     key: "backup.repo",
@@ -544,6 +555,7 @@ pub const NAMES: &[(&str, &str, Option<&str>)] = &[
     (ACME_SERVER.flag, ACME_SERVER.key, ACME_SERVER.default),
     (BACKUP_KEEP.flag, BACKUP_KEEP.key, BACKUP_KEEP.default),
     (BACKUP_REPO.flag, BACKUP_REPO.key, BACKUP_REPO.default),
+    (NOTIFY_URL.flag, NOTIFY_URL.key, NOTIFY_URL.default),
     (
         BACKUP_KEEP_WEEKLY.flag,
         BACKUP_KEEP_WEEKLY.key,

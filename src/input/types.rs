@@ -927,6 +927,41 @@ impl ApiUrl {
     }
 }
 
+string_newtype!(
+    /// A webhook (ntfy, Slack, Discord…): https, or plain http to a loopback or private
+    /// IPv4 address (a receiver on the provider's private network). It may carry a
+    /// secret (Slack's and Discord's do): it is never shown and lands on the VM in a
+    /// root-only file.
+    NotifyUrl
+);
+
+impl NotifyUrl {
+    pub fn parse(s: &str) -> Parsed<Self> {
+        if let Some(rest) = s.strip_prefix("http://") {
+            let host = rest.split(['/', ':']).next().unwrap_or("");
+            let private = host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| ip.is_loopback() || ip.is_private());
+            if !private {
+                return Err(Problem::new(
+                    "plain http is only for a receiver on a loopback or private address",
+                    "use https://, or http://10.x.y.z/… on a private network",
+                ));
+            }
+            HttpsUrl::parse(&format!("https://{rest}"))?;
+            return Ok(NotifyUrl(s.to_owned()));
+        }
+        HttpsUrl::parse(s)
+            .map(|u| NotifyUrl(u.as_str().to_owned()))
+            .map_err(|p| {
+                Problem::new(
+                    p.message,
+                    "use the webhook URL your service gives, e.g. https://ntfy.sh/TOPIC",
+                )
+            })
+    }
+}
+
 /// A DNS provider's API token: printable ASCII without spaces, never shown.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DnsToken(String);

@@ -68,6 +68,7 @@ pub fn deploy_json(spec: &Deployment) -> DeployJson {
             keep_monthly: b.keep_monthly,
         }),
         metrics: spec.metrics_token.is_some(),
+        notify: spec.notify.is_some(),
         packages: packages(spec),
     }
 }

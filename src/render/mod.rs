@@ -94,7 +94,12 @@ fn cloud_config(
         .keys()
         .map(|slot| layout.units.app.replace("@.", &format!("@{slot}.")))
         .collect();
-    let vars = json!({ "config": &config, "layout": layout, "slot_units": slot_units });
+    let vars = json!({
+        "config": &config,
+        "layout": layout,
+        "slot_units": slot_units,
+        "notify_unit": layout.units.notify.replace("@.", "@%n."),
+    });
     let t = |name: &str| templates.render(name, &vars);
     let unit = |name: &str| format!("{}/{name}", layout.units_dir);
     let unit_file = |name: &str, template: &str| -> Result<WriteFile> {
@@ -162,6 +167,9 @@ fn cloud_config(
                 "0644",
             ));
         }
+    }
+    if let Some(url) = &spec.notify {
+        files.extend(notify_files(spec, url, &t)?);
     }
     if let Some(token) = &spec.metrics_token {
         // A validated token (letters, digits, -._~+/=): it means itself in nginx's quotes.
@@ -248,6 +256,66 @@ fn cloud_config(
         ),
     };
     Ok((cloud_config, needs, known_hosts))
+}
+
+/// The webhook's files: curl's configuration with its URL (0600: the URL may be a secret;
+/// validated, so it means itself in curl's quotes), the notification unit, and for each
+/// unit whose failure it hears of, a drop-in (`OnFailure=`) and the message (JSON).
+fn notify_files(
+    spec: &Deployment,
+    url: &crate::input::NotifyUrl,
+    t: &dyn Fn(&str) -> Result<String>,
+) -> Result<Vec<WriteFile>> {
+    let layout = layout();
+    let units = &layout.units;
+    let host = spec.domain.as_ref().map_or("the VM", |d| d.as_str());
+    let logs = |source: &str| format!("`imgforge logs --host {host} --source {source}` says why");
+    let mut told = vec![(
+        &units.backup,
+        "backup-failed",
+        format!("imgforge: the backup of {host} failed; {}", logs("backup")),
+    )];
+    if spec.tls.is_some() {
+        told.push((
+            &units.certbot,
+            "certificate-renewal-failed",
+            format!(
+                "imgforge: certbot failed to renew the certificate of {host}; `imgforge status --host {host}` shows when it expires"
+            ),
+        ));
+    }
+    if spec.dns.is_some() {
+        told.push((
+            &units.dns,
+            "dns-failed",
+            format!(
+                "imgforge: registering the address of {host} failed; {}",
+                logs("dns")
+            ),
+        ));
+    }
+    let mut files = vec![
+        WriteFile::new(&layout.notify_curlrc, format!("url = \"{url}\"\n"), "0600"),
+        WriteFile::new(
+            &format!("{}/{}", layout.units_dir, units.notify),
+            t("imgforge-notify@.service.hbs")?,
+            "0644",
+        ),
+    ];
+    for (unit, event, text) in told {
+        let message = json!({ "text": text, "content": text, "event": event, "host": host });
+        files.push(WriteFile::new(
+            &format!("{}/{unit}.json", layout.notify_dir),
+            serde_json::to_string(&message)? + "\n",
+            "0644",
+        ));
+        files.push(WriteFile::new(
+            &format!("{}/{unit}.d/imgforge-notify.conf", layout.units_dir),
+            t("notify-on-failure.conf.hbs")?,
+            "0644",
+        ));
+    }
+    Ok(files)
 }
 
 fn program_file(needs: program::Needs) -> Result<WriteFile> {

@@ -1540,3 +1540,82 @@ fn a_metrics_token_opens_metrics_over_https_only_and_node_exporter_on_loopback()
     let err = refused(&token, &["--no-tls", "--ssh-key", &key()]);
     assert!(err.contains("in clear"), "{err}");
 }
+
+#[test]
+fn a_notify_url_is_told_of_failed_backups_and_renewals_from_a_root_only_file() {
+    let run = Run::new();
+    let url = "https://hooks.example.com/services/T000/B000/SECRETPART";
+    let text = render_ok(&run, &["--notify-url", url]);
+    cloud_init_schema(&text);
+    let doc = yaml(&text);
+    let layout = imgforge::contract::layout();
+    assert_eq!(
+        written(&doc, &layout.notify_curlrc),
+        format!("url = \"{url}\"\n")
+    );
+    let file = |path: &str| {
+        doc["write_files"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"].as_str() == Some(path))
+            .unwrap_or_else(|| panic!("{path} is not written"))
+            .clone()
+    };
+    assert_eq!(file(&layout.notify_curlrc)["permissions"], "0600");
+    for unit in [&layout.units.backup, &layout.units.certbot] {
+        let dropin = written(
+            &doc,
+            &format!("{}/{unit}.d/imgforge-notify.conf", layout.units_dir),
+        );
+        assert!(
+            dropin.contains("OnFailure=imgforge-notify@%n.service"),
+            "{dropin}"
+        );
+        let message: serde_json::Value = serde_json::from_str(&written(
+            &doc,
+            &format!("{}/{unit}.json", layout.notify_dir),
+        ))
+        .unwrap();
+        assert_eq!(message["host"], "api.example.com");
+        assert_eq!(message["text"], message["content"]);
+    }
+    let unit = written(
+        &doc,
+        &format!("{}/{}", layout.units_dir, layout.units.notify),
+    );
+    assert!(
+        unit.contains("--config /etc/imgforge/notify.curlrc"),
+        "{unit}"
+    );
+    // The URL, which may be a secret, is only in curl's root-only configuration.
+    let elsewhere: Vec<String> = doc["write_files"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|f| f["path"].as_str() != Some(layout.notify_curlrc.as_str()))
+        .filter(|f| {
+            f["content"]
+                .as_str()
+                .is_some_and(|c| c.contains("SECRETPART"))
+        })
+        .map(|f| f["path"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(elsewhere.is_empty(), "{elsewhere:?}");
+    assert_eq!(deploy_json(&doc)["notify"], true);
+    // Private receivers may be plain http; the internet's may not.
+    assert!(!render_ok(&run, &["--notify-url", "http://10.0.2.2:8080/hook"]).is_empty());
+    for bad in [
+        "http://hooks.example.com/x",
+        "ftp://10.0.0.1/x",
+        "https://h/a b",
+    ] {
+        let mut args = vec!["render", "-o", "refused.yaml", "--notify-url", bad];
+        let base = base_args();
+        args.extend(base.iter().map(String::as_str));
+        let out = run.cmd(&args);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
+        assert!(stderr(&out).contains("--notify-url"), "{}", stderr(&out));
+        assert!(!run.path("refused.yaml").exists());
+    }
+}
