@@ -269,11 +269,12 @@ fn notify_files(
     let layout = layout();
     let units = &layout.units;
     let host = spec.domain.as_ref().map_or("the VM", |d| d.as_str());
-    let logs = |source: &str| format!("`imgforge logs --host {host} --source {source}` says why");
     let mut told = vec![(
         &units.backup,
         "backup-failed",
-        format!("imgforge: the backup of {host} failed; {}", logs("backup")),
+        format!(
+            "imgforge: the backup of {host} failed; `imgforge logs --host {host} --source backup` says why"
+        ),
     )];
     if spec.tls.is_some() {
         told.push((
@@ -284,16 +285,8 @@ fn notify_files(
             ),
         ));
     }
-    if spec.dns.is_some() {
-        told.push((
-            &units.dns,
-            "dns-failed",
-            format!(
-                "imgforge: registering the address of {host} failed; {}",
-                logs("dns")
-            ),
-        ));
-    }
+    // A DNS registration that fails is retried by its timer and shown by `status`: its
+    // unit does not fail, so it is not here.
     let mut files = vec![
         WriteFile::new(&layout.notify_curlrc, format!("url = \"{url}\"\n"), "0600"),
         WriteFile::new(

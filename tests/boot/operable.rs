@@ -5,10 +5,15 @@
 //! guest reaches through QEMU's user network at 10.0.2.2, running `borg serve`
 //! restricted to the repository). The VM writes history, backs up, and is destroyed; a
 //! new VM boots from the same image and seed, `imgforge restore` brings the rows back
-//! while a stream of requests runs, and none of them fails.
+//! while a stream of requests runs, and none of them fails. Then the repository goes
+//! away: the next backup fails, and the webhook (`--notify-url`, a receiver on this host)
+//! is told by systemd's OnFailure=.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::sshd::{closed_port, current_user, sshd};
@@ -25,6 +30,37 @@ fn history_ids(d: &Deployment, root: &Path) -> Vec<i64> {
         .iter()
         .map(|e| e["id"].as_i64().unwrap_or_else(|| panic!("no id in {e}")))
         .collect()
+}
+
+/// A webhook receiver on a loopback port (the guest's 10.0.2.2): the JSON bodies POSTed.
+fn webhook() -> (u16, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line.trim() != "" {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_ok() {
+                if let Ok(doc) = serde_json::from_slice(&body) {
+                    sink.lock().unwrap().push(doc);
+                }
+            }
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, got)
 }
 
 /// Prometheus on a loopback port, scraping the VM's /metrics every 2 s over HTTPS with
@@ -142,7 +178,11 @@ fn backups_outlive_the_vm_and_prometheus_scrapes_its_metrics() {
         server.port,
         repo.display()
     );
+    let (hook_port, told) = webhook();
+    let hook = format!("http://10.0.2.2:{hook_port}/hook");
     let flags = [
+        "--notify-url",
+        &hook,
         "--backup-repo",
         &url,
         "--backup-passphrase-file",
@@ -286,6 +326,24 @@ fn backups_outlive_the_vm_and_prometheus_scrapes_its_metrics() {
         "the rows are not all back"
     );
     assert_eq!(serving_version(&d), "0.1.0");
+    // 5. The repository goes away: the next backup fails, and the webhook hears of it.
+    drop(server);
+    let out = cli(&d, "backup", &["now"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while told.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let messages = told.lock().unwrap().clone();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["event"], "backup-failed", "{messages:?}");
+    assert!(
+        messages[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("--source backup"),
+        "{messages:?}"
+    );
     eprintln!(
         "[restore] backup to the repository {backup_s:.1} s (VM side {} s); new VM ready \
          {ready_s:.0} s after power-on; restore {restore_s:.1} s; {served} requests during \
