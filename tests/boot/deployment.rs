@@ -90,6 +90,16 @@ impl Deployment {
         extra: &[&str],
         extra_append: &str,
     ) -> Deployment {
+        let (dir, guest, key, seed) = Deployment::seed_on(suite, name, extra);
+        Deployment::boot(name, dir, guest, key, None, Some(&seed), extra_append)
+    }
+
+    /// The seed [`Deployment::seeded_on`] boots (`dir/seed.img`), not booted yet.
+    pub fn seed_on(
+        suite: Option<&str>,
+        name: &str,
+        extra: &[&str],
+    ) -> (PathBuf, Guest, PathBuf, PathBuf) {
         let (dir, guest, key) = Deployment::prepare_on(name, suite);
         let bundle = classifier_bundle(&dir);
         let seed = dir.join("seed.img");
@@ -100,7 +110,7 @@ impl Deployment {
         args.extend(["-o".into(), seed.display().to_string()]);
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         ok(imgforge(&argv));
-        Deployment::boot(name, dir, guest, key, None, Some(&seed), extra_append)
+        (dir, guest, key, seed)
     }
 
     /// Boots `disk` (default: the guest image) with `seed`.

@@ -196,7 +196,14 @@ fn backups_outlive_the_vm_and_prometheus_scrapes_its_metrics() {
     ];
 
     // 1. The first VM: three predictions, a backup to the repository.
-    let mut d = Deployment::seeded("restore", &flags, "");
+    // QEMU's user network without restrict=on: the guest reaches this host (10.0.2.2).
+    let (dir, guest, key, seed) = Deployment::seed_on(None, "restore", &flags);
+    let boot = |name: &str, dir: PathBuf, guest: Guest, key: PathBuf| {
+        let mut cfg = guest.vm_config(None, Some(&seed), &dir.join("run"), "");
+        cfg.network = true;
+        Deployment::boot_config(name, dir, guest, key, &cfg)
+    };
+    let mut d = boot("restore", dir.clone(), guest, key);
     d.wait_ready_with_certificate();
     let root = d.pebble_root();
     for _ in 0..3 {
@@ -281,15 +288,7 @@ fn backups_outlive_the_vm_and_prometheus_scrapes_its_metrics() {
 
     // 3. A new VM from the same image and seed: an empty history until the restore.
     let powered_on = Instant::now();
-    let mut d = Deployment::boot(
-        "restore-new",
-        dir.join("new"),
-        guest,
-        key,
-        None,
-        Some(&dir.join("seed.img")),
-        "",
-    );
+    let mut d = boot("restore-new", dir.join("new"), guest, key);
     d.wait_ready_with_certificate();
     let ready_s = powered_on.elapsed().as_secs_f64();
     let root = d.pebble_root();
