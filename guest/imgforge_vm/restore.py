@@ -56,7 +56,10 @@ def check_databases(root):
             path = os.path.join(dirpath, n)
             if os.path.islink(path) or not os.path.isfile(path) or not is_sqlite(path):
                 continue
-            db = sqlite3.connect("file:" + urllib.parse.quote(path) + "?mode=ro", uri=True)
+            # immutable: nothing else has the copy open, and a read-only open of a WAL
+            # database would leave root's -wal and -shm files beside it.
+            db = sqlite3.connect("file:" + urllib.parse.quote(path) + "?mode=ro&immutable=1",
+                                 uri=True)
             try:
                 verdict = db.execute("PRAGMA integrity_check").fetchone()[0]
             except sqlite3.DatabaseError as e:
@@ -87,6 +90,7 @@ def restore(apps, name, health_timeout=None, drain_s=30):
     try:
         extract(ctx, name, restored)
         databases = check_databases(restored)
+        give_roots_files(restored, os.stat(data))
     except BaseException:
         shutil.rmtree(restored, ignore_errors=True)
         raise
@@ -108,6 +112,18 @@ def restore(apps, name, health_timeout=None, drain_s=30):
     apps.save(st)
     log(f"restore: {name} serves from the {slot} slot; the data from before is in {kept}")
     return slot
+
+
+def give_roots_files(root, owner):
+    """What the archive has as root's (archives made before backups kept owners) becomes
+    the data directory's owner's, when that is not root: the app must write its data."""
+    if owner.st_uid == 0:
+        return
+    for dirpath, dirs, names in os.walk(root):
+        for name in [""] + dirs + names:
+            path = os.path.join(dirpath, name)
+            if os.lstat(path).st_uid == 0:
+                os.lchown(path, owner.st_uid, owner.st_gid)
 
 
 def pick(ctx, name):

@@ -2,6 +2,7 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
 import unittest
 from unittest import mock
 
@@ -63,6 +64,25 @@ class Restore(Fixture):
         # The rollback target is still the version before the last deploy.
         self.assertEqual(self.apps.load()["previous"]["version"], "1.0")
         self.assertEqual(self.phases[:2], ["restore", "start"])
+
+    @unittest.skipUnless(os.geteuid() == 0, "owners: needs root")
+    def test_the_restored_data_is_the_apps_even_from_an_archive_of_roots_files(self):
+        nobody = 65534
+        os.lchown(self.data, nobody, nobody)  # os.chown is the fixture's stand-in
+        # An archive whose files are root's, as backups made them before they kept owners.
+        name = "data-20200101T000000Z"
+        staging = os.path.join(self.vm.root, "old")
+        os.makedirs(os.path.join(staging, "uploads"))
+        shutil.copy(os.path.join(self.data, "history.sqlite3"), staging)
+        tar = os.path.join(self.vm.paths.backup_dir, name + ".tar.gz")
+        subprocess.run(["tar", "-czf", tar, "-C", staging, "."], check=True)
+        with self.apps.locked():
+            restore.restore(self.apps, name)
+        for root, dirs, names in os.walk(self.data):
+            for n in dirs + names + ["."]:
+                self.assertEqual(os.stat(os.path.join(root, n)).st_uid, nobody, n)
+        self.assertEqual(sorted(os.listdir(self.data)), ["history.sqlite3", "uploads"],
+                         "the check leaves no -wal or -shm behind")
 
     def test_a_version_that_never_answers_on_the_restored_data_leaves_everything_as_it_was(self):
         self.healthy[self.vm.paths.slot_port("blue")] = False
