@@ -56,18 +56,13 @@ def copy(src, dst):
 
 
 def snapshot(src_dir, dest_dir):
-    """Copies src_dir to dest_dir (which must not exist), each file and directory owned
-    as in src_dir (the copy is root's work: an archive of it restores the app's owners);
-    returns how many files and databases it copied."""
+    """Copies src_dir to dest_dir (which must not exist); returns how many files and
+    databases it copied. The copy is root's (restore gives it to the data directory's
+    owner)."""
     copied = []
     shutil.copytree(src_dir, dest_dir, symlinks=True,
                     ignore=shutil.ignore_patterns("*-wal", "*-shm", "*-journal"),
                     copy_function=lambda s, d: copied.append(copy(s, d)))
-    for root, dirs, names in os.walk(dest_dir):
-        for name in [""] + dirs + names:
-            path = os.path.join(root, name)
-            st = os.lstat(os.path.join(src_dir, os.path.relpath(path, dest_dir)))
-            os.lchown(path, st.st_uid, st.st_gid)
     return len(copied), sum(copied)
 
 

@@ -115,8 +115,8 @@ def restore(apps, name, health_timeout=None, drain_s=30):
 
 
 def give_roots_files(root, owner):
-    """What the archive has as root's (archives made before backups kept owners) becomes
-    the data directory's owner's, when that is not root: the app must write its data."""
+    """What the archive has as root's (a backup's copy is root's work) becomes the data
+    directory's owner's, when that is not root: the app must write its data."""
     if owner.st_uid == 0:
         return
     for dirpath, dirs, names in os.walk(root):

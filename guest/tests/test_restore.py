@@ -69,7 +69,7 @@ class Restore(Fixture):
     def test_the_restored_data_is_the_apps_even_from_an_archive_of_roots_files(self):
         nobody = 65534
         os.lchown(self.data, nobody, nobody)  # os.chown is the fixture's stand-in
-        # An archive whose files are root's, as backups made them before they kept owners.
+        # An archive whose files are root's, as a backup's copy makes them.
         name = "data-20200101T000000Z"
         staging = os.path.join(self.vm.root, "old")
         os.makedirs(os.path.join(staging, "uploads"))
