@@ -74,7 +74,7 @@ def check_databases(root):
 
 
 def restore(apps, name, health_timeout=None, drain_s=30):
-    """Restores archive `name` (None: the newest) under a running app; the deploy entry."""
+    """Restores archive `name` (None: the newest) under a running app; the slot serving it."""
     ctx = apps.ctx
     name = pick(ctx, name)
     record = apps.active_record()
