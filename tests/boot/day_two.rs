@@ -220,8 +220,7 @@ pub fn booted(d: &mut Deployment, what: &str) {
 
 /// Reboots the VM and waits for the boot to finish ready.
 pub fn reboot(d: &mut Deployment) {
-    d.vm.note_reboot();
-    let _ = d.ssh.run("sudo systemctl reboot");
+    d.reboot();
     booted(d, "the reboot");
 }
 

@@ -169,6 +169,16 @@ impl Deployment {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// Reboots the guest as a provider's reboot does: an orderly `systemctl poweroff`
+    /// inside, then a cold start of the same disk (`Vm::power_on_after_shutdown` says why
+    /// not the guest's own warm reboot). Waits then look at the new boot.
+    pub fn reboot(&mut self) {
+        let _ = self.ssh.run("sudo systemctl poweroff");
+        if let Err(e) = self.vm.power_on_after_shutdown(Duration::from_secs(600)) {
+            panic!("[{}] rebooting: {e:#}", self.name);
+        }
+    }
+
     /// Waits for a status report of the current boot that satisfies `accept`; on
     /// timeout or failure, prints what the guest said and fails.
     pub fn wait(

@@ -113,8 +113,8 @@ fn a_killed_client_or_a_power_cut_never_leaves_a_version_nobody_chose() {
     assert!(out.status.success(), "the deploy of the slow 0.4.0 failed");
     stream.stop_expecting("the deploy of the slow 0.4.0", &[next.as_str(), "0.4.0"]);
     let certificate = served_certificate(&d);
-    d.vm.note_reboot();
-    let _ = d.ssh.run("sudo cloud-init clean --logs --reboot");
+    d.ssh.ok("sudo cloud-init clean --logs");
+    d.reboot();
     let again = d.wait("first boot to run again", Duration::from_secs(2400), &|s| {
         s.is_finished()
     });

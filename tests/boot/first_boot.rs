@@ -99,8 +99,7 @@ fn main_scenario(suite: Option<&str>, name: &str) {
     );
 
     // Reboot: everything comes back, the history survived.
-    d.vm.note_reboot();
-    let _ = d.ssh.run("sudo systemctl reboot");
+    d.reboot();
     let rebooted = d.wait("the reboot to finish", Duration::from_secs(1200), &|s| {
         s.is_finished()
     });
