@@ -70,6 +70,15 @@ peak_rss_mb() { # pid
     awk -v kb="$total" 'BEGIN {printf "%.0f", kb / 1024}'
 }
 
+# CPU time (user + system) of a process tree so far, in clock ticks.
+cpu_ticks() { # pid
+    local total=0 pid
+    for pid in $(tree "$1"); do
+        total=$((total + $(awk '{sub(/.*\) /, ""); print $12 + $13}' /proc/"$pid"/stat 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -105,29 +114,43 @@ printf 'image: %s (%s bytes), %s requests per run after %s warm-up requests\n\n'
 
 for conc in $CONCURRENCY; do
     for svc in rust python; do
-        if [[ $svc == rust ]]; then port=$RUST_PORT; else port=$PY_PORT; fi
+        if [[ $svc == rust ]]; then port=$RUST_PORT pid=$RUST_PID; else port=$PY_PORT pid=$PY_PID; fi
+        before=$(cpu_ticks "$pid")
         "$VENV/bin/python" "$HERE/load.py" "http://127.0.0.1:$port/predict" \
             "$IMAGE" "$conc" "$REQUESTS" "$WARMUP" >"$WORK/result.$svc.$conc"
+        echo $(($(cpu_ticks "$pid") - before)) >"$WORK/ticks.$svc.$conc"
     done
 done
 rust_mb=$(peak_rss_mb "$RUST_PID")
 py_mb=$(peak_rss_mb "$PY_PID")
 
-"$VENV/bin/python" - "$rust_mb" "$py_mb" "$CONCURRENCY" "$WORK" <<'PY'
+"$VENV/bin/python" - "$rust_mb" "$py_mb" "$CONCURRENCY" "$WORK" "$((REQUESTS + WARMUP))" \
+    "$(getconf CLK_TCK)" "$(nproc)" <<'PY'
 import json, os, sys
 rust_mb, py_mb, levels, work = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4]
+sent, hz, cores = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 results = {}
 for svc in ("rust", "python"):
     for c in levels:
         with open(os.path.join(work, f"result.{svc}.{c}")) as f:
             results[f"{svc}.{c}"] = json.load(f)
-print("| concurrency | Rust req/s, p50/p99 ms | Python (FastAPI + onnxruntime) req/s, p50/p99 ms | req/s ratio |")
+        with open(os.path.join(work, f"ticks.{svc}.{c}")) as f:
+            # The server's CPU time per request, warm-up requests included.
+            results[f"{svc}.{c}"]["cpu_ms"] = int(f.read()) / hz / sent * 1000
+print("| concurrency | Rust req/s, p50/p99 ms, CPU ms/req | Python (FastAPI + onnxruntime) req/s, p50/p99 ms, CPU ms/req | req/s ratio |")
 print("|---|---|---|---|")
 for c in levels:
     r, p = results[f"rust.{c}"], results[f"python.{c}"]
-    cell = lambda x: f"{x['rps']}, {x['p50_ms']}/{x['p99_ms']}" + (f" ({x['errors']} errors)" if x["errors"] else "")
+    cell = lambda x: f"{x['rps']}, {x['p50_ms']}/{x['p99_ms']}, {x['cpu_ms']:.1f}" + (f" ({x['errors']} errors)" if x["errors"] else "")
     print(f"| {c} | {cell(r)} | {cell(p)} | {r['rps'] / p['rps']:.2f} |")
 print(f"\nPeak RSS: Rust {rust_mb} MB, Python {py_mb} MB (all processes).")
 print(f"Top-1: Rust {results['rust.' + levels[0]]['top1']!r}, Python {results['python.' + levels[0]]['top1']!r}.")
+# The moonshot: how much of the cores' capacity the Rust service turns into answers, taking
+# a lone request's CPU time (concurrency 1) as what one answer costs.
+single = results[f"rust.{levels[0]}"]["cpu_ms"]
+reached = ", ".join(
+    f"{results[f'rust.{c}']['rps'] * single / 1000 / cores:.0%} at {c}" for c in levels
+)
+print(f"Moonshot: req/s x {single:.1f} ms (CPU per request at concurrency {levels[0]}) / {cores} cores = {reached}.")
 PY
 printf 'load average at end: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -5,6 +5,7 @@
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -306,7 +307,7 @@ pub fn init_runtime(library: &Path) -> Result<()> {
     let builder = ort::init_from(library)
         .map_err(|e| anyhow!("{e}"))
         .with_context(|| format!("loading ONNX Runtime from {}", library.display()))?;
-    // ONNX Runtime's own threads are not used: each session runs on the calling thread.
+    // No global thread pool: each session has its own (see EngineConfig).
     builder
         .with_name("classifier")
         .with_telemetry(false)
@@ -314,18 +315,44 @@ pub fn init_runtime(library: &Path) -> Result<()> {
     Ok(())
 }
 
-/// How inference is spread over the cores.
+/// How inference is spread over the cores: `sessions` inferences can run at once. The
+/// first session has `lead_threads` intra-op threads, the others one each (the calling
+/// thread). An inference that starts while no other runs takes the first session, so a
+/// lone request has `lead_threads` cores; one that starts beside others takes a one-thread
+/// session while one is free, so that under steady load the threads at work are about as
+/// many as the sessions, not sessions x threads (the README has the measurements).
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
-    /// Sessions that can run at once (each on its own thread).
     pub sessions: usize,
-    /// Intra-op threads of each session (1: the calling thread only).
-    pub threads_per_session: usize,
+    pub lead_threads: usize,
 }
 
 pub struct Classifier {
+    /// The many-thread session first, then the one-thread ones.
     sessions: Vec<Mutex<Session>>,
+    running: AtomicUsize,
     labels: Vec<String>,
+}
+
+/// The order in which an inference tries the sessions: the many-thread one first when it
+/// runs alone, last when others run.
+fn session_order(sessions: usize, alone: bool) -> impl Iterator<Item = usize> {
+    let lead = sessions.min(1);
+    let (before, after) = if alone {
+        (0..lead, 0..0)
+    } else {
+        (0..0, 0..lead)
+    };
+    before.chain(lead..sessions).chain(after)
+}
+
+/// Counts an inference as running until dropped.
+struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Classifier {
@@ -346,11 +373,10 @@ impl Classifier {
             .with_context(|| format!("reading model {}", model_path.display()))?;
         // Sessions share one copy of the pre-packed weights.
         let prepacked = PrepackedWeights::new();
-        let mut sessions = Vec::with_capacity(engine.sessions);
-        for _ in 0..engine.sessions.max(1) {
-            let session = Session::builder()
+        let new_session = |threads: usize| {
+            Session::builder()
                 .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3))
-                .and_then(|b| b.with_intra_threads(engine.threads_per_session.max(1)))
+                .and_then(|b| b.with_intra_threads(threads))
                 .and_then(|b| b.with_inter_threads(1))
                 .and_then(|b| b.with_parallel_execution(false))
                 .and_then(|b| b.with_intra_op_spinning(false))
@@ -358,12 +384,25 @@ impl Classifier {
                 // Weights in buffers of their own size, not in the growing arena.
                 .and_then(|b| b.with_device_allocator_for_initializers())
                 .and_then(|b| b.commit_from_memory(&model))
+                .map(Mutex::new)
                 .map_err(|e| anyhow!("{e}"))
-                .with_context(|| format!("loading model {}", model_path.display()))?;
-            sessions.push(Mutex::new(session));
-        }
+                .with_context(|| format!("loading model {}", model_path.display()))
+        };
+        let sessions = (0..engine.sessions.max(1))
+            .map(|i| {
+                new_session(if i == 0 {
+                    engine.lead_threads.max(1)
+                } else {
+                    1
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         drop(model);
-        let classifier = Self { sessions, labels };
+        let classifier = Self {
+            sessions,
+            running: AtomicUsize::new(0),
+            labels,
+        };
         // One run per session at start-up proves the model answers with one score per
         // label and keeps the first user requests from paying for lazy initialisation.
         for session in &classifier.sessions {
@@ -379,14 +418,12 @@ impl Classifier {
         self.sessions.len()
     }
 
-    fn free_session(&self) -> MutexGuard<'_, Session> {
-        // Callers are bounded to `parallelism()` at once, so one is normally free.
-        for session in &self.sessions {
-            if let Ok(guard) = session.try_lock() {
-                return guard;
-            }
-        }
-        self.sessions[0].lock().unwrap_or_else(|p| p.into_inner())
+    /// A free session, in [`session_order`]. Callers are bounded to `parallelism()` at
+    /// once, so one is normally free.
+    fn free_session(&self, alone: bool) -> MutexGuard<'_, Session> {
+        session_order(self.sessions.len(), alone)
+            .find_map(|i| self.sessions[i].try_lock().ok())
+            .unwrap_or_else(|| self.sessions[0].lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn run(session: &mut Session, input: Vec<f32>) -> Result<Vec<f32>> {
@@ -413,7 +450,9 @@ impl Classifier {
     /// Softmax probabilities for one preprocessed `[1, 3, 224, 224]` input.
     pub fn scores(&self, input: Vec<f32>) -> Result<Vec<f32>> {
         ensure!(input.len() == INPUT_LEN, "input has {} values", input.len());
-        Self::run(&mut self.free_session(), input)
+        let alone = self.running.fetch_add(1, Ordering::SeqCst) == 0;
+        let _running = Running(&self.running);
+        Self::run(&mut self.free_session(alone), input)
     }
 
     pub fn classify(&self, img: &DynamicImage, top_k: usize) -> Result<Vec<Prediction>> {
@@ -445,6 +484,15 @@ mod tests {
         max_side: 12_000,
         max_bytes: 256 << 20,
     };
+
+    #[test]
+    fn a_lone_inference_takes_the_many_thread_session_first_and_others_take_it_last() {
+        let order = |n, alone| session_order(n, alone).collect::<Vec<_>>();
+        assert_eq!(order(3, true), [0, 1, 2]);
+        assert_eq!(order(3, false), [1, 2, 0]);
+        assert_eq!(order(1, false), [0]);
+        assert_eq!(order(1, true), [0]);
+    }
 
     #[test]
     fn softmax_sums_to_one_and_keeps_order() {

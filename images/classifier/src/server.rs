@@ -74,7 +74,7 @@ impl AppState {
             &config.model_dir,
             &EngineConfig {
                 sessions: config.inference_sessions,
-                threads_per_session: config.inference_threads,
+                lead_threads: config.inference_threads,
             },
         )?;
         let history = History::open(
