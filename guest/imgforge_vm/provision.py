@@ -14,10 +14,10 @@ from .system import run
 
 
 def ufw(ctx):
-    """Installed, not enabled: the deployment configures it at first boot."""
-    if not shutil.which("ufw"):
-        firstboot.apt("update")
-        firstboot.apt("install", "ufw")
+    """The deployment's firewall, installed and enabled now: it stays enabled in the image,
+    so on every VM made from it ufw.service loads the rules before the network comes up,
+    rather than first boot enabling it once cloud-init's final stage runs."""
+    firstboot.firewall(ctx)
 
 
 def image(ctx):

@@ -4,6 +4,7 @@
 //! boot. One run, three timings, each deployment checked with `imgforge verify`.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use imgforge::qemu::Vm;
@@ -25,6 +26,35 @@ fn bare_boot(guest: &Guest, dir: &Path) -> Duration {
     };
     vm.stop(Duration::from_secs(30)).unwrap();
     login
+}
+
+/// Files of an image's root filesystem, read without booting it: the image converted to
+/// raw, the largest partition's ext4 read with debugfs.
+fn image_files<const N: usize>(image: &Path, scratch: &Path, paths: [&str; N]) -> [String; N] {
+    let raw = scratch.join("image.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(image)
+        .arg(&raw));
+    let table: serde_json::Value =
+        serde_json::from_slice(&run(Command::new("sfdisk").arg("-J").arg(&raw)).stdout).unwrap();
+    let table = &table["partitiontable"];
+    let sector = table["sectorsize"].as_u64().unwrap_or(512);
+    let root = table["partitions"]
+        .as_array()
+        .and_then(|p| p.iter().max_by_key(|p| p["size"].as_u64()))
+        .unwrap_or_else(|| panic!("no partitions in {}: {table}", image.display()));
+    let offset = root["start"].as_u64().unwrap() * sector;
+    let files = paths.map(|path| {
+        let text = run(Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("cat {path}"))
+            .arg(format!("{}?offset={offset}", raw.display())))
+        .stdout;
+        String::from_utf8_lossy(&text).into_owned()
+    });
+    let _ = std::fs::remove_file(&raw);
+    files
 }
 
 /// Where the time of a first boot went, as the guest tells it.
@@ -154,6 +184,19 @@ fn a_provisioned_image_deploys_without_downloads_and_faster_than_the_seed_path()
         );
     }
     let size = std::fs::metadata(&image).unwrap().len();
+    // The firewall is in the image, enabled: ufw.service loads its rules before the
+    // network comes up on every VM made from it.
+    let [ufw_conf, rules] = image_files(&image, &dir, ["/etc/ufw/ufw.conf", "/etc/ufw/user.rules"]);
+    assert!(
+        ufw_conf.lines().any(|l| l.trim() == "ENABLED=yes"),
+        "ufw is not enabled in the image:\n{ufw_conf}"
+    );
+    for rule in ["limit tcp 22 ", "allow tcp 80 ", "allow tcp 443 "] {
+        assert!(
+            rules.contains(&format!("### tuple ### {rule}")),
+            "no {rule:?} rule in the image:\n{rules}"
+        );
+    }
     let mut d = Deployment::boot(
         "provisioned",
         dir.join("provisioned"),
