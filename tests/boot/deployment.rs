@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use imgforge::qemu::{Status, Vm};
+use imgforge::qemu::{Status, Vm, WaitError};
 use imgforge::verify::{Target, VerifyOptions};
 
 use crate::common::*;
@@ -189,19 +189,41 @@ impl Deployment {
     ) -> Status {
         let mut last = Instant::now();
         let name = self.name.clone();
-        let res = self.vm.wait_until(timeout, accept, &mut |p| {
-            if last.elapsed() > Duration::from_secs(30) {
-                last = Instant::now();
-                let line: String = p
-                    .last_line
-                    .as_deref()
-                    .unwrap_or("")
-                    .chars()
-                    .take(100)
-                    .collect();
-                eprintln!("  [{name}] {}s {line}", p.elapsed.as_secs());
+        let mut powered_on_again = false;
+        let res = loop {
+            let res = self.vm.wait_until(timeout, accept, &mut |p| {
+                if last.elapsed() > Duration::from_secs(30) {
+                    last = Instant::now();
+                    let line: String = p
+                        .last_line
+                        .as_deref()
+                        .unwrap_or("")
+                        .chars()
+                        .take(100)
+                        .collect();
+                    eprintln!("  [{name}] {}s {line}", p.elapsed.as_secs());
+                }
+            });
+            match res {
+                // QEMU itself crashed (under TCG it once failed its own assertion,
+                // physmem.c's iotlb_to_section, 1 s into a guest's boot) before the
+                // guest said anything of this boot: nothing of the deployment ran, so
+                // it is powered on again, once, and said so.
+                Err(WaitError::Exited { status, log_tail })
+                    if status.starts_with("signal")
+                        && self.vm.latest_status().is_none()
+                        && !powered_on_again =>
+                {
+                    eprintln!(
+                        "[{name}] QEMU crashed ({status}) before the guest reported \
+                         anything: {log_tail}; powering on again, once"
+                    );
+                    self.vm.power_cut().unwrap();
+                    powered_on_again = true;
+                }
+                res => break res,
             }
-        });
+        };
         match res {
             Ok(s) => {
                 self.pin_host_key();
