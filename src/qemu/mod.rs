@@ -480,6 +480,8 @@ impl Vm {
     /// Starts QEMU again on the same disk, serial log and ports; waits look at the new boot.
     fn power_on(&mut self) -> Result<()> {
         self.note_reboot();
+        // A wait that saw QEMU exit stopped the watcher.
+        self.watcher.resume();
         let _ = fs::remove_file(&self.qmp_socket);
         let mut child = spawn_qemu(
             &self.config,

@@ -57,6 +57,10 @@ pub struct SerialState {
     pub boots: Vec<BootRecord>,
     /// Set when the log could not be read; the watcher stops.
     pub error: Option<String>,
+    /// Where a stopped watcher left the file: the bytes read, and those of an unfinished
+    /// line, so that a resumed one goes on from there.
+    followed: u64,
+    unfinished: Vec<u8>,
 }
 
 impl SerialState {
@@ -66,6 +70,8 @@ impl SerialState {
             partial: String::new(),
             boots: vec![BootRecord::new(power_on, 0)],
             error: None,
+            followed: 0,
+            unfinished: Vec::new(),
         }
     }
 
@@ -165,24 +171,34 @@ pub(crate) fn clean_line(bytes: &[u8]) -> String {
 /// The background thread following a serial log file.
 pub(crate) struct Watcher {
     pub state: Arc<Mutex<SerialState>>,
+    path: PathBuf,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Watcher {
     pub fn spawn(path: PathBuf, power_on: Instant) -> Watcher {
-        let state = Arc::new(Mutex::new(SerialState::new(power_on)));
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = {
-            let state = Arc::clone(&state);
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || follow(&path, &state, &stop))
+        let mut watcher = Watcher {
+            state: Arc::new(Mutex::new(SerialState::new(power_on))),
+            path,
+            stop: Arc::new(AtomicBool::new(false)),
+            handle: None,
         };
-        Watcher {
-            state,
-            stop,
-            handle: Some(handle),
+        watcher.resume();
+        watcher
+    }
+
+    /// Follows the log (again, after [`Watcher::finish`]: QEMU was started again) from
+    /// where the last thread stopped.
+    pub fn resume(&mut self) {
+        if self.handle.is_some() {
+            return;
         }
+        self.stop.store(false, Ordering::SeqCst);
+        let state = Arc::clone(&self.state);
+        let stop = Arc::clone(&self.stop);
+        let path = self.path.clone();
+        self.handle = Some(std::thread::spawn(move || follow(&path, &state, &stop)));
     }
 
     pub fn lock(&self) -> MutexGuard<'_, SerialState> {
@@ -207,8 +223,10 @@ impl Drop for Watcher {
 
 fn follow(path: &PathBuf, state: &Mutex<SerialState>, stop: &AtomicBool) {
     let mut file: Option<File> = None;
-    let mut offset: u64 = 0;
-    let mut pending: Vec<u8> = Vec::new();
+    let (mut offset, mut pending) = {
+        let mut st = lock(state);
+        (st.followed, std::mem::take(&mut st.unfinished))
+    };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // Read the last bytes after a stop request, so the final lines are not lost.
@@ -254,6 +272,9 @@ fn follow(path: &PathBuf, state: &Mutex<SerialState>, stop: &AtomicBool) {
             st.set_partial(partial, now);
         }
         if stopping {
+            let mut st = lock(state);
+            st.followed = offset;
+            st.unfinished = pending;
             return;
         }
         std::thread::sleep(POLL);
@@ -266,7 +287,29 @@ fn lock(state: &Mutex<SerialState>) -> MutexGuard<'_, SerialState> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+    use std::io::Write;
+
     use super::*;
+
+    #[test]
+    fn a_resumed_watcher_goes_on_where_the_last_one_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        std::fs::write(&path, "one\ntw").unwrap();
+        let mut w = Watcher::spawn(path.clone(), Instant::now());
+        w.finish();
+        let mut log = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        log.write_all(b"o\nthree\n").unwrap();
+        w.resume();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while w.lock().lines.len() < 3 && Instant::now() < deadline {
+            std::thread::sleep(POLL);
+        }
+        w.finish();
+        let texts: Vec<String> = w.lock().lines.iter().map(|l| l.text.clone()).collect();
+        assert_eq!(texts, ["one", "two", "three"]);
+    }
 
     #[test]
     fn strips_escapes_and_carriage_returns() {
