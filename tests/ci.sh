@@ -39,13 +39,14 @@ apt-get update -qq
 # python3-jsonschema: the VM program's tests check what it writes against guest/schema/.
 # chromium: the classifier's pages in a real browser (images/classifier/tests/browser.sh).
 # ssh-audit: checks the booted VM's sshd (and the current release from PyPI, below).
+# postgresql: the classifier's history tests on PostgreSQL (the tests start their own server).
 # borgbackup, prometheus: the VM program's backup tests; the repository the restore boot test
 # backs up to, and the Prometheus that scrapes the VM's /metrics.
 # mmdebstrap, e2fsprogs, fdisk, openssl (and QEMU, below): the guest image and boot tests.
 # python3-venv, npm: the classifier's model build (pinned packages from PyPI and npm).
 pkgs=(cloud-init skopeo podman containerd dosfstools mtools xorriso openssh-client openssh-server
     busybox-static python3-jsonschema mmdebstrap e2fsprogs fdisk openssl ca-certificates
-    curl file sudo binutils procps uidmap fuse-overlayfs gpg ssh-audit chromium borgbackup prometheus)
+    curl file sudo binutils procps uidmap fuse-overlayfs gpg ssh-audit chromium borgbackup prometheus postgresql)
 # Machines that already carry Node.js/npm or a Python with venv (not from Debian) keep theirs:
 # Debian's npm conflicts with a nodejs from elsewhere.
 command -v npm >/dev/null || pkgs+=(npm)

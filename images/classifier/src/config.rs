@@ -8,6 +8,8 @@ use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
 
+use crate::history::PostgresSettings;
+
 pub const DEFAULT_PORT: u16 = 8000;
 pub const DEFAULT_MODEL_DIR: &str = "/app/model";
 pub const DEFAULT_DATA_DIR: &str = "/app/data";
@@ -46,6 +48,9 @@ pub struct Config {
     pub history_token: Option<String>,
     /// `ORT_DYLIB_PATH`; `None`: `lib/` beside the binary.
     pub ort_library: Option<PathBuf>,
+    /// `DATABASE_URL` and the variables beside it: the history in PostgreSQL; `None`:
+    /// SQLite in `data_dir`.
+    pub database: Option<PostgresSettings>,
 }
 
 fn parse<T: FromStr>(
@@ -165,6 +170,7 @@ impl Config {
                 Some(t)
             }
         };
+        let database = database(&lookup)?;
         let version = match lookup("APP_VERSION") {
             Some(v) if !v.trim().is_empty() => v.trim().to_owned(),
             _ => env!("CARGO_PKG_VERSION").to_owned(),
@@ -192,8 +198,42 @@ impl Config {
             ort_library: lookup("ORT_DYLIB_PATH")
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from),
+            database,
         })
     }
+}
+
+/// `DATABASE_URL`, `DATABASE_PASSWORD_FILE`, `DATABASE_CA_FILE`, `DATABASE_POOL_SIZE`.
+fn database(lookup: &impl Fn(&str) -> Option<String>) -> Result<Option<PostgresSettings>> {
+    let set = |key: &str| lookup(key).filter(|v| !v.trim().is_empty());
+    let Some(url) = set("DATABASE_URL") else {
+        for key in [
+            "DATABASE_PASSWORD_FILE",
+            "DATABASE_CA_FILE",
+            "DATABASE_POOL_SIZE",
+        ] {
+            if set(key).is_some() {
+                bail!("{key} is set without DATABASE_URL: set both, or neither");
+            }
+        }
+        return Ok(None);
+    };
+    let pool_size = parse(
+        lookup,
+        "DATABASE_POOL_SIZE",
+        crate::history::DEFAULT_POOL_SIZE,
+        "a connection count",
+        |_| true,
+    )?;
+    let password_file = set("DATABASE_PASSWORD_FILE").map(PathBuf::from);
+    let ca_file = set("DATABASE_CA_FILE").map(PathBuf::from);
+    PostgresSettings::new(
+        &url,
+        password_file.as_deref(),
+        ca_file.as_deref(),
+        pool_size,
+    )
+    .map(Some)
 }
 
 #[cfg(test)]
@@ -243,6 +283,23 @@ mod tests {
         assert_eq!(c.history_max_rows, 0);
         assert_eq!(c.history_token.as_deref(), Some("0123456789abcdef"));
         assert_eq!(c.inference_sessions, 3);
+        assert!(c.database.is_none());
+        let c = with(&[
+            (
+                "DATABASE_URL",
+                "postgres://app@db.internal/history?sslmode=require",
+            ),
+            ("DATABASE_POOL_SIZE", "8"),
+        ])
+        .unwrap();
+        let db = c.database.expect("DATABASE_URL: PostgreSQL");
+        assert_eq!(db.target(), "postgres://app@db.internal:5432/history");
+        let e = with(&[
+            ("DATABASE_URL", "postgres://app@db.internal/history"),
+            ("DATABASE_POOL_SIZE", "1000"),
+        ])
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("DATABASE_POOL_SIZE"), "{e:#}");
     }
 
     #[test]
@@ -256,6 +313,10 @@ mod tests {
             ("INFERENCE_SESSIONS", "0"),
             ("HISTORY_MAX_ROWS", "many"),
             ("HISTORY_TOKEN", "short"),
+            ("DATABASE_URL", "sqlite:///app/data/history.sqlite3"),
+            ("DATABASE_URL", "postgres://app@/history"),
+            ("DATABASE_PASSWORD_FILE", "/run/secrets/db"),
+            ("DATABASE_CA_FILE", "/run/secrets/ca.pem"),
         ] {
             let e = with(&[(key, value)]).unwrap_err();
             assert!(format!("{e:#}").contains(key), "{key}: {e:#}");

@@ -77,13 +77,15 @@ impl AppState {
                 lead_threads: config.inference_threads,
             },
         )?;
-        let history = History::open(
-            &config.data_dir,
-            Retention {
-                max_rows: config.history_max_rows,
-                max_age_days: config.history_max_age_days,
-            },
-        )?;
+        let retention = Retention {
+            max_rows: config.history_max_rows,
+            max_age_days: config.history_max_age_days,
+        };
+        let history = match &config.database {
+            None => History::open(&config.data_dir, retention)?,
+            Some(database) => History::open_postgres(database, retention)?,
+        };
+        tracing::info!(history = history.location(), "history opened");
         let decode_kib = usize::try_from(config.decode_memory_bytes.div_ceil(1024))
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS)

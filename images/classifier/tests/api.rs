@@ -9,9 +9,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
 use serde_json::Value;
+use support::postgres::{cluster, Database};
 
 const CAT_LABELS: [&str; 3] = ["tabby, tabby cat", "tiger cat", "Egyptian cat"];
 const COFFEE_LABELS: [&str; 2] = ["espresso", "cup"];
@@ -58,8 +61,55 @@ struct Server {
     logs: mpsc::Receiver<String>,
 }
 
+/// Where the service keeps its history: the tests that touch it run on both.
+enum Store {
+    /// `$DATA_DIR/history.sqlite3`, the default.
+    Sqlite,
+    /// A fresh database of the tests' PostgreSQL server (tests/support/postgres.rs).
+    Postgres(Database),
+}
+
+impl Store {
+    fn postgres() -> Store {
+        Store::Postgres(cluster().database())
+    }
+}
+
+/// Each named test, `async fn NAME(store: Store)`, as `both::NAME::sqlite` and
+/// `both::NAME::postgres`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod both {
+            $(
+                mod $name {
+                    #[tokio::test(flavor = "multi_thread")]
+                    async fn sqlite() {
+                        crate::$name(crate::Store::Sqlite).await
+                    }
+                    #[tokio::test(flavor = "multi_thread")]
+                    async fn postgres() {
+                        crate::$name(crate::Store::postgres()).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    concurrent_predictions_all_answer,
+    history_survives_a_restart,
+    bad_inputs_get_json_4xx,
+    history_is_bounded_capped_and_paginated,
+    history_is_private_or_anonymous,
+);
+
 impl Server {
     fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Server {
+        Self::start_on(&Store::Sqlite, data_dir, extra_env)
+    }
+
+    fn start_on(store: &Store, data_dir: &Path, extra_env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(binary());
         cmd.env("PORT", "0")
             .env("BIND_ADDR", "127.0.0.1")
@@ -68,9 +118,15 @@ impl Server {
             .env("ORT_DYLIB_PATH", ort_library())
             .env_remove("HISTORY_TOKEN")
             .env_remove("APP_VERSION")
+            .env_remove("DATABASE_URL")
+            .env_remove("DATABASE_PASSWORD_FILE")
+            .env_remove("DATABASE_CA_FILE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Store::Postgres(db) = store {
+            cmd.envs(db.env());
+        }
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
@@ -210,10 +266,9 @@ async fn photos_get_their_imagenet_class() {
     assert_eq!(body["predictions"].as_array().unwrap().len(), 3);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn concurrent_predictions_all_answer() {
+async fn concurrent_predictions_all_answer(store: Store) {
     let data = tempfile::tempdir().unwrap();
-    let server = Server::start(data.path(), &[]);
+    let server = Server::start_on(&store, data.path(), &[]);
     let bytes = photo("coffee.png");
     let url = server.url("/predict");
     let jobs: Vec<_> = (0..4)
@@ -243,10 +298,9 @@ async fn get_history(server: &Server, query: &str, token: Option<&str>) -> reqwe
     req.send().await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn history_survives_a_restart() {
+async fn history_survives_a_restart(store: Store) {
     let data = tempfile::tempdir().unwrap();
-    let server = Server::start(data.path(), &[]);
+    let server = Server::start_on(&store, data.path(), &[]);
     let first = predict_multipart(&server, "chelsea.png", photo("chelsea.png")).await;
     assert_eq!(first.status(), StatusCode::OK);
     let second = predict_raw(&server, "", Some("image/png"), photo("coffee.png")).await;
@@ -257,9 +311,13 @@ async fn history_survives_a_restart() {
         logs.iter().any(|l| l.contains("\"shut down\"")),
         "no shutdown log line in {logs:?}"
     );
-    assert!(data.path().join("history.sqlite3").exists());
+    // SQLite writes its file in DATA_DIR; with PostgreSQL nothing is written there.
+    assert_eq!(
+        data.path().join("history.sqlite3").exists(),
+        matches!(store, Store::Sqlite)
+    );
 
-    let server = Server::start(data.path(), &[("HISTORY_TOKEN", TOKEN)]);
+    let server = Server::start_on(&store, data.path(), &[("HISTORY_TOKEN", TOKEN)]);
     let resp = get_history(&server, "", Some(TOKEN)).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let body: Value = resp.json().await.unwrap();
@@ -471,11 +529,14 @@ async fn expect_error(resp: reqwest::Response, status: StatusCode, code: &str) {
     assert!(!msg.is_empty(), "{code}: {body}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_inputs_get_json_4xx() {
+async fn bad_inputs_get_json_4xx(store: Store) {
     let data = tempfile::tempdir().unwrap();
     let limit = 200 * 1024;
-    let server = Server::start(data.path(), &[("MAX_BODY_BYTES", &limit.to_string())]);
+    let server = Server::start_on(
+        &store,
+        data.path(),
+        &[("MAX_BODY_BYTES", &limit.to_string())],
+    );
     let png = photo("chelsea.png");
     assert!(png.len() > limit);
 
@@ -703,10 +764,10 @@ async fn concurrent_large_decodes_stay_within_the_budget() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn history_is_bounded_capped_and_paginated() {
+async fn history_is_bounded_capped_and_paginated(store: Store) {
     let data = tempfile::tempdir().unwrap();
-    let server = Server::start(
+    let server = Server::start_on(
+        &store,
         data.path(),
         &[("HISTORY_MAX_ROWS", "5"), ("HISTORY_TOKEN", TOKEN)],
     );
@@ -753,11 +814,10 @@ async fn history_is_bounded_capped_and_paginated() {
     assert_eq!(seen, want);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn history_is_private_or_anonymous() {
+async fn history_is_private_or_anonymous(store: Store) {
     let data = tempfile::tempdir().unwrap();
     // No token configured: anyone may look, but sees no file names or content types.
-    let server = Server::start(data.path(), &[]);
+    let server = Server::start_on(&store, data.path(), &[]);
     let resp = predict_multipart(&server, "my-passport.png", photo("coffee.png")).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let body: Value = get_history(&server, "", None).await.json().await.unwrap();
@@ -768,7 +828,7 @@ async fn history_is_private_or_anonymous() {
     drop(server);
 
     // With a token, the history needs it and then shows everything.
-    let server = Server::start(data.path(), &[("HISTORY_TOKEN", TOKEN)]);
+    let server = Server::start_on(&store, data.path(), &[("HISTORY_TOKEN", TOKEN)]);
     let r = get_history(&server, "", None).await;
     assert!(r.headers().contains_key("www-authenticate"));
     expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
@@ -781,4 +841,106 @@ async fn history_is_private_or_anonymous() {
         .unwrap();
     assert_eq!(body["anonymous"], false);
     assert_eq!(body["items"][0]["filename"], "my-passport.png");
+}
+
+/// Replicas on several VMs share one PostgreSQL history: rows written through each are
+/// one history, read back the same through either, while both write at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_one_history() {
+    let store = Store::postgres();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let env = [("HISTORY_TOKEN", TOKEN)];
+    let a = Server::start_on(&store, a_dir.path(), &env);
+    let b = Server::start_on(&store, b_dir.path(), &env);
+    let bytes = photo("coffee.png");
+    let jobs: Vec<_> = (0..6)
+        .map(|i| {
+            let server = if i % 2 == 0 { &a } else { &b };
+            let req = client()
+                .post(server.url("/predict"))
+                .header("content-type", "image/png")
+                .body(bytes.clone());
+            tokio::spawn(async move { req.send().await.unwrap() })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for job in jobs {
+        let resp = job.await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body: Value = resp.json().await.unwrap();
+        ids.push(body["id"].as_i64().expect("an id"));
+    }
+    ids.sort_unstable_by(|x, y| y.cmp(x));
+    let mut seen = Vec::new();
+    for server in [&a, &b] {
+        let body: Value = get_history(server, "?limit=100", Some(TOKEN))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let listed: Vec<i64> = body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_i64().unwrap())
+            .collect();
+        seen.push(listed);
+    }
+    assert_eq!(
+        seen[0], ids,
+        "replica A lists every replica's rows, newest first"
+    );
+    assert_eq!(seen[1], ids, "replica B lists the same");
+}
+
+/// A database the service cannot use stops it at start-up, with the reason and the
+/// variable, and never the password.
+#[test]
+fn a_bad_database_setting_fails_at_start_up() {
+    let db = cluster().database();
+    let data = tempfile::tempdir().unwrap();
+    let wrong_password = data.path().join("wrong");
+    std::fs::write(&wrong_password, "not-the-password-hunter2\n").unwrap();
+    let cases = [
+        (
+            vec![("DATABASE_URL", "postgres://classifier@/history".to_owned())],
+            "DATABASE_URL names no host",
+        ),
+        (
+            vec![(
+                "DATABASE_PASSWORD_FILE",
+                db.password_file.display().to_string(),
+            )],
+            "DATABASE_PASSWORD_FILE is set without DATABASE_URL",
+        ),
+        (
+            vec![
+                ("DATABASE_URL", db.url.clone()),
+                (
+                    "DATABASE_PASSWORD_FILE",
+                    wrong_password.display().to_string(),
+                ),
+                ("DATABASE_CA_FILE", db.ca_file.display().to_string()),
+            ],
+            "password authentication failed",
+        ),
+    ];
+    for (env, expected) in cases {
+        let out = Command::new(binary())
+            .env("PORT", "0")
+            .env("BIND_ADDR", "127.0.0.1")
+            .env("MODEL_DIR", model_dir())
+            .env("ORT_DYLIB_PATH", ort_library())
+            .env("DATA_DIR", data.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("DATABASE_PASSWORD_FILE")
+            .env_remove("DATABASE_CA_FILE")
+            .envs(env)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
 }

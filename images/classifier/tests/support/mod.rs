@@ -1,0 +1,3 @@
+//! Helpers shared by the classifier's integration tests.
+
+pub mod postgres;
