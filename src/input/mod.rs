@@ -3,6 +3,7 @@
 //! a [`Problems`] listing every problem at once.
 
 pub mod borg;
+pub mod database;
 mod locate;
 mod problems;
 pub mod settings;
@@ -17,6 +18,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use borg::{BackupEvery, Borg};
+use database::DatabaseUrl;
 pub use locate::positions;
 pub use problems::{parse_message, Entry, Origin, Problems, Severity};
 pub use settings::{DnsProvider, Provider, Setting, Settings, UserDataSettings, DEFAULT_IMAGE};
@@ -335,6 +337,10 @@ impl<'a> Validator<'a> {
         let start_timeout = self.with_default(&s::APP_START_TIMEOUT);
         let backup_keep = self.with_default(&s::BACKUP_KEEP);
         let env = self.env();
+        let env = match (env, self.database_url()) {
+            (Some(env), Some(url)) => self.with_database_url(env, url),
+            _ => None,
+        };
         let dns = self.dns(domain.as_ref().and_then(|d| d.as_ref()));
         let borg = self.borg();
         let metrics_token = self.metrics_token(tls_enabled);
@@ -384,6 +390,48 @@ impl<'a> Validator<'a> {
             metrics_token: metrics_token?,
             notify: notify.ok()?,
         })
+    }
+
+    /// `--database-url-file`: the app's PostgreSQL URL (a secret: never shown). `Some(None)`
+    /// when none is given.
+    fn database_url(&mut self) -> Option<Option<(DatabaseUrl, Origin)>> {
+        let Some((path, origin)) =
+            self.file_setting("--database-url-file", "app.database-url-file", |s| {
+                s.app.database_url_file.as_ref()
+            })
+        else {
+            return Some(None);
+        };
+        self.secret(&path, origin.clone(), "database URL", DatabaseUrl::parse)
+            .map(|url| Some((url, origin)))
+    }
+
+    /// The app's environment with `DATABASE_URL` from `--database-url-file`, which the
+    /// environment must not set as well.
+    fn with_database_url(
+        &mut self,
+        mut env: Vec<(EnvName, EnvValue)>,
+        url: Option<(DatabaseUrl, Origin)>,
+    ) -> Option<Vec<(EnvName, EnvValue)>> {
+        let Some((url, origin)) = url else {
+            return Some(env);
+        };
+        if env
+            .iter()
+            .any(|(name, _)| name.as_str() == database::DATABASE_URL)
+        {
+            self.report.error(
+                origin,
+                None,
+                "DATABASE_URL is set twice: by the database URL file and by the app's environment",
+                "drop DATABASE_URL from --env/--env-file/app.env, or drop --database-url-file",
+            );
+            return None;
+        }
+        let name = EnvName::parse(database::DATABASE_URL).ok()?;
+        let value = EnvValue::parse(url.expose()).ok()?;
+        env.push((name, value));
+        Some(env)
     }
 
     /// `--metrics-token-file`: the token Prometheus sends; HTTPS only (the token would

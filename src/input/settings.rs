@@ -121,6 +121,10 @@ pub struct AppSettings {
     #[arg(long = "env-file", value_name = "FILE")]
     #[serde(default)]
     pub env_file: Option<PathBuf>,
+    /// File (mode 0600) holding the app's PostgreSQL URL, postgres://USER:PASSWORD@HOST[:PORT]/DB[?sslmode=require]: the container's DATABASE_URL
+    #[arg(long = "database-url-file", value_name = "FILE")]
+    #[serde(default)]
+    pub database_url_file: Option<PathBuf>,
     /// The app's health endpoint [default: /health]
     #[arg(long, value_name = "PATH")]
     #[serde(default, deserialize_with = "scalar")]
@@ -292,6 +296,7 @@ impl Settings {
         files.extend(self.backup.known_hosts.as_deref());
         files.extend(self.metrics_token_file.as_deref());
         files.extend(self.app.env_file.as_deref());
+        files.extend(self.app.database_url_file.as_deref());
         files
     }
 }

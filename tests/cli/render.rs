@@ -1518,6 +1518,65 @@ fn a_metrics_token_opens_metrics_over_https_only_and_node_exporter_on_loopback()
 }
 
 #[test]
+fn a_database_url_file_reaches_the_app_environment_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let run = Run::new();
+    let secret = "postgres://app:Sup3r-s3cret@10.0.0.2:5432/history?sslmode=require";
+    let file = run.path("database.url");
+    let write = |path: &Path, text: &str, mode: u32| {
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    write(&file, &format!("{secret}\n"), 0o600);
+    let text = render_ok(&run, &["--database-url-file", file.to_str().unwrap()]);
+    cloud_init_schema(&text);
+    let doc = yaml(&text);
+    let layout = imgforge::contract::layout();
+    let env = written(&doc, &layout.app_env);
+    assert!(
+        env.lines().any(|l| l == format!("DATABASE_URL={secret}")),
+        "{env}"
+    );
+    // Only in the app's environment file (0600), in no other file the VM gets.
+    let text = String::from_utf8_lossy(&text);
+    assert_eq!(text.matches("Sup3r-s3cret").count(), 1, "{text}");
+    assert!(!deploy_json(&doc).to_string().contains("Sup3r"));
+
+    // Refused, exit 2, nothing written, the URL never shown: no host, no database, a
+    // file others can read, DATABASE_URL set twice.
+    let refused = |extra: &[&str]| {
+        let mut args = vec!["render", "-o", "refused.yaml"];
+        let base = base_args();
+        args.extend(base.iter().map(String::as_str));
+        args.extend_from_slice(extra);
+        let out = run.cmd(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("s3cret"), "{}", stderr(&out));
+        assert!(!run.path("refused.yaml").exists());
+        stderr(&out)
+    };
+    let bad = run.path("bad.url");
+    let file_arg = ["--database-url-file", bad.to_str().unwrap()];
+    write(&bad, "postgres://app:Sup3r-s3cret@/history\n", 0o600);
+    let err = refused(&file_arg);
+    assert!(
+        err.contains("--database-url-file") && err.contains("no host"),
+        "{err}"
+    );
+    write(&bad, "postgres://app:Sup3r-s3cret@db.internal\n", 0o600);
+    assert!(refused(&file_arg).contains("no database"));
+    write(&bad, &format!("{secret}\n"), 0o644);
+    assert!(refused(&file_arg).contains("readable by others"));
+    let twice = [
+        "--database-url-file",
+        file.to_str().unwrap(),
+        "--env",
+        "DATABASE_URL=postgres://x@y/z",
+    ];
+    assert!(refused(&twice).contains("DATABASE_URL is set twice"));
+}
+
+#[test]
 fn a_notify_url_is_told_of_failed_backups_and_renewals_from_a_root_only_file() {
     let run = Run::new();
     let url = "https://hooks.example.com/services/T000/B000/SECRETPART";
