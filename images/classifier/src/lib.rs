@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod error;
+pub mod healthcheck;
 pub mod history;
 pub mod metrics;
 pub mod model;

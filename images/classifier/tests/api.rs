@@ -944,3 +944,52 @@ fn a_bad_database_setting_fails_at_start_up() {
         assert!(!stderr.contains("hunter2"), "{stderr}");
     }
 }
+
+/// `classifier healthcheck`, the container's health check (no shell or curl in the
+/// image): 0 while the service answers /health, 1 with the reason otherwise.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_healthcheck_command_says_whether_the_service_answers() {
+    let check = |port: u16| {
+        Command::new(binary())
+            .arg("healthcheck")
+            .env("PORT", port.to_string())
+            .output()
+            .unwrap()
+    };
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let port = server.addr.port();
+    let out = tokio::task::spawn_blocking(move || check(port))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(server);
+    let out = tokio::task::spawn_blocking(move || check(port))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unhealthy: connecting"));
+
+    // Something else on the port, answering 503.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = listener.accept() {
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ =
+                conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let out = tokio::task::spawn_blocking(move || check(port))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("503"), "{stderr}");
+}
