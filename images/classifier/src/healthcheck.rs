@@ -1,7 +1,8 @@
 //! `classifier healthcheck`: asks the service on this host (`127.0.0.1:$PORT`) for
 //! `GET /health` and exits 0 on a 200 answer, 1 otherwise. The image has no shell and no
-//! curl, so this is the command a container health check runs (`docker service create
-//! --health-cmd "/app/classifier healthcheck"`, a Swarm service's update gate).
+//! curl, so this is the command a container health check runs, in exec form
+//! (`["CMD", "/app/classifier", "healthcheck"]`: Docker's `--health-cmd` would need a
+//! shell), and what gates a Swarm service's rolling update.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
