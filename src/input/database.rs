@@ -7,7 +7,7 @@ use std::fmt;
 
 use super::types::{Parsed, Problem};
 
-/// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=disable|prefer|require]`.
+/// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=disable|require]`.
 /// Each part is restricted to characters that mean themselves in a URL and an env file.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseUrl(String);
@@ -101,7 +101,7 @@ impl DatabaseUrl {
         }
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair {
-                "sslmode=disable" | "sslmode=prefer" | "sslmode=require" => {}
+                "sslmode=disable" | "sslmode=require" => {}
                 p if p.starts_with("sslmode=verify") => {
                     return problem(
                         "use sslmode=require, which the classifier always verifies (verify-full)",

@@ -84,11 +84,18 @@ impl Settings {
             .into_iter()
             .flat_map(|(_, query)| query.split('&'))
             .find_map(|pair| pair.strip_prefix("sslmode="));
-        if let Some(mode @ ("verify-ca" | "verify-full")) = sslmode {
-            bail!(
+        match sslmode {
+            None | Some("disable" | "require") => {}
+            Some(mode @ ("verify-ca" | "verify-full")) => bail!(
                 "DATABASE_URL's sslmode={mode}: use sslmode=require, which here always \
                  verifies the server's certificate and name (verify-full)"
-            );
+            ),
+            // libpq's prefer falls back to plain when TLS fails; a verified TLS that
+            // silently turns plain would hide an attack, so the choice is explicit.
+            Some(_) => bail!(
+                "DATABASE_URL's sslmode must be require (TLS, the server verified) or \
+                 disable (plain)"
+            ),
         }
         // Without an sslmode the connection is plain: TLS only when the URL asks for it.
         let mut config = postgres::Config::from_str(url).map_err(|e| {
@@ -443,7 +450,7 @@ mod tests {
         std::fs::write(&pw, "s3cret\n").unwrap();
         // URL, password file, CA file, pool size, what the error says.
         type Case<'a> = (&'a str, Option<&'a Path>, Option<&'a Path>, u32, &'a str);
-        let cases: [Case<'_>; 10] = [
+        let cases: [Case<'_>; 11] = [
             (
                 "mysql://u@h/db",
                 None,
@@ -473,6 +480,13 @@ mod tests {
                 None,
                 4,
                 "sslmode=require",
+            ),
+            (
+                "postgres://u@h/db?sslmode=prefer",
+                None,
+                None,
+                4,
+                "must be require",
             ),
             (
                 "postgres://u:hunter2hunter2@h/db",
