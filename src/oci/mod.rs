@@ -416,6 +416,39 @@ struct RunConfig {
     working_dir: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    healthcheck: Option<Healthcheck>,
+}
+
+/// Docker's image health check (the OCI image spec has none; Docker and Podman read this
+/// one): `Test` in exec form, times in nanoseconds, 0 or absent for the default.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Healthcheck {
+    test: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interval: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_period: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retries: Option<u32>,
+}
+
+impl From<&spec::HealthSpec> for Healthcheck {
+    fn from(h: &spec::HealthSpec) -> Self {
+        let ns = |s: Option<u32>| s.map(|s| u64::from(s) * 1_000_000_000);
+        Healthcheck {
+            test: std::iter::once("CMD".to_owned())
+                .chain(h.command.iter().cloned())
+                .collect(),
+            interval: ns(h.interval),
+            timeout: ns(h.timeout),
+            start_period: ns(h.start_period),
+            retries: h.retries,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -454,6 +487,7 @@ fn image_config(
             volumes: spec.volumes.iter().map(|v| (v.clone(), Empty {})).collect(),
             working_dir: spec.workdir.clone(),
             labels: spec.labels.clone(),
+            healthcheck: spec.healthcheck.as_ref().map(Healthcheck::from),
         },
         rootfs: RootFs {
             kind: "layers",

@@ -45,12 +45,33 @@ pub struct ImageSpec {
     pub volumes: Vec<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// What the runtime runs in the container to tell whether it is healthy.
+    #[serde(default)]
+    pub healthcheck: Option<HealthSpec>,
     /// Layers on top of the base layer, in order.
     pub layers: Vec<LayerSpec>,
 }
 
 fn default_architecture() -> String {
     "amd64".to_owned()
+}
+
+/// A container health check, in exec form: the image needs no shell to run it (Docker's
+/// `--health-cmd` flag, by contrast, always goes through `/bin/sh -c`). Times in seconds;
+/// left out, the runtime's defaults apply.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HealthSpec {
+    /// The program (an absolute path) and its arguments.
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub interval: Option<u32>,
+    #[serde(default)]
+    pub timeout: Option<u32>,
+    #[serde(default)]
+    pub start_period: Option<u32>,
+    #[serde(default)]
+    pub retries: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +149,7 @@ pub struct ValidSpec {
     pub exposed_ports: Vec<String>,
     pub volumes: Vec<String>,
     pub labels: BTreeMap<String, String>,
+    pub healthcheck: Option<HealthSpec>,
     pub layers: Vec<ValidLayer>,
 }
 
@@ -326,6 +348,35 @@ fn validate(raw: ImageSpec, err: &mut dyn FnMut(&str, String)) -> Option<ValidSp
         }
     }
 
+    if let Some(h) = &raw.healthcheck {
+        match h.command.first() {
+            None => err("healthcheck.command", "name the program to run".into()),
+            Some(program) => {
+                if let Err(e) = check_abs_path(program) {
+                    err("healthcheck.command", format!("{program:?} {e}"));
+                }
+            }
+        }
+        if h.command.iter().any(|a| a.contains('\0')) {
+            err(
+                "healthcheck.command",
+                "an argument contains a NUL byte".into(),
+            );
+        }
+        for (key, value, max) in [
+            ("interval", h.interval, 3600),
+            ("timeout", h.timeout, 3600),
+            ("start-period", h.start_period, 3600),
+            ("retries", h.retries, 100),
+        ] {
+            if let Some(v) = value.filter(|v| !(1..=max).contains(v)) {
+                err(
+                    &format!("healthcheck.{key}"),
+                    format!("{v} must be from 1 to {max}"),
+                );
+            }
+        }
+    }
     if raw.layers.is_empty() {
         err("layers", "at least one layer is needed".into());
     }
@@ -402,6 +453,7 @@ fn validate(raw: ImageSpec, err: &mut dyn FnMut(&str, String)) -> Option<ValidSp
         exposed_ports,
         volumes: raw.volumes,
         labels: raw.labels,
+        healthcheck: raw.healthcheck,
         layers,
     })
 }

@@ -420,6 +420,61 @@ fn unknown_key_is_exit_2_naming_the_key() {
     assert!(!fx.path().join("out.tar").exists());
 }
 
+/// A health check in exec form reaches the image's config (Docker's `Healthcheck`, which
+/// the OCI spec lacks), so the image needs no shell for it; without one, none is written.
+#[test]
+fn a_healthcheck_reaches_the_config_in_exec_form() {
+    let config_of = |spec: &str| {
+        let fx = fixture();
+        fs::write(fx.path().join("image.yaml"), spec).unwrap();
+        let out = fx.path().join("out.tar");
+        let digest = pack_ok(fx.path(), &out, &[]);
+        let files = read_archive(&out);
+        let manifest = json(blob(&files, &digest));
+        json(blob(&files, manifest["config"]["digest"].as_str().unwrap()))
+    };
+    let with = SPEC.replace(
+        "layers:\n",
+        "healthcheck:\n  command: [/app/bin/server, healthcheck]\n  interval: 5\n  start-period: 90\n  retries: 3\nlayers:\n",
+    );
+    let config = config_of(&with);
+    let check = &config["config"]["Healthcheck"];
+    assert_eq!(
+        check["Test"],
+        serde_json::json!(["CMD", "/app/bin/server", "healthcheck"])
+    );
+    assert_eq!(check["Interval"], 5_000_000_000u64);
+    assert_eq!(check["StartPeriod"], 90_000_000_000u64);
+    assert_eq!(check["Retries"], 3);
+    assert!(check.get("Timeout").is_none(), "{check}");
+    assert!(config_of(SPEC)["config"].get("Healthcheck").is_none());
+
+    // A relative program, an empty command, a zero interval: exit 2, each named.
+    for (bad, key) in [
+        ("command: [server, healthcheck]", "healthcheck.command"),
+        ("command: []", "healthcheck.command"),
+        (
+            "command: [/app/bin/server]\n  interval: 0",
+            "healthcheck.interval",
+        ),
+    ] {
+        let fx = fixture();
+        let spec = SPEC.replace("layers:\n", &format!("healthcheck:\n  {bad}\nlayers:\n"));
+        fs::write(fx.path().join("image.yaml"), spec).unwrap();
+        let out = imgforge()
+            .arg("pack")
+            .arg(fx.path())
+            .arg("-o")
+            .arg(fx.path().join("o.tar"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("error[{key}]")), "{bad}: {err}");
+        assert!(!fx.path().join("o.tar").exists());
+    }
+}
+
 #[test]
 fn invalid_values_are_all_reported_with_exit_2() {
     let fx = fixture();
