@@ -404,6 +404,23 @@ fn packing_twice_gives_identical_bytes() {
     assert_eq!(summary["created"], "2023-11-14T22:13:20Z");
 }
 
+/// Packs `spec` in a fresh fixture, expecting exit 2 and no archive; returns stderr.
+fn pack_refused(spec: &str) -> String {
+    let fx = fixture();
+    fs::write(fx.path().join("image.yaml"), spec).unwrap();
+    let out = imgforge()
+        .arg("pack")
+        .arg(fx.path())
+        .arg("-o")
+        .arg(fx.path().join("o.tar"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(!fx.path().join("o.tar").exists());
+    err
+}
+
 #[test]
 fn unknown_key_is_exit_2_naming_the_key() {
     let fx = fixture();
@@ -458,40 +475,20 @@ fn a_healthcheck_reaches_the_config_in_exec_form() {
             "healthcheck.interval",
         ),
     ] {
-        let fx = fixture();
-        let spec = SPEC.replace("layers:\n", &format!("healthcheck:\n  {bad}\nlayers:\n"));
-        fs::write(fx.path().join("image.yaml"), spec).unwrap();
-        let out = imgforge()
-            .arg("pack")
-            .arg(fx.path())
-            .arg("-o")
-            .arg(fx.path().join("o.tar"))
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{bad}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err =
+            pack_refused(&SPEC.replace("layers:\n", &format!("healthcheck:\n  {bad}\nlayers:\n")));
         assert!(err.contains(&format!("error[{key}]")), "{bad}: {err}");
-        assert!(!fx.path().join("o.tar").exists());
     }
 }
 
 #[test]
 fn invalid_values_are_all_reported_with_exit_2() {
-    let fx = fixture();
-    let spec = SPEC
-        .replace("imgforge/packtest:1.0", "Bad/Name:1.0")
-        .replace("dest: /app/bin/server", "dest: /app/../server")
-        .replace("uid: 10001", "uid: 0");
-    fs::write(fx.path().join("image.yaml"), spec).unwrap();
-    let out = imgforge()
-        .arg("pack")
-        .arg(fx.path())
-        .arg("-o")
-        .arg(fx.path().join("o.tar"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = pack_refused(
+        &SPEC
+            .replace("imgforge/packtest:1.0", "Bad/Name:1.0")
+            .replace("dest: /app/bin/server", "dest: /app/../server")
+            .replace("uid: 10001", "uid: 0"),
+    );
     for want in [
         "error[name]: \"Bad/Name:1.0\"",
         "error[layers.1.files.0.dest]",
