@@ -76,6 +76,9 @@ def main(argv=None):
             report(ctx)
         elif args.command == "docker-firewall":
             log("metadata block: " + block_metadata())
+            if ctx.conf.get("cluster"):
+                from . import swarm
+                log("the service's published port: " + swarm.block_published_port(ctx.paths))
     except Refused as e:
         print(f"imgforge-vm: error: {e}", file=sys.stderr)
         return 2

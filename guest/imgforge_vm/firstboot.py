@@ -288,6 +288,11 @@ def deploy(ctx):
     units = ctx.paths.units
     run("systemctl", "enable", units["report"], units["recover"])
     run("systemctl", "start", "--no-block", units["report"])
+    steps = STEPS
+    if ctx.conf.get("cluster"):
+        from . import swarm  # shipped to a cluster's nodes only (render::program)
+        steps = swarm.steps(STEPS)
+        ctx.step_names = [name for name, _ in steps]
     before = status.read(ctx.paths) or {}
     kept = Apps(ctx).active_record()
     runs = max((before.get("first_boot") or {}).get("runs", 0), 1 if kept else 0) + 1
@@ -297,7 +302,7 @@ def deploy(ctx):
     status.begin(ctx.paths, ctx.step_names, first_boot={
         "runs": runs, "instance_id": instance_id(ctx.paths), "started": now(),
         "kept": kept["version"] if kept else None})
-    return run_steps(ctx)
+    return run_steps(ctx, steps)
 
 
 def instance_id(paths):

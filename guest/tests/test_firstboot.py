@@ -162,7 +162,7 @@ class Converge(unittest.TestCase):
 
     def test_a_run_again_starts_its_steps_afresh_and_says_it_runs_again(self):
         seen = []
-        with mock.patch.object(firstboot, "run_steps", lambda ctx: seen.append(status.read(ctx.paths))):
+        with mock.patch.object(firstboot, "run_steps", lambda ctx, _: seen.append(status.read(ctx.paths))):
             firstboot.deploy(self.vm.ctx)
         st = seen[0]
         self.assertEqual(st["first_boot"]["runs"], 2)

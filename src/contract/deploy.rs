@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::input::{BackupEvery, DnsProvider, DockerSource};
+use crate::input::{BackupEvery, ClusterRole, DnsProvider, DockerSource};
 
 /// The document version this imgforge writes; the program refuses one it does not know.
 pub const VERSION: u32 = 1;
@@ -56,6 +56,24 @@ pub struct DeployJson {
     /// carry): each with the command that shows it is there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub packages: Vec<PackageJson>,
+    /// A node of a Docker Swarm cluster (the join token, if any, in `swarm_join_token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterJson {
+    pub role: ClusterRole,
+    /// The provider's private network, ADDRESS/PREFIX: the swarm's ports are open only to
+    /// it, and the node advertises its own address in it.
+    pub network: String,
+    /// The manager a joining node contacts, ADDRESS:PORT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<String>,
+    /// The app's replicas (the manager's service); none: one on every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -18,6 +18,10 @@ pub struct Layout {
     pub app_env_dir: String,
     pub acme_ca: String,
     pub dns_token: String,
+    /// The swarm's join token a joining node is given (0600).
+    pub swarm_join_token: String,
+    /// Docker's Engine API, which the cluster's calls go to (their secrets in a body, not argv).
+    pub docker_socket: String,
     pub state_dir: String,
     pub status: String,
     pub status_lock: String,
@@ -102,6 +106,10 @@ pub struct Layout {
     pub deploy_unit: String,
     pub units_dir: String,
     pub units: Units,
+    /// A cluster's app: the Swarm service, and the port every node publishes it on (the
+    /// firewall keeps it from outside; nginx proxies to it on loopback).
+    pub service: String,
+    pub service_port: u16,
     /// Each slot and the loopback port its container is published on.
     pub slots: BTreeMap<String, u16>,
     /// The ports the firewall opens.

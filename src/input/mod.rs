@@ -3,6 +3,7 @@
 //! a [`Problems`] listing every problem at once.
 
 pub mod borg;
+pub mod cluster;
 pub mod database;
 mod locate;
 mod problems;
@@ -18,6 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use borg::{BackupEvery, Borg};
+pub use cluster::{Cluster, ClusterRole};
 use database::DatabaseUrl;
 pub use locate::positions;
 pub use problems::{parse_message, Entry, Origin, Problems, Severity};
@@ -48,6 +50,8 @@ pub struct Deployment {
     pub metrics_token: Option<Secret>,
     /// Told of failures the VM meets on its own.
     pub notify: Option<NotifyUrl>,
+    /// A node of a Docker Swarm cluster: the app runs as a Swarm service.
+    pub cluster: Option<Cluster>,
 }
 
 #[derive(Debug, Clone)]
@@ -345,6 +349,7 @@ impl<'a> Validator<'a> {
         let borg = self.borg();
         let metrics_token = self.metrics_token(tls_enabled);
         let notify = self.value(&s::NOTIFY_URL);
+        let cluster = self.cluster(dns.as_ref().is_some_and(Option::is_some));
         let bundle = match bundle {
             Some(b) => Some(b),
             None => self.bundle(),
@@ -389,6 +394,7 @@ impl<'a> Validator<'a> {
             borg: borg?,
             metrics_token: metrics_token?,
             notify: notify.ok()?,
+            cluster: cluster?,
         })
     }
 
@@ -432,6 +438,125 @@ impl<'a> Validator<'a> {
         let value = EnvValue::parse(url.expose()).ok()?;
         env.push((name, value));
         Some(env)
+    }
+
+    /// `--cluster` and what each role needs: the private network; for a joining node the
+    /// manager's address in it and the join token (a file only its owner reads). `Some(None)`
+    /// when the VM stands alone.
+    fn cluster(&mut self, dns: bool) -> Option<Option<Cluster>> {
+        use cluster::Node;
+        let role = self.flags.cluster.role.or(self.file_settings.cluster.role);
+        let network = self.value(&s::CLUSTER_NETWORK);
+        let manager = self.value(&s::MANAGER);
+        let replicas = self.value(&s::REPLICAS);
+        let token = self.file_setting("--join-token-file", "cluster.join-token-file", |s| {
+            s.cluster.join_token_file.as_ref()
+        });
+        fn given<T>(v: &Result<Option<T>, ()>) -> bool {
+            !matches!(v, Ok(None))
+        }
+        let Some(role) = role else {
+            let stray = [
+                ("--cluster-network", given(&network)),
+                ("--manager", given(&manager)),
+                ("--replicas", given(&replicas)),
+                ("--join-token-file", token.is_some()),
+            ];
+            for (flag, _) in stray.iter().filter(|(_, g)| *g) {
+                self.missing(
+                    flag,
+                    &format!("{flag} without --cluster"),
+                    "pass --cluster init (the first node) or --cluster join (the others), or drop it",
+                );
+            }
+            return stray.iter().all(|(_, g)| !g).then_some(None);
+        };
+        if dns {
+            self.missing(
+                "--dns",
+                "every node of a cluster would register the domain with its own address",
+                "point the domain at the load balancer (or at the nodes) yourself, and drop --dns",
+            );
+        }
+        let network = match network {
+            Ok(None) => {
+                self.missing("--cluster-network", "a cluster runs on the provider's private network", "pass --cluster-network with its CIDR, e.g. 10.0.0.0/16 (hcloud network, DigitalOcean VPC, AWS subnet)");
+                None
+            }
+            Ok(n) => n,
+            Err(()) => None,
+        };
+        let node = match role {
+            ClusterRole::Init => {
+                for (flag, g) in [
+                    ("--manager", given(&manager)),
+                    ("--join-token-file", token.is_some()),
+                ] {
+                    if g {
+                        self.missing(
+                            flag,
+                            &format!("{flag} is for a joining node; this one makes the cluster"),
+                            "drop it, or use --cluster join",
+                        );
+                    }
+                }
+                if given(&manager) || token.is_some() {
+                    return None;
+                }
+                Some(Node::Init {
+                    replicas: replicas.ok()?,
+                })
+            }
+            ClusterRole::Join => {
+                if given(&replicas) {
+                    self.missing(
+                        "--replicas",
+                        "the manager decides the replicas; a joining node runs what it is given",
+                        "pass --replicas to the --cluster init node, or drop it",
+                    );
+                }
+                let manager = match manager {
+                    Ok(None) => {
+                        self.missing("--manager", "a joining node needs the manager's address", "pass --manager with the first node's private address, e.g. --manager 10.0.0.2");
+                        None
+                    }
+                    Ok(Some(m)) => match network {
+                        Some(net) if !net.contains(m.ip) => {
+                            let origin = self.raw(&s::MANAGER).map(|r| r.origin);
+                            self.report.error(
+                                origin.unwrap_or(Origin::Flag("--manager")),
+                                Some(&m.to_string()),
+                                format!("the manager is not on the cluster's network {net}"),
+                                "give the manager's address on the private network, or fix --cluster-network",
+                            );
+                            None
+                        }
+                        _ => Some(m),
+                    },
+                    Err(()) => None,
+                };
+                let token = match token {
+                    None => {
+                        self.missing("--join-token-file", "a joining node needs the swarm's join token", "write it with `imgforge cluster token --host MANAGER -o swarm.token` and pass --join-token-file swarm.token");
+                        None
+                    }
+                    Some((path, origin)) => {
+                        self.secret(&path, origin, "join token", cluster::JoinToken::parse)
+                    }
+                };
+                if given(&replicas) {
+                    return None;
+                }
+                Some(Node::Join {
+                    manager: manager?,
+                    token: token?,
+                })
+            }
+        };
+        Some(Some(Cluster {
+            network: network?,
+            node: node?,
+        }))
     }
 
     /// `--metrics-token-file`: the token Prometheus sends; HTTPS only (the token would

@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::borg::{BackupEvery, BackupRepo};
+use super::cluster::{self, ClusterRole, ManagerAddr, PrivateNetwork};
 use super::types::*;
 use super::DockerSource;
 
@@ -57,6 +58,9 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(default)]
     pub backup: BackupSettings,
+    #[command(flatten)]
+    #[serde(default)]
+    pub cluster: ClusterSettings,
     /// Webhook told of a failed deploy, an automatic rollback, a failed backup or certificate renewal (ntfy, Slack, Discord)
     #[arg(long = "notify-url", value_name = "URL")]
     #[serde(default, deserialize_with = "scalar")]
@@ -264,6 +268,30 @@ pub struct BackupSettings {
     pub keep_monthly: Option<String>,
 }
 
+/// A Docker Swarm cluster of VMs on the provider's private network.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClusterSettings {
+    /// Make this VM a node of a Docker Swarm cluster: `init` on the first, `join` on the others
+    #[arg(long = "cluster", value_enum, value_name = "ROLE")]
+    pub role: Option<ClusterRole>,
+    /// The provider's private network the cluster runs on (its ports open only there), e.g. 10.0.0.0/16
+    #[arg(long = "cluster-network", value_name = "CIDR")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub network: Option<String>,
+    /// The manager's private address a joining node contacts, ADDRESS[:PORT] (port 2377)
+    #[arg(long = "manager", value_name = "ADDRESS")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub manager: Option<String>,
+    /// File (mode 0600) holding the swarm's join token (`imgforge cluster token` writes one)
+    #[arg(long = "join-token-file", value_name = "FILE")]
+    pub join_token_file: Option<PathBuf>,
+    /// Replicas of the app the swarm runs [default: one on every node]
+    #[arg(long = "replicas", value_name = "N")]
+    #[serde(default, deserialize_with = "scalar")]
+    pub replicas: Option<String>,
+}
+
 /// `imgforge render`'s packaging of the user-data: flags of render, keys under `user-data:`.
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -297,6 +325,7 @@ impl Settings {
         files.extend(self.metrics_token_file.as_deref());
         files.extend(self.app.env_file.as_deref());
         files.extend(self.app.database_url_file.as_deref());
+        files.extend(self.cluster.join_token_file.as_deref());
         files
     }
 }
@@ -536,6 +565,27 @@ fn archive_count(s: &str, every: &str, max: u32) -> Result<u32, Problem> {
         )),
     }
 }
+pub const CLUSTER_NETWORK: Setting<PrivateNetwork> = Setting {
+    flag: "--cluster-network",
+    key: "cluster.network",
+    default: None,
+    get: |s| s.cluster.network.as_deref(),
+    parse: PrivateNetwork::parse,
+};
+pub const MANAGER: Setting<ManagerAddr> = Setting {
+    flag: "--manager",
+    key: "cluster.manager",
+    default: None,
+    get: |s| s.cluster.manager.as_deref(),
+    parse: ManagerAddr::parse,
+};
+pub const REPLICAS: Setting<u32> = Setting {
+    flag: "--replicas",
+    key: "cluster.replicas",
+    default: None,
+    get: |s| s.cluster.replicas.as_deref(),
+    parse: cluster::parse_replicas,
+};
 
 /// Every scalar setting's flag, key and default (for the tests that hold flags, their help,
 /// keys and `imgforge init`'s starter file together).
@@ -573,6 +623,13 @@ pub const NAMES: &[(&str, &str, Option<&str>)] = &[
     ),
     (DNS_ZONE.flag, DNS_ZONE.key, DNS_ZONE.default),
     (DNS_API_URL.flag, DNS_API_URL.key, DNS_API_URL.default),
+    (
+        CLUSTER_NETWORK.flag,
+        CLUSTER_NETWORK.key,
+        CLUSTER_NETWORK.default,
+    ),
+    (MANAGER.flag, MANAGER.key, MANAGER.default),
+    (REPLICAS.flag, REPLICAS.key, REPLICAS.default),
 ];
 
 #[cfg(test)]

@@ -2,10 +2,12 @@
 //! defined once.
 
 use crate::contract::deploy::{
-    AppLimits, BorgJson, BundleJson, DeployJson, DnsJson, PackageJson, PIDS_LIMIT, VERSION,
+    AppLimits, BorgJson, BundleJson, ClusterJson, DeployJson, DnsJson, PackageJson, PIDS_LIMIT,
+    VERSION,
 };
+use crate::input::cluster::Node;
 use crate::input::BackupEvery;
-use crate::input::{Bundle, Deployment};
+use crate::input::{Bundle, ClusterRole, Deployment};
 
 pub fn deploy_json(spec: &Deployment) -> DeployJson {
     let tls = spec.tls.as_ref();
@@ -70,6 +72,20 @@ pub fn deploy_json(spec: &Deployment) -> DeployJson {
         metrics: spec.metrics_token.is_some(),
         notify: spec.notify.is_some(),
         packages: packages(spec),
+        cluster: spec.cluster.as_ref().map(|c| match &c.node {
+            Node::Init { replicas } => ClusterJson {
+                role: ClusterRole::Init,
+                network: c.network.to_string(),
+                manager: None,
+                replicas: *replicas,
+            },
+            Node::Join { manager, .. } => ClusterJson {
+                role: ClusterRole::Join,
+                network: c.network.to_string(),
+                manager: Some(manager.to_string()),
+                replicas: None,
+            },
+        }),
     }
 }
 

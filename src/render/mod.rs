@@ -19,6 +19,7 @@ pub use provider::{package, package_texts, Encoding, Packaged, Provider};
 pub use templates::Templates;
 
 use crate::contract::layout;
+use crate::input::cluster::Node;
 use crate::input::{Bundle, Deployment, DockerSource};
 use crate::keys::KeyPair;
 
@@ -115,7 +116,11 @@ fn cloud_config(
         ),
         WriteFile::new(&layout.app_env, env_file(spec), "0600"),
         WriteFile::new(&layout.sshd_config, t("sshd-hardening.conf.hbs")?, "0644"),
-        WriteFile::new(&layout.docker_daemon, docker_daemon_json()?, "0644"),
+        WriteFile::new(
+            &layout.docker_daemon,
+            docker_daemon_json(spec.cluster.is_some())?,
+            "0644",
+        ),
         WriteFile::new(&layout.apt_auto_upgrades, t("20auto-upgrades.hbs")?, "0644"),
         WriteFile::new(&layout.journald_conf, t("journald.conf.hbs")?, "0644"),
         WriteFile::new(&layout.nginx_conf, t("nginx-http.conf.hbs")?, "0644"),
@@ -168,6 +173,13 @@ fn cloud_config(
             ));
         }
     }
+    if let Some(Node::Join { token, .. }) = spec.cluster.as_ref().map(|c| &c.node) {
+        files.push(WriteFile::new(
+            &layout.swarm_join_token,
+            format!("{}\n", token.expose()),
+            "0600",
+        ));
+    }
     if let Some(url) = &spec.notify {
         files.extend(notify_files(spec, url, &t)?);
     }
@@ -212,6 +224,7 @@ fn cloud_config(
     let needs = program::Needs {
         dns: spec.dns.is_some(),
         borg: spec.borg.is_some(),
+        cluster: spec.cluster.is_some(),
         provision: false,
         day_two: false,
         bundle: !matches!(spec.app.bundle, Bundle::Registry | Bundle::Baked),
@@ -364,12 +377,13 @@ fn env_file(spec: &Deployment) -> String {
     out
 }
 
-fn docker_daemon_json() -> Result<String> {
+fn docker_daemon_json(cluster: bool) -> Result<String> {
     let daemon = json!({
         "log-driver": "json-file",
         "log-opts": { "max-size": "10m", "max-file": "5" },
         // Containers keep running while dockerd restarts (an upgrade of Docker itself).
-        "live-restore": true,
+        // Swarm mode refuses it: a cluster keeps the app up with its other nodes instead.
+        "live-restore": !cluster,
         // No container process gains privileges (setuid binaries, file capabilities).
         "no-new-privileges": true,
     });

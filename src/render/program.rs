@@ -209,6 +209,8 @@ pub struct Needs {
     pub bundle: bool,
     /// Backs up to a BorgBackup repository.
     pub borg: bool,
+    /// Is a node of a Docker Swarm cluster.
+    pub cluster: bool,
 }
 
 impl Needs {
@@ -219,6 +221,7 @@ impl Needs {
         day_two: false,
         bundle: false,
         borg: false,
+        cluster: false,
     };
     /// Every optional part: the program `install-program` sends on day two.
     pub const ALL: Needs = Needs {
@@ -227,6 +230,7 @@ impl Needs {
         day_two: true,
         bundle: true,
         borg: true,
+        cluster: true,
     };
 }
 
@@ -239,6 +243,7 @@ const OPTIONAL: &[(&str, Uses)] = &[
     ("imgforge_vm/restore.py", |n| n.day_two),
     ("imgforge_vm/bundle.py", |n| n.bundle),
     ("imgforge_vm/borg.py", |n| n.borg),
+    ("imgforge_vm/swarm.py", |n| n.cluster),
 ];
 
 /// The program with every module.

@@ -1654,3 +1654,161 @@ fn a_notify_url_is_told_of_failed_backups_and_renewals_from_a_root_only_file() {
         assert!(!run.path("refused.yaml").exists());
     }
 }
+
+#[test]
+fn a_cluster_node_gets_its_role_its_network_and_the_join_token_in_a_root_only_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let run = Run::new();
+    let token =
+        "SWMTKN-1-3pu6hszjas19xyp7ghgosyx9k8atbfcr8p2is99znpy26u2lkl-1awxwuwd3z9j1z3puu7rcgdbx";
+    let write = |path: &Path, text: &str, mode: u32| {
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let token_file = run.path("swarm.token");
+    write(&token_file, &format!("{token}\n"), 0o600);
+    let token_arg = token_file.to_str().unwrap();
+    let layout = imgforge::contract::layout();
+    let daemon = |doc: &serde_yaml_ng::Value| -> serde_json::Value {
+        serde_json::from_str(&written(doc, &layout.docker_daemon)).unwrap()
+    };
+
+    let text = render_ok(
+        &run,
+        &[
+            "--cluster",
+            "init",
+            "--cluster-network",
+            "10.0.0.0/16",
+            "--replicas",
+            "3",
+        ],
+    );
+    cloud_init_schema(&text);
+    let doc = yaml(&text);
+    assert_eq!(
+        deploy_json(&doc)["cluster"],
+        serde_json::json!({"role": "init", "network": "10.0.0.0/16", "replicas": 3})
+    );
+    // Swarm mode refuses live-restore.
+    assert_eq!(daemon(&doc)["live-restore"], false);
+
+    let text = render_ok(
+        &run,
+        &[
+            "--cluster",
+            "join",
+            "--cluster-network",
+            "10.0.0.0/16",
+            "--manager",
+            "10.0.0.2",
+            "--join-token-file",
+            token_arg,
+        ],
+    );
+    cloud_init_schema(&text);
+    let doc = yaml(&text);
+    assert_eq!(
+        deploy_json(&doc)["cluster"],
+        serde_json::json!({"role": "join", "network": "10.0.0.0/16", "manager": "10.0.0.2:2377"})
+    );
+    assert_eq!(
+        written(&doc, &layout.swarm_join_token),
+        format!("{token}\n")
+    );
+    let file = doc["write_files"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"].as_str() == Some(&layout.swarm_join_token))
+        .unwrap();
+    assert_eq!(file["permissions"], "0600");
+    let shown = String::from_utf8_lossy(&text);
+    assert_eq!(shown.matches("1awxwuwd3z9j1z3puu7rcgdbx").count(), 1);
+
+    // A VM on its own keeps live-restore and has no cluster.
+    let doc = yaml(&render_ok(&run, &[]));
+    assert_eq!(daemon(&doc)["live-restore"], true);
+    assert!(deploy_json(&doc).get("cluster").is_none());
+
+    // Refused, exit 2, nothing written, the token never shown.
+    let refused = |extra: &[&str]| {
+        let mut args = vec!["render", "-o", "refused.yaml"];
+        let base = base_args();
+        args.extend(base.iter().map(String::as_str));
+        args.extend_from_slice(extra);
+        let out = run.cmd(&args);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("1awxwuwd3z9j1z3puu7rcgdbx"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!run.path("refused.yaml").exists());
+        stderr(&out)
+    };
+    let net = ["--cluster-network", "10.0.0.0/16"];
+    let join = |extra: &[&str]| {
+        let mut args = vec!["--cluster", "join"];
+        args.extend_from_slice(&net);
+        args.extend_from_slice(extra);
+        refused(&args)
+    };
+    let err = join(&["--join-token-file", token_arg]);
+    assert!(
+        err.contains("--manager") && err.contains("manager's address"),
+        "{err}"
+    );
+    let err = join(&["--manager", "10.0.0.2"]);
+    assert!(
+        err.contains("--join-token-file") && err.contains("join token"),
+        "{err}"
+    );
+    let err = join(&["--manager", "10.1.0.2", "--join-token-file", token_arg]);
+    assert!(
+        err.contains("not on the cluster's network 10.0.0.0/16"),
+        "{err}"
+    );
+    write(&token_file, &format!("{token}\n"), 0o644);
+    let err = join(&["--manager", "10.0.0.2", "--join-token-file", token_arg]);
+    assert!(err.contains("readable by others"), "{err}");
+    write(&token_file, "not a token\n", 0o600);
+    let err = join(&["--manager", "10.0.0.2", "--join-token-file", token_arg]);
+    assert!(err.contains("no swarm join token"), "{err}");
+    let err = join(&[
+        "--manager",
+        "10.0.0.2",
+        "--join-token-file",
+        token_arg,
+        "--replicas",
+        "2",
+    ]);
+    assert!(err.contains("--replicas"), "{err}");
+    let err = refused(&[
+        "--cluster",
+        "init",
+        "--cluster-network",
+        "10.0.0.0/16",
+        "--replicas",
+        "0",
+    ]);
+    assert!(
+        err.contains("--replicas") && err.contains("not a replica count"),
+        "{err}"
+    );
+    let err = refused(&["--cluster", "init"]);
+    assert!(err.contains("--cluster-network"), "{err}");
+    let err = refused(&["--cluster", "init", "--cluster-network", "203.0.113.0/24"]);
+    assert!(err.contains("not a private network"), "{err}");
+    let err = refused(&[
+        "--cluster",
+        "init",
+        "--cluster-network",
+        "10.0.0.0/16",
+        "--manager",
+        "10.0.0.2",
+    ]);
+    assert!(err.contains("--manager is for a joining node"), "{err}");
+    let err = refused(&["--manager", "10.0.0.2"]);
+    assert!(err.contains("--manager without --cluster"), "{err}");
+}

@@ -1,0 +1,301 @@
+"""A node of a Docker Swarm cluster (deploy.json's `cluster`).
+
+The first node initializes the swarm and runs the app as a Swarm service: one replica on
+every node (or `replicas`), updated start-first behind its health check, rolled back by
+Swarm when an update fails. The other nodes join it with the token in their own 0600 file.
+Every call goes to Docker's Engine API over its Unix socket, with typed JSON bodies, so the
+join token is never in a process's arguments.
+
+The swarm runs on the provider's private network: its ports are open in UFW only to it.
+The service's published port bypasses UFW (Docker's routing mesh), so a DOCKER-USER rule
+drops it on the host's interfaces; nginx reaches it on loopback.
+"""
+
+import http.client
+import ipaddress
+import json
+import socket
+import time
+
+from . import firstboot, proxy
+from .system import Failed, log, out, run, wait_for
+
+# Swarm's own ports: cluster management, node gossip, the overlay network's VXLAN.
+SWARM_PORT = 2377
+SWARM_PORTS = ((2377, "tcp"), (7946, "tcp"), (7946, "udp"), (4789, "udp"))
+# Docker 20.10's API (Debian 12's docker.io); newer engines serve it too.
+API = "/v1.41"
+# A joining node may boot before its manager is ready.
+JOIN_TIMEOUT = 1800
+NS = 1_000_000_000
+# Interfaces Docker makes: its bridges, the containers' ends, the overlay's.
+DOCKER_IFACES = ("docker", "br-", "veth", "vx-", "ov-")
+
+
+class UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+class Engine:
+    """Docker's Engine API: `call` returns the status and the decoded answer."""
+
+    def __init__(self, socket_path, timeout=120):
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def call(self, method, path, body=None):
+        conn = UnixConnection(self.socket_path, self.timeout)
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            headers = {"Content-Type": "application/json"} if data is not None else {}
+            conn.request(method, API + path, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        except OSError as e:
+            raise Failed(f"Docker's API ({method} {path}): {e}") from None
+        finally:
+            conn.close()
+        try:
+            answer = json.loads(raw) if raw else None
+        except ValueError:
+            answer = raw.decode(errors="replace")
+        return resp.status, answer
+
+    def ok(self, method, path, body=None):
+        status, answer = self.call(method, path, body)
+        if status >= 300:
+            raise Failed(f"Docker's API refused {method} {path}: {message(answer)} (HTTP {status})")
+        return answer
+
+
+def message(answer):
+    if isinstance(answer, dict) and "message" in answer:
+        return str(answer["message"]).strip()
+    return str(answer).strip()[:300]
+
+
+# -- the network -------------------------------------------------------------------
+
+def firewall_rules(network):
+    """ufw's arguments: Swarm's ports, from the private network only."""
+    return [["allow", "from", network, "to", "any", "port", str(port), "proto", proto]
+            for port, proto in SWARM_PORTS]
+
+
+def addresses(ip_json):
+    """(interface, IPv4 address) pairs from `ip -json -4 address`."""
+    pairs = []
+    for link in json.loads(ip_json):
+        for a in link.get("addr_info", []):
+            if a.get("family") == "inet":
+                pairs.append((link["ifname"], ipaddress.IPv4Address(a["local"])))
+    return pairs
+
+
+def advertise_address(network, pairs):
+    """This node's address on the cluster's network."""
+    net = ipaddress.IPv4Network(network)
+    for _, addr in pairs:
+        if addr in net:
+            return str(addr)
+    raise Failed(f"no address of this VM is on the cluster's network {network} (it has "
+                 f"{', '.join(str(a) for _, a in pairs) or 'none'}): attach it to the "
+                 "provider's private network, or fix --cluster-network")
+
+
+def host_interfaces(pairs):
+    """The host's own interfaces (not loopback, not Docker's)."""
+    names = []
+    for name, addr in pairs:
+        if addr.is_loopback or name.startswith(DOCKER_IFACES) or name in names:
+            continue
+        names.append(name)
+    return names
+
+
+def published_port_rules(port, ifaces):
+    """DOCKER-USER rules dropping what comes in on each interface for the service's
+    published port (its original destination: the routing mesh has rewritten it)."""
+    return [["DOCKER-USER", "--in-interface", iface, "--protocol", "tcp", "--match", "conntrack",
+             "--ctorigdstport", str(port), "--ctdir", "ORIGINAL", "--jump", "DROP"]
+            for iface in ifaces]
+
+
+def node_addresses():
+    return addresses(out("ip", "-json", "-4", "address"))
+
+
+def block_published_port(paths):
+    """Keeps the service's port from outside; run after each Docker start."""
+    added = 0
+    for rule in published_port_rules(paths.service_port, host_interfaces(node_addresses())):
+        if run("iptables", "--wait", "--check", *rule, check=False, capture=True).returncode:
+            run("iptables", "--wait", "--insert", *rule)
+            added += 1
+    return f"{added} added" if added else "present"
+
+
+# -- the swarm ---------------------------------------------------------------------
+
+def join(ctx, engine):
+    """Makes this node part of the swarm: initializes it (the manager) or joins it."""
+    cluster = ctx.conf["cluster"]
+    state = engine.ok("GET", "/info")["Swarm"]["LocalNodeState"]
+    if state == "active":
+        return "kept"
+    addr = advertise_address(cluster["network"], node_addresses())
+    body = {"ListenAddr": f"{addr}:{SWARM_PORT}", "AdvertiseAddr": f"{addr}:{SWARM_PORT}",
+            "DataPathAddr": addr}
+    if cluster["role"] == "init":
+        engine.ok("POST", "/swarm/init", body)
+        log(f"swarm initialized, advertising {addr}")
+        return "initialized"
+    with open(ctx.paths.swarm_join_token) as f:
+        body.update(RemoteAddrs=[cluster["manager"]], JoinToken=f.readline().strip())
+    last = []
+
+    def joined():
+        status, answer = engine.call("POST", "/swarm/join", body)
+        if status < 300:
+            return True
+        last[:] = [f"{message(answer)} (HTTP {status})"]
+        log(f"joining {cluster['manager']}: {last[0]}; trying again")
+        # A join that timed out may still be under way; what the node says counts.
+        return engine.ok("GET", "/info")["Swarm"]["LocalNodeState"] == "active"
+
+    if not wait_for(joined, JOIN_TIMEOUT, 15):
+        raise Failed(f"could not join the swarm at {cluster['manager']} within "
+                     f"{JOIN_TIMEOUT} s: {last[0] if last else 'no answer'}")
+    log(f"joined the swarm at {cluster['manager']}, advertising {addr}")
+    return "joined"
+
+
+def memory_bytes(size):
+    """Docker's size (`512m`, `1g`) in bytes."""
+    units = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    size = size.strip().lower()
+    if size[-1:] in units:
+        return int(size[:-1]) * units[size[-1]]
+    return int(size)
+
+
+def env_lines(text):
+    """Docker's env-file: NAME=VALUE lines, # comments."""
+    return [line for line in text.splitlines() if line and not line.startswith("#") and "=" in line]
+
+
+def service_spec(conf, paths, env, version):
+    """The app as a Swarm service: the same limits as a slot's container, one replica per
+    node unless the deployment names a count, start-first updates rolled back on failure,
+    the published port every node answers on (kept from outside by the firewall)."""
+    cluster, app = conf["cluster"], conf["app"]
+    replicas = cluster.get("replicas")
+    monitor = 30 * NS
+    return {
+        "Name": paths.service,
+        "Labels": {"org.imgforge.version": version},
+        "TaskTemplate": {
+            "ContainerSpec": {
+                "Image": conf["image"],
+                "Env": env,
+                "Labels": {"org.imgforge.version": version},
+                "Mounts": [
+                    {"Type": "bind", "Source": conf["data_dir"], "Target": conf["data_path"]},
+                    {"Type": "tmpfs", "Target": "/tmp", "TmpfsOptions": {"SizeBytes": 64 << 20}},
+                ],
+                "ReadOnly": True,
+                "CapabilityDrop": ["ALL"],
+                "StopGracePeriod": 30 * NS,
+            },
+            "Resources": {"Limits": {"MemoryBytes": memory_bytes(app["memory"]),
+                                     "Pids": app["pids_limit"]}},
+            "RestartPolicy": {"Condition": "any", "Delay": 5 * NS},
+        },
+        "Mode": {"Replicated": {"Replicas": replicas}} if replicas else {"Global": {}},
+        "UpdateConfig": {"Parallelism": 1, "Order": "start-first", "FailureAction": "rollback",
+                         "Monitor": monitor, "MaxFailureRatio": 0},
+        "RollbackConfig": {"Parallelism": 1, "Order": "start-first", "FailureAction": "pause",
+                           "Monitor": monitor},
+        "EndpointSpec": {"Ports": [{"Protocol": "tcp", "TargetPort": conf["container_port"],
+                                    "PublishedPort": paths.service_port,
+                                    "PublishMode": "ingress"}]},
+    }
+
+
+def ensure_service(ctx, engine, version):
+    """The manager creates the app's service once; a run again keeps the one there."""
+    status, _ = engine.call("GET", f"/services/{ctx.paths.service}")
+    if status == 200:
+        return "kept"
+    if status != 404:
+        raise Failed(f"Docker's API: asking for the service {ctx.paths.service}: HTTP {status}")
+    with open(ctx.paths.app_env) as f:
+        env = env_lines(f.read())
+    engine.ok("POST", "/services/create", service_spec(ctx.conf, ctx.paths, env, version))
+    return "created"
+
+
+def steps(first_boot):
+    """First boot's steps on a node: the swarm's ports in the firewall, the image into
+    Docker's store (the service runs it, not a slot), the swarm after it, and the app
+    step waiting for the service."""
+    own = {"firewall": firewall, "image": image, "app": app}
+    out = []
+    for name, fn in first_boot:
+        out.append((name, own.get(name, fn)))
+        if name == "image":
+            out.append(("swarm", step))
+    return out
+
+
+def firewall(ctx):
+    firstboot.firewall(ctx)
+    for rule in firewall_rules(ctx.conf["cluster"]["network"]):
+        run("ufw", *rule)
+
+
+def image(ctx):
+    run("systemctl", "enable", "--now", "docker.service")
+    run("systemctl", "enable", "--now", ctx.paths.units["docker_firewall"])
+    firstboot.fetch_image(ctx)
+
+
+def step(ctx):
+    """First boot's `swarm` step: this node in the swarm, the manager's service."""
+    engine = Engine(ctx.paths.docker_socket)
+    result = join(ctx, engine)
+    log("published port: " + block_published_port(ctx.paths))
+    if ctx.conf["cluster"]["role"] == "init":
+        result += ", service " + ensure_service(ctx, engine, version_of(ctx.conf["image"]))
+    return result
+
+
+def version_of(image):
+    tag = image.rsplit("/", 1)[-1]
+    return tag.split(":", 1)[1] if ":" in tag else "latest"
+
+
+def app(ctx):
+    """First boot's `app` step on a node: the service answers on this node's published
+    port (the routing mesh reaches a replica anywhere), then nginx sends traffic there."""
+    paths, conf = ctx.paths, ctx.conf
+    url = f"http://127.0.0.1:{paths.service_port}{conf['health_path']}"
+    wait = conf["app_start_timeout"]
+    started = time.monotonic()
+    from .app import answers
+    if not wait_for(lambda: answers(url, 5), wait, 2):
+        raise Failed(f"the service did not answer {conf['health_path']} on port "
+                     f"{paths.service_port} within {wait} s")
+    log(f"the service answers after {time.monotonic() - started:.0f} s")
+    if proxy.point_upstream(paths, paths.service_port):
+        proxy.reload()
+    if not wait_for(lambda: proxy.answers(paths, conf), 60, 2):
+        raise Failed("nginx does not pass the service's health path through")
+    return "ok"
