@@ -24,7 +24,7 @@ COMMANDS = ("deploy", "provision", "generalize", "cert", "dns", "backup", "upgra
 # Day two's commands live in remote.py, which first boot's program does not carry
 # (`imgforge deploy` and `status` send the whole program first).
 REMOTE = ("deploy-version", "rollback", "attach", "status", "logs", "backup-now", "backup-list",
-          "restore")
+          "restore", "cluster-token")
 
 
 def main(argv=None):

@@ -490,6 +490,21 @@ def backup_list(ctx, stream):
     return {"archives": archives(ctx), "last": state.get("last")}
 
 
+def cluster_token(ctx, stream):
+    """The swarm's worker join token and the manager's address (`imgforge cluster token`)."""
+    if not ctx.conf.get("cluster"):
+        raise Refused("this VM is not a node of a cluster (rendered without --cluster)")
+    from .swarm import SWARM_PORT, Engine
+    engine = Engine(ctx.paths.docker_socket)
+    status, swarm = engine.call("GET", "/swarm")
+    if status == 503:
+        raise Refused("this node is not the swarm's manager: ask the --cluster init node")
+    if status != 200:
+        raise Failed(f"Docker's API: GET /swarm: HTTP {status}")
+    node = engine.ok("GET", "/info")["Swarm"]["NodeAddr"]
+    return {"token": swarm["JoinTokens"]["Worker"], "manager": f"{node}:{SWARM_PORT}"}
+
+
 def main(ctx, args):
     """A day-two command: its answer (one JSON line) on stdout; `logs` streams lines."""
     if args.command == "run-job":
@@ -500,7 +515,8 @@ def main(ctx, args):
     else:
         fn = {"deploy-version": deploy_version, "rollback": rollback, "attach": attach,
               "status": lambda c, _: report(c), "backup-now": backup_now,
-              "backup-list": backup_list, "restore": restore}[args.command]
+              "backup-list": backup_list, "restore": restore,
+              "cluster-token": cluster_token}[args.command]
     try:
         answer = fn(ctx, sys.stdin.buffer)
     except BrokenPipeError:

@@ -42,7 +42,8 @@ def report(ctx):
     start allowance (a slow app is given its time, at every boot)."""
     ci = cloud_init_result(ctx.paths.cloud_init_result, CLOUD_INIT_WAIT)
     apps = Apps(ctx)
-    ok = apps.active() is not None and wait_for(
+    # A cluster's node serves the swarm's service, not a slot.
+    ok = (apps.active() or ctx.conf.get("cluster")) and wait_for(
         lambda: proxy.answers(ctx.paths, ctx.conf), apps.start_allowance(), 2)
     ctx.update(cloud_init=ci, health="ok" if ok else "failed",
                host_keys=host_keys(ctx.paths.ssh_host_public_keys))

@@ -18,6 +18,7 @@ import socket
 import time
 
 from . import firstboot, proxy
+from .app import Apps
 from .system import Failed, log, out, run, wait_for
 
 # Swarm's own ports: cluster management, node gossip, the overlay network's VXLAN.
@@ -262,9 +263,13 @@ def firewall(ctx):
 
 
 def image(ctx):
+    """The image into Docker's store, and the data directory (which a bind mount needs
+    in place) owned by the user the image runs as."""
     run("systemctl", "enable", "--now", "docker.service")
     run("systemctl", "enable", "--now", ctx.paths.units["docker_firewall"])
     firstboot.fetch_image(ctx)
+    apps = Apps(ctx)
+    apps.own_data_dir(apps.record(ctx.conf["image"], firstboot.app_env(ctx)))
 
 
 def step(ctx):
@@ -273,13 +278,9 @@ def step(ctx):
     result = join(ctx, engine)
     log("published port: " + block_published_port(ctx.paths))
     if ctx.conf["cluster"]["role"] == "init":
-        result += ", service " + ensure_service(ctx, engine, version_of(ctx.conf["image"]))
+        record = Apps(ctx).record(ctx.conf["image"], firstboot.app_env(ctx))
+        result += ", service " + ensure_service(ctx, engine, record["version"])
     return result
-
-
-def version_of(image):
-    tag = image.rsplit("/", 1)[-1]
-    return tag.split(":", 1)[1] if ":" in tag else "latest"
 
 
 def app(ctx):

@@ -11,6 +11,7 @@ from unittest import mock
 from imgforge_vm import swarm
 from imgforge_vm.system import Failed
 
+from . import schema
 from .support import Vm
 
 TOKEN = "SWMTKN-1-3pu6hszjas19xyp7ghgosyx9k8atbfcr8p2is99znpy26u2lkl-1awxwuwd3z9j1z3puu7rcgdbx"
@@ -50,7 +51,11 @@ class Engine(http.server.BaseHTTPRequestHandler):
         st = self.state
         st["calls"].append(("GET", self.path, None))
         if self.path == "/v1.41/info":
-            return self.reply(200, {"Swarm": {"LocalNodeState": st["node"]}})
+            return self.reply(200, {"Swarm": {"LocalNodeState": st["node"], "NodeAddr": "10.0.0.3"}})
+        if self.path == "/v1.41/swarm":
+            if st["node"] != "active" or not st.get("manager"):
+                return self.reply(503, {"message": "This node is not a swarm manager."})
+            return self.reply(200, {"JoinTokens": {"Worker": TOKEN, "Manager": "SWMTKN-1-m-m"}})
         if self.path.startswith("/v1.41/services/"):
             name = self.path.rsplit("/", 1)[1]
             if name in st["services"]:
@@ -63,7 +68,7 @@ class Engine(http.server.BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         st["calls"].append(("POST", self.path, body))
         if self.path == "/v1.41/swarm/init":
-            st["node"] = "active"
+            st["node"], st["manager"] = "active", True
             return self.reply(200, "node-id")
         if self.path == "/v1.41/swarm/join":
             if st["refuse_joins"]:
@@ -123,6 +128,24 @@ class SwarmTest(unittest.TestCase):
         self.assertEqual(spec["Name"], vm.paths.service)
         self.assertEqual(spec["TaskTemplate"]["ContainerSpec"]["Env"],
                          ["MODEL_DIR=/app/model", "DATABASE_URL=postgres://a@db/h"])
+
+    def test_the_manager_hands_out_the_worker_token_and_its_address(self):
+        from imgforge_vm import remote
+        from imgforge_vm.app import Refused
+        vm = self.vm(role="init", network="10.0.0.0/16")
+        os.makedirs(os.path.dirname(vm.paths.docker_socket), exist_ok=True)
+        os.symlink(self.socket, vm.paths.docker_socket)
+        with self.assertRaises(Refused) as e:
+            remote.cluster_token(vm.ctx, None)
+        self.assertIn("not the swarm's manager", str(e.exception))
+        swarm.join(vm.ctx, self.engine)
+        answer = schema.check("cluster-token-answer", remote.cluster_token(vm.ctx, None))
+        self.assertEqual(answer, {"token": TOKEN, "manager": "10.0.0.3:2377"})
+        alone = Vm()
+        self.addCleanup(alone.cleanup)
+        with self.assertRaises(Refused) as e:
+            remote.cluster_token(alone.ctx, None)
+        self.assertIn("not a node of a cluster", str(e.exception))
 
     def test_a_node_joins_with_the_token_from_its_file_and_waits_for_the_manager(self):
         vm = self.vm(role="join", network="10.0.0.0/16", manager="10.0.0.2:2377")
@@ -229,11 +252,6 @@ class ServiceSpecTest(unittest.TestCase):
         self.assertEqual(swarm.memory_bytes("512m"), 512 << 20)
         self.assertEqual(swarm.memory_bytes("64k"), 64 << 10)
         self.assertEqual(swarm.memory_bytes("1000"), 1000)
-
-    def test_the_version_is_the_images_tag(self):
-        self.assertEqual(swarm.version_of("imgforge/classifier:0.1.0"), "0.1.0")
-        self.assertEqual(swarm.version_of("registry:5000/app"), "latest")
-        self.assertEqual(swarm.version_of("registry:5000/app:v2"), "v2")
 
 
 class StepsTest(unittest.TestCase):

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 pub mod backup;
 pub mod boot;
 pub mod build;
+pub mod cluster;
 pub mod deploy;
 pub mod docs;
 pub mod init;
@@ -71,6 +72,9 @@ pub enum Command {
     Backup(Box<backup::Args>),
     /// Restore a deployed VM's data from a backup, with the app serving until it is ready
     Restore(Box<backup::RestoreArgs>),
+    /// A Docker Swarm cluster's join token, for the nodes that join it
+    #[command(subcommand)]
+    Cluster(cluster::Cluster),
     /// Print shell completions or the man page
     #[command(subcommand)]
     Docs(docs::Docs),
@@ -93,6 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(args) => logs::run(*args),
         Command::Backup(args) => backup::run(*args),
         Command::Restore(args) => backup::restore(*args),
+        Command::Cluster(cluster) => cluster::run(cluster),
         Command::Docs(docs) => docs::run(docs),
     }
 }

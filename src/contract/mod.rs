@@ -38,6 +38,10 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("backup-list.schema.json", of::<remote::BackupList>()),
         ("logs-request.schema.json", of::<logs::LogsRequest>()),
         ("log-line.schema.json", of::<logs::LogLine>()),
+        (
+            "cluster-token-answer.schema.json",
+            of::<remote::ClusterToken>(),
+        ),
     ]
 }
 

@@ -188,3 +188,13 @@ pub struct Archive {
     #[serde(rename = "where")]
     pub location: String,
 }
+
+/// `cluster-token`'s answer (the manager of a cluster): the swarm's worker join token, a
+/// secret, and the address nodes join at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ClusterToken {
+    pub token: String,
+    /// ADDRESS:PORT on the cluster's private network.
+    pub manager: String,
+}

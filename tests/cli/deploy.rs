@@ -136,3 +136,40 @@ fn attach_takes_no_deploy_of_its_own() {
     let out = deploy(&["--host", "h", "--attach", "--env", "A=1"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+#[test]
+fn cluster_token_refuses_a_bad_host_and_an_existing_file_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("swarm.token");
+    let out_arg = out_file.to_str().unwrap();
+    let out = imgforge(&["cluster", "token", "--host=-oProxyCommand=x", "-o", out_arg]);
+    refused(&out, "not a host name");
+    assert!(!out_file.exists());
+    std::fs::write(&out_file, "kept\n").unwrap();
+    let port = closed_port().to_string();
+    let out = imgforge(&[
+        "cluster",
+        "token",
+        "--host",
+        "127.0.0.1",
+        "--ssh-port",
+        &port,
+        "-o",
+        out_arg,
+    ]);
+    refused(&out, "--force");
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "kept\n");
+    let out = imgforge(&[
+        "cluster",
+        "token",
+        "--host",
+        "127.0.0.1",
+        "--ssh-port",
+        &port,
+        "-o",
+        out_arg,
+        "--force",
+    ]);
+    refused(&out, "cannot reach");
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "kept\n");
+}
