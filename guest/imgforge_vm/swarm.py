@@ -29,6 +29,9 @@ API = "/v1.41"
 # A joining node may boot before its manager is ready.
 JOIN_TIMEOUT = 1800
 NS = 1_000_000_000
+# Where the overlay networks' addresses may come from (docker0 takes 172.17/16,
+# docker_gwbridge 172.18/16).
+POOLS = ("10.200.0.0/16", "172.30.0.0/16", "192.168.224.0/19")
 # Interfaces Docker makes: its bridges, the containers' ends, the overlay's.
 DOCKER_IFACES = ("docker", "br-", "veth", "vx-", "ov-")
 
@@ -111,6 +114,18 @@ def advertise_address(network, pairs):
                  "provider's private network, or fix --cluster-network")
 
 
+def address_pool(network):
+    """The overlay networks' addresses: Swarm's default (10.0.0.0/8) would take the
+    private network's own addresses when it is in 10/8, as hcloud's and DigitalOcean's
+    usually are; the first of a few ranges it does not overlap."""
+    net = ipaddress.IPv4Network(network)
+    for pool in POOLS:
+        if not net.overlaps(ipaddress.IPv4Network(pool)):
+            return pool
+    raise Failed(f"the cluster's network {network} overlaps every range the swarm's own "
+                 f"networks could take ({', '.join(POOLS)}): use a smaller private network")
+
+
 def host_interfaces(pairs):
     """The host's own interfaces (not loopback, not Docker's)."""
     names = []
@@ -155,6 +170,7 @@ def join(ctx, engine):
     body = {"ListenAddr": f"{addr}:{SWARM_PORT}", "AdvertiseAddr": f"{addr}:{SWARM_PORT}",
             "DataPathAddr": addr}
     if cluster["role"] == "init":
+        body.update(DefaultAddrPool=[address_pool(cluster["network"])], SubnetSize=24)
         engine.ok("POST", "/swarm/init", body)
         log(f"swarm initialized, advertising {addr}")
         return "initialized"

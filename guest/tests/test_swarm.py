@@ -118,7 +118,8 @@ class SwarmTest(unittest.TestCase):
         self.assertEqual(swarm.join(vm.ctx, self.engine), "initialized")
         [init] = self.calls("POST", "/swarm/init")
         self.assertEqual(init, {"ListenAddr": "10.0.0.3:2377", "AdvertiseAddr": "10.0.0.3:2377",
-                                "DataPathAddr": "10.0.0.3"})
+                                "DataPathAddr": "10.0.0.3", "DefaultAddrPool": ["10.200.0.0/16"],
+                                "SubnetSize": 24})
         self.assertEqual(swarm.join(vm.ctx, self.engine), "kept")
         self.assertEqual(len(self.calls("POST", "/swarm/init")), 1)
 
@@ -203,6 +204,13 @@ class NetworkTest(unittest.TestCase):
         self.assertEqual([(r[6], r[8]) for r in rules],
                          [("2377", "tcp"), ("7946", "tcp"), ("7946", "udp"), ("4789", "udp")])
         self.assertTrue(all(r[:3] == ["allow", "from", "10.0.0.0/16"] for r in rules))
+
+    def test_the_swarms_own_networks_keep_clear_of_the_private_network(self):
+        self.assertEqual(swarm.address_pool("10.0.0.0/16"), "10.200.0.0/16")
+        self.assertEqual(swarm.address_pool("10.0.0.0/8"), "172.30.0.0/16")
+        self.assertEqual(swarm.address_pool("172.16.0.0/12"), "10.200.0.0/16")
+        with self.assertRaises(Failed):
+            swarm.address_pool("0.0.0.0/0")
 
     def test_the_published_port_is_dropped_on_the_hosts_own_interfaces_only(self):
         self.assertEqual(swarm.advertise_address("10.0.0.0/16", NODE), "10.0.0.3")

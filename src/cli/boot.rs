@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::qemu::{Accel, Progress, Status, Vm, VmConfig, WaitError};
+use crate::qemu::{Accel, MacAddr, Progress, Status, Vm, VmConfig, WaitError};
 
 /// Exit code when the VM did not report in time.
 pub const EXIT_TIMEOUT: u8 = 3;
@@ -54,6 +54,13 @@ pub struct Args {
     #[arg(long = "forward", value_name = "GUESTPORT",
           value_parser = clap::value_parser!(u16).range(1..))]
     pub forwards: Vec<u16>,
+    /// Also attach the guest to this VDE switch (`vde_switch -d -s DIR`): a private network
+    /// between local VMs, as a provider gives a cluster's nodes
+    #[arg(long, value_name = "DIR", requires = "private_mac")]
+    pub private_switch: Option<PathBuf>,
+    /// The guest's MAC address on the private switch (each guest its own)
+    #[arg(long, value_name = "MAC", requires = "private_switch")]
+    pub private_mac: Option<MacAddr>,
     /// Guest memory in MiB
     #[arg(long, value_name = "MIB", default_value_t = 2048)]
     pub memory: u32,
@@ -87,6 +94,11 @@ pub fn run(args: Args) -> Result<()> {
         accel: args.accel,
         disk_size: None,
         network: false,
+        private: args
+            .private_switch
+            .clone()
+            .zip(args.private_mac)
+            .map(|(switch, mac)| crate::qemu::PrivateNic { switch, mac }),
     };
     let mut vm = match Vm::start(&config) {
         Ok(vm) => vm,

@@ -61,6 +61,49 @@ pub struct VmConfig {
     /// Lets the guest reach the network beyond the forwarded ports (a provisioning boot
     /// installs packages); deployments boot with QEMU's `restrict=on`.
     pub network: bool,
+    /// A second network card on a VDE switch: the private network a provider gives its
+    /// VMs (a cluster's nodes reach each other there).
+    pub private: Option<PrivateNic>,
+}
+
+/// A network card on a VDE switch (Debian's `vde2`: `vde_switch -d -s DIR`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrivateNic {
+    /// The switch's socket directory.
+    pub switch: PathBuf,
+    /// Each guest on one switch needs its own.
+    pub mac: MacAddr,
+}
+
+/// A unicast Ethernet address, `52:54:00:12:34:57`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacAddr([u8; 6]);
+
+impl std::str::FromStr for MacAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let mut mac = [0u8; 6];
+        let well_formed = parts.len() == 6
+            && parts
+                .iter()
+                .zip(mac.iter_mut())
+                .all(|(p, b)| p.len() == 2 && u8::from_str_radix(p, 16).map(|v| *b = v).is_ok());
+        if !well_formed || mac[0] & 1 == 1 {
+            return Err(format!(
+                "{s:?} is not a unicast MAC address: use six hex pairs, e.g. 52:54:00:12:34:57"
+            ));
+        }
+        Ok(MacAddr(mac))
+    }
+}
+
+impl std::fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hex: Vec<String> = self.0.iter().map(|b| format!("{b:02x}")).collect();
+        f.write_str(&hex.join(":"))
+    }
 }
 
 impl VmConfig {
@@ -79,6 +122,7 @@ impl VmConfig {
             accel: Accel::Auto,
             disk_size: None,
             network: false,
+            private: None,
         }
     }
 
@@ -645,7 +689,22 @@ fn spawn_qemu(
     }
     cmd.arg("-netdev")
         .arg(netdev)
-        .args(["-device", "virtio-net-pci,netdev=net0"])
+        .args(["-device", "virtio-net-pci,netdev=net0"]);
+    if let Some(nic) = &config.private {
+        // QEMU's option syntax: a comma would start another option.
+        let switch = nic.switch.to_str().filter(|p| !p.contains(','));
+        let Some(switch) = switch else {
+            return Err(crate::exit::usage(format!(
+                "--private-switch {}: a path QEMU can take has no commas and is UTF-8",
+                nic.switch.display()
+            )));
+        };
+        cmd.arg("-netdev")
+            .arg(format!("vde,id=net1,sock={switch}"))
+            .arg("-device")
+            .arg(format!("virtio-net-pci,netdev=net1,mac={}", nic.mac));
+    }
+    cmd
         // The guest generates SSH host keys on first boot; entropy from the host avoids a
         // long wait for the kernel's pool under emulation.
         .args(["-object", "rng-random,filename=/dev/urandom,id=rng0"])
@@ -706,6 +765,22 @@ fn tail(path: &Path, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mac_addresses() {
+        let mac: MacAddr = "52:54:00:0A:bc:01".parse().unwrap();
+        assert_eq!(mac.to_string(), "52:54:00:0a:bc:01");
+        for bad in [
+            "",
+            "52:54:00:0a:bc",
+            "52:54:00:0a:bc:01:02",
+            "53:54:00:0a:bc:01",
+            "52-54-00-0a-bc-01",
+            "52:54:00:0a:bc:0g",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn failure_lines_are_recognised() {
