@@ -161,7 +161,8 @@ def block_published_port(paths):
 # -- the swarm ---------------------------------------------------------------------
 
 def join(ctx, engine):
-    """Makes this node part of the swarm: initializes it (the manager) or joins it."""
+    """Makes this node part of the swarm: initializes it (the manager) or joins it.
+    Returns "ok", or "kept" when it already is."""
     cluster = ctx.conf["cluster"]
     state = engine.ok("GET", "/info")["Swarm"]["LocalNodeState"]
     if state == "active":
@@ -173,7 +174,7 @@ def join(ctx, engine):
         body.update(DefaultAddrPool=[address_pool(cluster["network"])], SubnetSize=24)
         engine.ok("POST", "/swarm/init", body)
         log(f"swarm initialized, advertising {addr}")
-        return "initialized"
+        return "ok"
     with open(ctx.paths.swarm_join_token) as f:
         body.update(RemoteAddrs=[cluster["manager"]], JoinToken=f.readline().strip())
     last = []
@@ -191,7 +192,7 @@ def join(ctx, engine):
         raise Failed(f"could not join the swarm at {cluster['manager']} within "
                      f"{JOIN_TIMEOUT} s: {last[0] if last else 'no answer'}")
     log(f"joined the swarm at {cluster['manager']}, advertising {addr}")
-    return "joined"
+    return "ok"
 
 
 def memory_bytes(size):
@@ -247,7 +248,8 @@ def service_spec(conf, paths, env, version):
 
 
 def ensure_service(ctx, engine, version):
-    """The manager creates the app's service once; a run again keeps the one there."""
+    """The manager creates the app's service once; a run again keeps the one there.
+    Returns "created" or "kept"."""
     status, _ = engine.call("GET", f"/services/{ctx.paths.service}")
     if status == 200:
         return "kept"
@@ -291,12 +293,14 @@ def image(ctx):
 def step(ctx):
     """First boot's `swarm` step: this node in the swarm, the manager's service."""
     engine = Engine(ctx.paths.docker_socket)
-    result = join(ctx, engine)
-    log("published port: " + block_published_port(ctx.paths))
-    if ctx.conf["cluster"]["role"] == "init":
-        record = Apps(ctx).record(ctx.conf["image"], firstboot.app_env(ctx))
-        result += ", service " + ensure_service(ctx, engine, record["version"])
-    return result
+    joined = join(ctx, engine)
+    log("the service's published port: " + block_published_port(ctx.paths))
+    if ctx.conf["cluster"]["role"] != "init":
+        return joined
+    record = Apps(ctx).record(ctx.conf["image"], firstboot.app_env(ctx))
+    created = ensure_service(ctx, engine, record["version"]) == "created"
+    log(f"the service {ctx.paths.service}: {'created' if created else 'kept'}")
+    return "ok" if created or joined == "ok" else "kept"
 
 
 def app(ctx):

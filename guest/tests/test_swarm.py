@@ -115,7 +115,7 @@ class SwarmTest(unittest.TestCase):
 
     def test_the_manager_initializes_on_its_private_address_and_creates_the_service_once(self):
         vm = self.vm(role="init", network="10.0.0.0/16")
-        self.assertEqual(swarm.join(vm.ctx, self.engine), "initialized")
+        self.assertEqual(swarm.join(vm.ctx, self.engine), "ok")
         [init] = self.calls("POST", "/swarm/init")
         self.assertEqual(init, {"ListenAddr": "10.0.0.3:2377", "AdvertiseAddr": "10.0.0.3:2377",
                                 "DataPathAddr": "10.0.0.3", "DefaultAddrPool": ["10.200.0.0/16"],
@@ -155,7 +155,7 @@ class SwarmTest(unittest.TestCase):
             f.write(TOKEN + "\n")
         Engine.state["refuse_joins"] = 2
         with mock.patch.object(swarm, "wait_for", side_effect=fast_wait_for):
-            self.assertEqual(swarm.join(vm.ctx, self.engine), "joined")
+            self.assertEqual(swarm.join(vm.ctx, self.engine), "ok")
         joins = self.calls("POST", "/swarm/join")
         self.assertEqual(len(joins), 3)
         self.assertEqual(joins[-1], {"ListenAddr": "10.0.0.3:2377", "AdvertiseAddr": "10.0.0.3:2377",

@@ -11,6 +11,7 @@
 mod common;
 
 mod baked;
+mod cluster;
 mod day_two;
 mod deploy;
 mod deployment;

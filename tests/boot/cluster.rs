@@ -1,0 +1,334 @@
+//! Scale out: a Docker Swarm cluster from one image with no step by hand. A manager
+//! (`--cluster init`) and a worker (`--cluster join` with the token `imgforge cluster
+//! token` fetched), each a QEMU guest with a second card on one VDE switch (Debian's
+//! `vde2`: the provider's private network), HTTP only (the front door is the load
+//! balancer: HAProxy from Debian's package, on the host, health-checking each node's
+//! /health). Checked: both nodes in the swarm, a replica on each, the service's port
+//! closed from outside while nginx serves it, and requests through HAProxy while the
+//! worker's QEMU is killed (the failures counted and reported).
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imgforge::qemu::{MacAddr, PrivateNic};
+
+use crate::common::*;
+use crate::deployment::*;
+
+const NETWORK: &str = "10.10.0.0/24";
+const MANAGER: &str = "10.10.0.2";
+/// Where every node publishes the service (layout.json's service_port).
+const SERVICE_PORT: u16 = 8002;
+
+/// A process stopped when the test ends, however it ends.
+struct Guarded(Child);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A VDE switch in `dir` (in the foreground, stopped with the guard).
+fn switch(dir: &Path) -> (Guarded, PathBuf) {
+    let sock = dir.join("switch");
+    let child = Command::new("vde_switch")
+        .arg("-s")
+        .arg(&sock)
+        .stdin(Stdio::piped()) // its console: it ends when stdin closes
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("vde_switch (Debian's vde2; tests/ci.sh installs it)");
+    let started = Instant::now();
+    while !sock.join("ctl").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "vde_switch did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (Guarded(child), sock)
+}
+
+fn mac(n: u8) -> MacAddr {
+    format!("52:54:00:10:00:{n:02x}").parse().unwrap()
+}
+
+/// A node: its own key and seed (the cluster flags plus `extra`), its second card on the
+/// switch at 10.10.0.N, the service's port forwarded too (to check it is closed).
+fn node(name: &str, n: u8, switch: &Path, extra: &[&str]) -> Deployment {
+    let (dir, guest, key) = Deployment::prepare(name);
+    let net = dir.join("network-config.yaml");
+    // The first card (QEMU's user network, the "public" one) by DHCP, as cloud-init would
+    // by itself; the private one with its fixed address.
+    std::fs::write(
+        &net,
+        format!(
+            "version: 2\nethernets:\n  public:\n    match:\n      macaddress: \"52:54:00:12:34:56\"\n    dhcp4: true\n  \
+             private:\n    match:\n      macaddress: \"{}\"\n    addresses: [10.10.0.{n}/24]\n",
+            mac(n)
+        ),
+    )
+    .unwrap();
+    let bundle = classifier_bundle(&dir);
+    let seed = dir.join("seed.img");
+    let mut args: Vec<String> = [
+        "seed",
+        "--no-tls",
+        "--ssh-key",
+        &format!("{}.pub", key.display()),
+        "--offline",
+        "--docker-source",
+        "distro",
+        "--cluster-network",
+        NETWORK,
+        "--network-config",
+        net.to_str().unwrap(),
+        "--hostname",
+        name,
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "-o",
+        seed.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    ok(imgforge(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    let mut cfg = guest.vm_config(None, Some(&seed), &dir.join("run"), "");
+    cfg.forwards = vec![SERVICE_PORT];
+    cfg.private = Some(PrivateNic {
+        switch: switch.to_path_buf(),
+        mac: mac(n),
+    });
+    Deployment::boot_config(name, dir, guest, key, &cfg)
+}
+
+fn wait_ready(d: &mut Deployment) {
+    let st = d.wait("first boot to finish", Duration::from_secs(1800), &|s| {
+        s.is_finished()
+    });
+    assert!(
+        st.is_ready(),
+        "[{}] first boot did not end ready: {st:?}\n{}",
+        d.name,
+        d.vm.failure_lines(40).join("\n")
+    );
+    eprintln!(
+        "[{}] ready {:.0}s after power-on",
+        d.name,
+        d.power_on.elapsed().as_secs_f64()
+    );
+}
+
+/// GET url: the status code, 0 when nothing answered.
+fn get(url: &str, timeout_s: u32) -> u32 {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time"])
+        .arg(timeout_s.to_string())
+        .arg(url)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+}
+
+/// HAProxy in front of the nodes' port 80: round robin, /health checked every second,
+/// a request that fails on one node retried on another (as a provider's balancer does).
+fn haproxy(dir: &Path, nodes: &[&Deployment]) -> (Guarded, u16) {
+    let port = free_port();
+    let mut conf = format!(
+        "global\n  log stderr format raw local0 warning\ndefaults\n  mode http\n  timeout connect 2s\n  \
+         timeout client 30s\n  timeout server 30s\n  retries 3\n  option redispatch 1\n\
+         frontend api\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\
+         backend nodes\n  balance roundrobin\n  option httpchk GET /health\n  \
+         default-server check inter 1s fall 2 rise 2\n"
+    );
+    for d in nodes {
+        conf.push_str(&format!(
+            "  server {} 127.0.0.1:{}\n",
+            d.name,
+            d.vm.info().http_port
+        ));
+    }
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new("haproxy")
+        .arg("-f")
+        .arg(&path)
+        .arg("-db")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("haproxy (Debian's package; tests/ci.sh installs it)");
+    let url = format!("http://127.0.0.1:{port}/health");
+    let started = Instant::now();
+    while get(&url, 5) != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "HAProxy does not answer"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    (Guarded(child), port)
+}
+
+/// `count` requests at `per_second` through url: (ok, failed).
+fn load(url: &str, per_second: u32, count: u32) -> (u32, u32) {
+    let (mut good, mut bad) = (0, 0);
+    let gap = Duration::from_millis(1000 / u64::from(per_second));
+    for _ in 0..count {
+        let t = Instant::now();
+        if get(url, 10) == 200 {
+            good += 1;
+        } else {
+            bad += 1;
+        }
+        if let Some(rest) = gap.checked_sub(t.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+    (good, bad)
+}
+
+#[test]
+#[ignore = "boots two VMs for minutes: IMGFORGE_SLOW_TESTS=1 tests/ci.sh"]
+fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing_one() {
+    let (scratch, _, _) = Deployment::prepare("cluster");
+    let (_switch, sock) = switch(&scratch);
+
+    let mut manager = node("manager", 2, &sock, &["--cluster", "init"]);
+    wait_ready(&mut manager);
+
+    // The join token, as a user gets it: from the manager over SSH, into a 0600 file.
+    let known_hosts = manager.vm.write_known_hosts().unwrap().unwrap();
+    let token = scratch.join("swarm.token");
+    let out = ok(imgforge(&[
+        "cluster",
+        "token",
+        "--host",
+        "127.0.0.1",
+        "--ssh-port",
+        &manager.vm.info().ssh_port.to_string(),
+        "--identity",
+        manager.key.to_str().unwrap(),
+        "--known-hosts",
+        known_hosts.to_str().unwrap(),
+        "-o",
+        token.to_str().unwrap(),
+    ]));
+    assert!(
+        stderr(&out).contains(&format!("--manager {MANAGER}:2377")),
+        "{}",
+        stderr(&out)
+    );
+    let mode = std::fs::metadata(&token).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let mut worker = node(
+        "worker",
+        3,
+        &sock,
+        &[
+            "--cluster",
+            "join",
+            "--manager",
+            MANAGER,
+            "--join-token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    wait_ready(&mut worker);
+
+    // Both nodes in the swarm, a replica running on each (mode global).
+    let nodes = manager
+        .ssh
+        .ok("sudo docker node ls --format '{{.Hostname}} {{.Status}} {{.Availability}}'");
+    for name in ["manager", "worker"] {
+        assert!(
+            nodes.lines().any(|l| l == format!("{name} Ready Active")),
+            "{nodes}"
+        );
+    }
+    let started = Instant::now();
+    let tasks = loop {
+        let tasks = manager.ssh.ok(
+            "sudo docker service ps imgforge-app --filter desired-state=running --format '{{.Node}} {{.CurrentState}}'",
+        );
+        let running = |n: &str| {
+            tasks
+                .lines()
+                .any(|l| l.starts_with(&format!("{n} Running")))
+        };
+        if running("manager") && running("worker") {
+            break tasks;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "no replica on each node: {tasks}"
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    };
+    eprintln!("[cluster] replicas:\n{tasks}");
+
+    // The service's port answers on each node itself, not from outside (Docker's
+    // published ports bypass UFW: the DOCKER-USER rule closes it); nginx serves it.
+    for d in [&manager, &worker] {
+        let inside = d.ssh.ok(&format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{SERVICE_PORT}/health"
+        ));
+        assert_eq!(inside.trim(), "200", "[{}] on the node", d.name);
+        let outside = d.vm.info().host_port(SERVICE_PORT).unwrap();
+        assert_eq!(
+            get(&format!("http://127.0.0.1:{outside}/health"), 5),
+            0,
+            "[{}] the service's port answers from outside",
+            d.name
+        );
+        assert_eq!(
+            get(
+                &format!("http://127.0.0.1:{}/health", d.vm.info().http_port),
+                10
+            ),
+            200,
+            "[{}] through nginx",
+            d.name
+        );
+    }
+
+    // The load balancer, and steady load through it while the worker's QEMU is killed.
+    let (_haproxy, port) = haproxy(&scratch, &[&manager, &worker]);
+    let url = format!("http://127.0.0.1:{port}/health");
+    let (good, bad) = load(&url, 10, 100);
+    assert_eq!(bad, 0, "{good} ok, {bad} failed with both nodes up");
+    let killed = Instant::now();
+    worker.vm.kill();
+    let (good_during, bad_during) = load(&url, 10, 150);
+    eprintln!(
+        "[cluster] worker killed (SIGKILL): {good_during} ok, {bad_during} failed in the \
+         {:.0} s after, through HAProxy (health checks every 1 s, 3 retries)",
+        killed.elapsed().as_secs_f64()
+    );
+    let (good_after, bad_after) = load(&url, 10, 100);
+    assert_eq!(
+        bad_after, 0,
+        "{good_after} ok, {bad_after} failed once HAProxy knows the worker is gone"
+    );
+    manager.finish();
+    let _ = std::fs::remove_dir_all(&worker.dir);
+    let _ = std::fs::remove_dir_all(&scratch);
+}
