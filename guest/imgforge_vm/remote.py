@@ -445,6 +445,9 @@ def report(ctx):
     from .logs import traffic
     doc["traffic"] = traffic(paths)
     doc["machine"] = machine(paths)
+    if conf.get("cluster"):
+        from .swarm import status as swarm_status
+        doc["cluster"] = swarm_status(ctx)
     return doc
 
 

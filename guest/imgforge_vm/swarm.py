@@ -16,6 +16,7 @@ import ipaddress
 import json
 import socket
 import time
+import urllib.parse
 
 from . import firstboot, proxy
 from .app import Apps
@@ -301,6 +302,36 @@ def step(ctx):
     created = ensure_service(ctx, engine, record["version"]) == "created"
     log(f"the service {ctx.paths.service}: {'created' if created else 'kept'}")
     return "ok" if created or joined == "ok" else "kept"
+
+
+def status(ctx):
+    """The swarm as this node sees it, for `imgforge status`: on the manager its nodes,
+    the app's replicas by node and version, and the service's last update."""
+    engine = Engine(ctx.paths.docker_socket, timeout=30)
+    info = engine.ok("GET", "/info")["Swarm"]
+    doc = {"manager": bool(info.get("ControlAvailable")), "state": info.get("LocalNodeState", "?"),
+           "nodes": [], "replicas": [], "update": None}
+    if not doc["manager"]:
+        return doc
+    names = {}
+    for n in engine.ok("GET", "/nodes"):
+        names[n["ID"]] = host = n["Description"]["Hostname"]
+        doc["nodes"].append({"hostname": host, "addr": n["Status"].get("Addr", ""),
+                             "state": n["Status"].get("State", "?"),
+                             "availability": n["Spec"].get("Availability", "?"),
+                             "manager": "ManagerStatus" in n})
+    doc["nodes"].sort(key=lambda n: n["hostname"])
+    filters = json.dumps({"service": [ctx.paths.service], "desired-state": ["running"]})
+    for t in engine.ok("GET", "/tasks?filters=" + urllib.parse.quote(filters)):
+        labels = t["Spec"]["ContainerSpec"].get("Labels") or {}
+        doc["replicas"].append({"node": names.get(t.get("NodeID"), t.get("NodeID", "?")),
+                                "version": labels.get("org.imgforge.version", "?"),
+                                "state": t["Status"].get("State", "?")})
+    doc["replicas"].sort(key=lambda r: (r["node"], r["version"]))
+    code, service = engine.call("GET", f"/services/{ctx.paths.service}")
+    if code == 200:
+        doc["update"] = (service.get("UpdateStatus") or {}).get("State")
+    return doc
 
 
 def app(ctx):

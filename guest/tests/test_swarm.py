@@ -5,6 +5,7 @@ import os
 import socketserver
 import tempfile
 import threading
+import urllib.parse
 import unittest
 from unittest import mock
 
@@ -51,11 +52,25 @@ class Engine(http.server.BaseHTTPRequestHandler):
         st = self.state
         st["calls"].append(("GET", self.path, None))
         if self.path == "/v1.41/info":
-            return self.reply(200, {"Swarm": {"LocalNodeState": st["node"], "NodeAddr": "10.0.0.3"}})
+            return self.reply(200, {"Swarm": {"LocalNodeState": st["node"], "NodeAddr": "10.0.0.3",
+                                              "ControlAvailable": bool(st.get("manager"))}})
         if self.path == "/v1.41/swarm":
             if st["node"] != "active" or not st.get("manager"):
                 return self.reply(503, {"message": "This node is not a swarm manager."})
             return self.reply(200, {"JoinTokens": {"Worker": TOKEN, "Manager": "SWMTKN-1-m-m"}})
+        if self.path == "/v1.41/nodes":
+            return self.reply(200, [
+                {"ID": "n2", "Description": {"Hostname": "worker"}, "Spec": {"Availability": "active"},
+                 "Status": {"State": "down", "Addr": "10.0.0.4"}},
+                {"ID": "n1", "Description": {"Hostname": "manager"}, "Spec": {"Availability": "active"},
+                 "Status": {"State": "ready", "Addr": "10.0.0.3"}, "ManagerStatus": {"Leader": True}}])
+        if self.path.startswith("/v1.41/tasks?filters="):
+            filters = json.loads(urllib.parse.unquote(self.path.split("=", 1)[1]))
+            assert filters == {"service": ["imgforge-app"], "desired-state": ["running"]}, filters
+            return self.reply(200, [
+                {"NodeID": "n1", "Spec": {"ContainerSpec": {"Labels": {"org.imgforge.version": "2"}}},
+                 "Status": {"State": "running"}},
+                {"NodeID": "gone", "Spec": {"ContainerSpec": {}}, "Status": {"State": "pending"}}])
         if self.path.startswith("/v1.41/services/"):
             name = self.path.rsplit("/", 1)[1]
             if name in st["services"]:
@@ -148,6 +163,25 @@ class SwarmTest(unittest.TestCase):
             remote.cluster_token(alone.ctx, None)
         self.assertIn("not a node of a cluster", str(e.exception))
 
+    def test_status_lists_the_nodes_and_the_replicas_by_version(self):
+        vm = self.vm(role="init", network="10.0.0.0/16")
+        os.makedirs(os.path.dirname(vm.paths.docker_socket), exist_ok=True)
+        os.symlink(self.socket, vm.paths.docker_socket)
+        self.assertEqual(swarm.status(vm.ctx), {"manager": False, "state": "inactive", "nodes": [],
+                                                "replicas": [], "update": None})
+        swarm.join(vm.ctx, self.engine)
+        Engine.state["services"][vm.paths.service] = {"UpdateStatus": {"State": "rollback_completed"}}
+        doc = swarm.status(vm.ctx)
+        self.assertEqual([(n["hostname"], n["state"], n["manager"]) for n in doc["nodes"]],
+                         [("manager", "ready", True), ("worker", "down", False)])
+        self.assertEqual(doc["replicas"], [{"node": "gone", "version": "?", "state": "pending"},
+                                           {"node": "manager", "version": "2", "state": "running"}])
+        self.assertEqual(doc["update"], "rollback_completed")
+        schema.check("status-answer", {"status": None, "healthy": True, "deploy": None,
+                                       "certificate": None, "cluster": doc,
+                                       "serving": {"slot": None, "path": "http://localhost/health",
+                                                   "answer": 200, "answers": True}})
+
     def test_a_node_joins_with_the_token_from_its_file_and_waits_for_the_manager(self):
         vm = self.vm(role="join", network="10.0.0.0/16", manager="10.0.0.2:2377")
         os.makedirs(os.path.dirname(vm.paths.swarm_join_token), exist_ok=True)
@@ -185,8 +219,8 @@ class SwarmTest(unittest.TestCase):
 
     def test_an_api_error_names_the_call_and_dockers_message(self):
         with self.assertRaises(Failed) as e:
-            self.engine.ok("GET", "/nodes")
-        self.assertIn("GET /nodes", str(e.exception))
+            self.engine.ok("GET", "/secrets")
+        self.assertIn("GET /secrets", str(e.exception))
         self.assertIn("page not found (HTTP 404)", str(e.exception))
         with self.assertRaises(Failed) as e:
             swarm.Engine(os.path.join(self.dir, "absent.sock")).ok("GET", "/info")

@@ -5,7 +5,9 @@
 
 use anyhow::Result;
 
-use crate::contract::remote::StatusAnswer;
+use indexmap::IndexMap;
+
+use crate::contract::remote::{ClusterStatus, Replica, StatusAnswer};
 use crate::remote::Host;
 
 #[derive(Debug, clap::Args)]
@@ -53,7 +55,13 @@ pub fn summary(host: &str, answer: &StatusAnswer) -> String {
             app.slot,
             or_dash(app.since.as_deref()),
         )),
+        None if answer.cluster.is_some() => {
+            out.push_str("  app          the cluster's Swarm service\n")
+        }
         None => out.push_str("  app          none yet\n"),
+    }
+    if let Some(cluster) = &answer.cluster {
+        out.push_str(&cluster_lines(cluster));
     }
     let serving = &answer.serving;
     let said = match serving.answer {
@@ -161,6 +169,57 @@ pub fn summary(host: &str, answer: &StatusAnswer) -> String {
     out
 }
 
+/// The swarm as its manager sees it: the nodes, the replicas per version, the last update.
+fn cluster_lines(c: &ClusterStatus) -> String {
+    if !c.manager {
+        return format!(
+            "  cluster      a node ({}); the manager's status shows the cluster\n",
+            c.state
+        );
+    }
+    let ready = c.nodes.iter().filter(|n| n.state == "ready").count();
+    let mut out = format!("  cluster      {} nodes, {ready} ready\n", c.nodes.len());
+    for n in &c.nodes {
+        out.push_str(&format!(
+            "  node         {} {} {}, {}{}\n",
+            n.hostname,
+            n.addr,
+            n.state,
+            n.availability,
+            if n.manager { " (manager)" } else { "" }
+        ));
+    }
+    let mut versions: IndexMap<&str, Vec<&Replica>> = IndexMap::new();
+    for r in &c.replicas {
+        versions.entry(&r.version).or_default().push(r);
+    }
+    if versions.is_empty() {
+        out.push_str("  replicas     none\n");
+    }
+    for (version, replicas) in versions {
+        let running = replicas.iter().filter(|r| r.state == "running").count();
+        let nodes: Vec<String> = replicas
+            .iter()
+            .map(|r| {
+                if r.state == "running" {
+                    r.node.clone()
+                } else {
+                    format!("{} {}", r.node, r.state)
+                }
+            })
+            .collect();
+        out.push_str(&format!(
+            "  replicas     {version}: {running} of {} running ({})\n",
+            replicas.len(),
+            nodes.join(", ")
+        ));
+    }
+    if let Some(update) = &c.update {
+        out.push_str(&format!("  update       {update}\n"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use crate::contract::remote::StatusAnswer;
@@ -196,5 +255,42 @@ mod tests {
             summary.contains("last good    data-20261206T030000Z at 2026-12-06T03:00:00Z: 2 files (1 SQLite databases), 40.0 KiB in 1.2 s, on the VM's own disk (lost with the VM)"),
             "{summary}"
         );
+    }
+
+    #[test]
+    fn a_clusters_nodes_and_replicas_per_version_are_printed() {
+        let text = include_str!("../../guest/tests/fixtures/status-answer-v1.json");
+        let mut answer: StatusAnswer = serde_json::from_str(text).unwrap();
+        answer.cluster = Some(
+            serde_json::from_value(serde_json::json!({
+                "manager": true, "state": "active", "update": "rollback_completed",
+                "nodes": [
+                    {"hostname": "api-1", "addr": "10.0.0.2", "state": "ready", "availability": "active", "manager": true},
+                    {"hostname": "api-2", "addr": "10.0.0.3", "state": "down", "availability": "active", "manager": false}],
+                "replicas": [
+                    {"node": "api-1", "version": "2", "state": "running"},
+                    {"node": "api-2", "version": "2", "state": "pending"},
+                    {"node": "api-1", "version": "1", "state": "running"}]
+            }))
+            .unwrap(),
+        );
+        let summary = super::summary("h", &answer);
+        for line in [
+            "  cluster      2 nodes, 1 ready\n",
+            "  node         api-1 10.0.0.2 ready, active (manager)\n",
+            "  node         api-2 10.0.0.3 down, active\n",
+            "  replicas     2: 1 of 2 running (api-1, api-2 pending)\n",
+            "  replicas     1: 1 of 1 running (api-1)\n",
+            "  update       rollback_completed\n",
+        ] {
+            assert!(summary.contains(line), "{line:?} not in:\n{summary}");
+        }
+        answer.cluster.as_mut().unwrap().manager = false;
+        let summary = super::summary("h", &answer);
+        assert!(
+            summary.contains("  cluster      a node (active)"),
+            "{summary}"
+        );
+        assert!(!summary.contains("  node "), "{summary}");
     }
 }

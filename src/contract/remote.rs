@@ -74,6 +74,49 @@ pub struct StatusAnswer {
     /// The VM's CPU, memory and disk.
     #[serde(default)]
     pub machine: Option<Machine>,
+    /// A cluster's nodes and the app's replicas, as the swarm's manager sees them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// What a cluster's node knows of the swarm: all of it on the manager; a worker sees
+/// only its own part (`manager: false`, no nodes or replicas).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ClusterStatus {
+    /// This node manages the swarm.
+    pub manager: bool,
+    /// This node's state in the swarm (`active`, `pending`, `inactive`, `error`).
+    pub state: String,
+    pub nodes: Vec<ClusterNode>,
+    /// The app's tasks that should run, by node.
+    pub replicas: Vec<Replica>,
+    /// The last update of the service: `updating`, `completed`, `rollback_completed`, …;
+    /// none before any.
+    pub update: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ClusterNode {
+    pub hostname: String,
+    /// Its address on the private network.
+    pub addr: String,
+    /// `ready`, `down`, …
+    pub state: String,
+    /// `active`, `pause`, `drain`.
+    pub availability: String,
+    pub manager: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Replica {
+    /// The node's hostname (its id when the node is gone).
+    pub node: String,
+    pub version: String,
+    /// `running`, `starting`, `failed`, …
+    pub state: String,
 }
 
 /// The app's requests in a window, as nginx's access log has them.
