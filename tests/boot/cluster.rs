@@ -4,8 +4,9 @@
 //! `vde2`: the provider's private network), HTTP only (the front door is the load
 //! balancer: HAProxy from Debian's package, on the host, health-checking each node's
 //! /health). Checked: both nodes in the swarm, a replica on each, the service's port
-//! closed from outside while nginx serves it, and requests through HAProxy while the
-//! worker's QEMU is killed (the failures counted and reported).
+//! closed from outside while nginx serves it, requests through HAProxy while the
+//! worker's QEMU is killed (the failures counted and reported), and a fresh VM joining
+//! in its place (the time from its power-on to its replica serving reported).
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -288,8 +289,10 @@ fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing
     // The service's port answers on each node itself, not from outside (Docker's
     // published ports bypass UFW: the DOCKER-USER rule closes it); nginx serves it.
     for d in [&manager, &worker] {
+        // A replica takes traffic once its health check passed: a minute or two.
         let inside = d.ssh.ok(&format!(
-            "curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{SERVICE_PORT}/health"
+            "for i in $(seq 90); do c=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 \
+             http://127.0.0.1:{SERVICE_PORT}/health); [ \"$c\" = 200 ] && break; sleep 2; done; echo $c"
         ));
         assert_eq!(inside.trim(), "200", "[{}] on the node", d.name);
         let outside = d.vm.info().host_port(SERVICE_PORT).unwrap();
@@ -328,6 +331,57 @@ fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing
         bad_after, 0,
         "{good_after} ok, {bad_after} failed once HAProxy knows the worker is gone"
     );
+
+    // A fresh VM replaces the lost worker: the same token, its own address.
+    let mut replacement = node(
+        "worker2",
+        4,
+        &sock,
+        &[
+            "--cluster",
+            "join",
+            "--manager",
+            MANAGER,
+            "--join-token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    wait_ready(&mut replacement);
+    let started = Instant::now();
+    loop {
+        let tasks = manager.ssh.ok(
+            "sudo docker service ps imgforge-app --filter desired-state=running --format '{{.Node}} {{.CurrentState}}'",
+        );
+        if tasks.lines().any(|l| l.starts_with("worker2 Running")) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "no replica on the replacement: {tasks}"
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    assert_eq!(
+        get(
+            &format!(
+                "http://127.0.0.1:{}/health",
+                replacement.vm.info().http_port
+            ),
+            10
+        ),
+        200
+    );
+    let nodes = manager
+        .ssh
+        .ok("sudo docker node ls --format '{{.Hostname}} {{.Status}}'");
+    assert!(nodes.lines().any(|l| l == "worker Down"), "{nodes}");
+    assert!(nodes.lines().any(|l| l == "worker2 Ready"), "{nodes}");
+    eprintln!(
+        "[cluster] the replacement serves its replica {:.0}s after power-on",
+        replacement.power_on.elapsed().as_secs_f64()
+    );
+
+    replacement.finish();
     manager.finish();
     let _ = std::fs::remove_dir_all(&worker.dir);
     let _ = std::fs::remove_dir_all(&scratch);
