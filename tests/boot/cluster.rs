@@ -137,6 +137,29 @@ fn wait_ready(d: &mut Deployment) {
     );
 }
 
+/// The app's running tasks, as the manager lists them, once `nodes` each run one.
+fn wait_for_replicas(manager: &Deployment, nodes: &[&str]) -> String {
+    let started = Instant::now();
+    loop {
+        let tasks = manager.ssh.ok(
+            "sudo docker service ps imgforge-app --filter desired-state=running --format '{{.Node}} {{.CurrentState}}'",
+        );
+        let running = |n: &&str| {
+            tasks
+                .lines()
+                .any(|l| l.starts_with(&format!("{n} Running")))
+        };
+        if nodes.iter().all(running) {
+            return tasks;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "no replica on each of {nodes:?}: {tasks}"
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
+
 /// GET url: the status code, 0 when nothing answered.
 fn get(url: &str, timeout_s: u32) -> u32 {
     let out = Command::new("curl")
@@ -240,19 +263,15 @@ fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing
     let mode = std::fs::metadata(&token).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 
-    let mut worker = node(
-        "worker",
-        3,
-        &sock,
-        &[
-            "--cluster",
-            "join",
-            "--manager",
-            MANAGER,
-            "--join-token-file",
-            token.to_str().unwrap(),
-        ],
-    );
+    let join = [
+        "--cluster",
+        "join",
+        "--manager",
+        MANAGER,
+        "--join-token-file",
+        token.to_str().unwrap(),
+    ];
+    let mut worker = node("worker", 3, &sock, &join);
     wait_ready(&mut worker);
 
     // Both nodes in the swarm, a replica running on each (mode global).
@@ -265,25 +284,7 @@ fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing
             "{nodes}"
         );
     }
-    let started = Instant::now();
-    let tasks = loop {
-        let tasks = manager.ssh.ok(
-            "sudo docker service ps imgforge-app --filter desired-state=running --format '{{.Node}} {{.CurrentState}}'",
-        );
-        let running = |n: &str| {
-            tasks
-                .lines()
-                .any(|l| l.starts_with(&format!("{n} Running")))
-        };
-        if running("manager") && running("worker") {
-            break tasks;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "no replica on each node: {tasks}"
-        );
-        std::thread::sleep(Duration::from_secs(5));
-    };
+    let tasks = wait_for_replicas(&manager, &["manager", "worker"]);
     eprintln!("[cluster] replicas:\n{tasks}");
 
     // The service's port answers on each node itself, not from outside (Docker's
@@ -333,34 +334,9 @@ fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing
     );
 
     // A fresh VM replaces the lost worker: the same token, its own address.
-    let mut replacement = node(
-        "worker2",
-        4,
-        &sock,
-        &[
-            "--cluster",
-            "join",
-            "--manager",
-            MANAGER,
-            "--join-token-file",
-            token.to_str().unwrap(),
-        ],
-    );
+    let mut replacement = node("worker2", 4, &sock, &join);
     wait_ready(&mut replacement);
-    let started = Instant::now();
-    loop {
-        let tasks = manager.ssh.ok(
-            "sudo docker service ps imgforge-app --filter desired-state=running --format '{{.Node}} {{.CurrentState}}'",
-        );
-        if tasks.lines().any(|l| l.starts_with("worker2 Running")) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "no replica on the replacement: {tasks}"
-        );
-        std::thread::sleep(Duration::from_secs(5));
-    }
+    wait_for_replicas(&manager, &["worker2"]);
     assert_eq!(
         get(
             &format!(

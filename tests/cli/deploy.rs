@@ -147,29 +147,22 @@ fn cluster_token_refuses_a_bad_host_and_an_existing_file_before_connecting() {
     assert!(!out_file.exists());
     std::fs::write(&out_file, "kept\n").unwrap();
     let port = closed_port().to_string();
-    let out = imgforge(&[
-        "cluster",
-        "token",
-        "--host",
-        "127.0.0.1",
-        "--ssh-port",
-        &port,
-        "-o",
-        out_arg,
-    ]);
-    refused(&out, "--force");
+    let token = |extra: &[&str]| {
+        let mut args = vec![
+            "cluster",
+            "token",
+            "--host",
+            "127.0.0.1",
+            "--ssh-port",
+            &port,
+        ];
+        args.extend_from_slice(&["-o", out_arg]);
+        args.extend_from_slice(extra);
+        imgforge(&args)
+    };
+    refused(&token(&[]), "--force");
     assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "kept\n");
-    let out = imgforge(&[
-        "cluster",
-        "token",
-        "--host",
-        "127.0.0.1",
-        "--ssh-port",
-        &port,
-        "-o",
-        out_arg,
-        "--force",
-    ]);
+    let out = token(&["--force"]);
     refused(&out, "cannot reach");
     assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "kept\n");
 }

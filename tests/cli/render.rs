@@ -1544,17 +1544,7 @@ fn a_database_url_file_reaches_the_app_environment_only() {
 
     // Refused, exit 2, nothing written, the URL never shown: no host, no database, a
     // file others can read, DATABASE_URL set twice.
-    let refused = |extra: &[&str]| {
-        let mut args = vec!["render", "-o", "refused.yaml"];
-        let base = base_args();
-        args.extend(base.iter().map(String::as_str));
-        args.extend_from_slice(extra);
-        let out = run.cmd(&args);
-        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-        assert!(!stderr(&out).contains("s3cret"), "{}", stderr(&out));
-        assert!(!run.path("refused.yaml").exists());
-        stderr(&out)
-    };
+    let refused = |extra: &[&str]| render_refused(&run, extra, "s3cret");
     let bad = run.path("bad.url");
     let file_arg = ["--database-url-file", bad.to_str().unwrap()];
     write(&bad, "postgres://app:Sup3r-s3cret@/history\n", 0o600);
@@ -1732,21 +1722,7 @@ fn a_cluster_node_gets_its_role_its_network_and_the_join_token_in_a_root_only_fi
     assert!(deploy_json(&doc).get("cluster").is_none());
 
     // Refused, exit 2, nothing written, the token never shown.
-    let refused = |extra: &[&str]| {
-        let mut args = vec!["render", "-o", "refused.yaml"];
-        let base = base_args();
-        args.extend(base.iter().map(String::as_str));
-        args.extend_from_slice(extra);
-        let out = run.cmd(&args);
-        assert_eq!(out.status.code(), Some(2), "{extra:?}: {}", stderr(&out));
-        assert!(
-            !stderr(&out).contains("1awxwuwd3z9j1z3puu7rcgdbx"),
-            "{}",
-            stderr(&out)
-        );
-        assert!(!run.path("refused.yaml").exists());
-        stderr(&out)
-    };
+    let refused = |extra: &[&str]| render_refused(&run, extra, "1awxwuwd3z9j1z3puu7rcgdbx");
     let net = ["--cluster-network", "10.0.0.0/16"];
     let join = |extra: &[&str]| {
         let mut args = vec!["--cluster", "join"];
@@ -1811,4 +1787,19 @@ fn a_cluster_node_gets_its_role_its_network_and_the_join_token_in_a_root_only_fi
     assert!(err.contains("--manager is for a joining node"), "{err}");
     let err = refused(&["--manager", "10.0.0.2"]);
     assert!(err.contains("--manager without --cluster"), "{err}");
+}
+
+/// `render` with the base flags and `extra`, which must be refused: exit 2, nothing
+/// written, `secret` in nothing it says. Its stderr.
+fn render_refused(run: &Run, extra: &[&str], secret: &str) -> String {
+    let mut args = vec!["render", "-o", "refused.yaml"];
+    let base = base_args();
+    args.extend(base.iter().map(String::as_str));
+    args.extend_from_slice(extra);
+    let out = run.cmd(&args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+    assert!(!err.contains(secret), "{err}");
+    assert!(!run.path("refused.yaml").exists());
+    err
 }
