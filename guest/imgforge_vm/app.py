@@ -60,7 +60,9 @@ def unit(slot):
 def docker_run_argv(conf, paths, slot, record):
     """The container a slot runs: loopback-only port, the data directory, no
     capabilities, no privilege gain, a read-only root, bounded memory and processes.
-    Run by image id, so it is exactly the image that was checked."""
+    Run by image id, so it is exactly the image that was checked. No Docker health
+    check: the slot's unit checks the health path itself (`supervise`); the image's
+    own check is for a cluster's service."""
     app = conf["app"]
     return ["docker", "run", "--rm", "--name", paths.container(slot), "--pull", "never",
             "--env-file", record["env_file"],
@@ -69,7 +71,7 @@ def docker_run_argv(conf, paths, slot, record):
             "--read-only", "--tmpfs", "/tmp:rw,nosuid,nodev,size=64m",
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
             "--pids-limit", str(app["pids_limit"]), "--memory", app["memory"],
-            "--label", f"org.imgforge.slot={slot}",
+            "--label", f"org.imgforge.slot={slot}", "--no-healthcheck",
             record["image_id"]]
 
 

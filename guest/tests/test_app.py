@@ -23,7 +23,8 @@ class Argv(unittest.TestCase):
             joined = " ".join(argv)
             for flag in ["--read-only", "--cap-drop ALL", "--security-opt no-new-privileges",
                          "--pids-limit 512", "--memory 1g", "--publish 127.0.0.1:8001:8000",
-                         "--env-file /etc/imgforge/app/x.env", "--name imgforge-app-green"]:
+                         "--env-file /etc/imgforge/app/x.env", "--name imgforge-app-green",
+                         "--no-healthcheck"]:
                 self.assertIn(flag, joined)
             self.assertEqual(argv[-1], "sha256:abc")
         finally:
