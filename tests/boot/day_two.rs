@@ -27,8 +27,10 @@ pub enum Behaviour {
     Plain,
     /// Starts the classifier only after this many seconds.
     SlowStart(u64),
-    /// Dies this many seconds after its health path first answers.
-    DiesAfterHealthy(u64),
+    /// Dies this many seconds after it first answers `GET /` (a request of the traffic,
+    /// not of the deploy's health checks: so it dies after the switch, however long the
+    /// deploy took from its health to the switch).
+    DiesAfterServing(u64),
 }
 
 /// The classifier packed as another version: the same model and binary, its version in
@@ -56,9 +58,10 @@ pub fn classifier_version(
     let script = match behaviour {
         Behaviour::Plain => None,
         Behaviour::SlowStart(delay) => Some(format!("sleep {delay} && exec /app/classifier")),
-        Behaviour::DiesAfterHealthy(after) => Some(format!(
+        Behaviour::DiesAfterServing(after) => Some(format!(
             "/app/classifier & pid=$!; \
-             until /bin/busybox wget -q -O /dev/null http://127.0.0.1:8000/health; do sleep 1; done; \
+             until /bin/busybox wget -q -O - http://127.0.0.1:8000/metrics 2>/dev/null \
+             | /bin/busybox grep -qF 'route=\"/\",status=\"200\"'; do sleep 1; done; \
              sleep {after}; kill $pid; wait $pid; exit 1"
         )),
     };

@@ -218,11 +218,11 @@ fn deploys_switch_with_zero_failed_requests_and_survive_faults() {
         "{metrics}"
     );
 
-    // 6. v5 dies 20 s after it first answers. The deploy's watch (60 s by default) keeps
-    //    v2 ready as nginx's backup server, sees v5's health fail, and switches traffic
-    //    back by itself: the deploy exits 1 naming the watch, and no request fails but
-    //    those v5 had in flight when it died (counted).
-    let dies = classifier_version(&d.dir, "0.5.0", &[], Behaviour::DiesAfterHealthy(20));
+    // 6. v5 dies 20 s after it first serves a request of the stream. The deploy's watch
+    //    (60 s by default) keeps v2 ready as nginx's backup server, sees v5's health
+    //    fail, and switches traffic back by itself: the deploy exits 1 naming the watch,
+    //    and no request fails but those v5 had in flight when it died (counted).
+    let dies = classifier_version(&d.dir, "0.5.0", &[], Behaviour::DiesAfterServing(20));
     let stream = Stream::start(&d, &root, "watch");
     let out = cli(&d, "deploy", &["--bundle", dies.to_str().unwrap()]);
     let (versions, failed, _) = stream.stop();

@@ -95,7 +95,7 @@ fn cloudflare_registration_then_the_certificate_with_no_step_by_anyone() {
 }
 
 #[test]
-#[ignore = "boots a VM for minutes: cargo test --test boot -- --ignored"]
+#[ignore = "boots a VM for minutes: IMGFORGE_SLOW_TESTS=1 tests/ci.sh"]
 fn a_refused_token_is_reported_http_serves_and_nothing_leaks() {
     let wrong = "ffffffff-0000-4000-8000-0000000bad00";
     let domain = "imgforge-test.duckdns.org";

@@ -21,7 +21,7 @@ fn first_boot_deploys_everything_and_survives_kill_and_reboot() {
 /// The same on Debian 13, the nearest release to Ubuntu 24.04 that boots here (nginx 1.26
 /// with server_tokens in its own nginx.conf, OpenSSH 10, cloud-init 25, Python 3.13).
 #[test]
-#[ignore = "boots a VM for minutes: cargo test --test boot -- --ignored"]
+#[ignore = "boots a VM for minutes: IMGFORGE_SLOW_TESTS=1 tests/ci.sh"]
 fn first_boot_on_debian_13_deploys_everything_and_survives_kill_and_reboot() {
     main_scenario(Some("trixie"), "trixie");
 }
