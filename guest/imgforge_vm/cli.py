@@ -16,11 +16,11 @@ from .report import report
 from .system import Failed, log
 
 # deploy: first boot's steps. provision, generalize: `imgforge build --provision`. cert,
-# dns, backup, upgrade, report, recover, docker-firewall: timers and units. run-slot: a
+# dns, backup, upgrade, report, recover, docker-firewall, registry: timers and units. run-slot: a
 # slot's unit. install-program, status, deploy-version, rollback, attach: `imgforge` over
 # SSH; run-job: a deploy's own unit.
 COMMANDS = ("deploy", "provision", "generalize", "cert", "dns", "backup", "upgrade", "report",
-            "recover", "docker-firewall", "install-program")
+            "recover", "docker-firewall", "install-program", "registry")
 # Day two's commands live in remote.py, which first boot's program does not carry
 # (`imgforge deploy` and `status` send the whole program first).
 REMOTE = ("deploy-version", "rollback", "attach", "status", "logs", "backup-now", "backup-list",
@@ -74,6 +74,9 @@ def main(argv=None):
             backup(ctx)
         elif args.command == "report":
             report(ctx)
+        elif args.command == "registry":
+            from . import registry
+            registry.serve(ctx)
         elif args.command == "docker-firewall":
             log("metadata block: " + block_metadata())
             if ctx.conf.get("cluster"):

@@ -297,7 +297,9 @@ class Jobs:
         try:
             with apps.locked(wait=120):
                 apps.finish_interrupted()
-                if head.get("kind") == "rollback":
+                if self.ctx.conf.get("cluster"):
+                    cluster_job(self.ctx, apps, head)
+                elif head.get("kind") == "rollback":
                     apps.rollback(head.get("health_timeout"), head.get("drain", 30))
                 elif head.get("kind") == "restore":
                     from .restore import restore
@@ -375,6 +377,19 @@ class Jobs:
             for path in (self.path(job, "result"), self.path(job, "log")):
                 if os.path.exists(path):
                     os.remove(path)
+
+
+def cluster_job(ctx, apps, head):
+    """A deploy or rollback on a cluster's manager: Swarm's rolling update of the service."""
+    from . import swarm
+    kind = head.get("kind")
+    if kind == "rollback":
+        swarm.rollback(ctx, apps, head)
+    elif kind == "deploy":
+        swarm.deploy(ctx, apps, head)
+    else:
+        raise Refused(f"a {kind} is not built for a cluster: the data is in the database "
+                      "the replicas share, which its own backup restores")
 
 
 def answer(result):

@@ -14,13 +14,14 @@ drops it on the host's interfaces; nginx reaches it on loopback.
 import http.client
 import ipaddress
 import json
+import os
 import socket
 import time
 import urllib.parse
 
 from . import firstboot, proxy
 from .app import Apps
-from .system import Failed, log, out, run, wait_for
+from .system import Failed, log, now, out, phase, run, wait_for
 
 # Swarm's own ports: cluster management, node gossip, the overlay network's VXLAN.
 SWARM_PORT = 2377
@@ -298,6 +299,7 @@ def step(ctx):
     log("the service's published port: " + block_published_port(ctx.paths))
     if ctx.conf["cluster"]["role"] != "init":
         return joined
+    start_registry(ctx)
     record = Apps(ctx).record(ctx.conf["image"], firstboot.app_env(ctx))
     created = ensure_service(ctx, engine, record["version"]) == "created"
     log(f"the service {ctx.paths.service}: {'created' if created else 'kept'}")
@@ -351,3 +353,152 @@ def app(ctx):
     if not wait_for(lambda: proxy.answers(paths, conf), 60, 2):
         raise Failed("nginx does not pass the service's health path through")
     return "ok"
+
+
+# -- day two -----------------------------------------------------------------------
+
+# A cluster's deploy runs in no slot: its history entries name this (contract::status::SWARM_SLOT).
+SLOT = "swarm"
+# UpdateStatus.State values that end an update (Swarm's own words).
+UPDATE_ENDS = {"completed": "ok", "rollback_completed": "rolled-back", "paused": "failed",
+               "rollback_paused": "failed"}
+
+
+def registry_rules(network, port):
+    """ufw's arguments on the manager: its registry, from the private network only."""
+    return [["allow", "from", network, "to", "any", "port", str(port), "proto", "tcp"]]
+
+
+def start_registry(ctx):
+    """The manager's registry: its directory, its port open to the private network, its
+    unit running."""
+    os.makedirs(ctx.paths.registry_dir, mode=0o755, exist_ok=True)
+    for rule in registry_rules(ctx.conf["cluster"]["network"], ctx.paths.registry_port):
+        run("ufw", *rule)
+    run("systemctl", "enable", "--now", ctx.paths.units["registry"])
+
+
+def image_version(store, digest, tag):
+    """The version an imported image names (its label), else its tag; and its config's
+    digest (the image id every node will show)."""
+    with open(store.blob(digest), "rb") as f:
+        config = json.load(f)["config"]["digest"]
+    with open(store.blob(config), "rb") as f:
+        labels = (json.load(f).get("config") or {}).get("Labels") or {}
+    return labels.get("org.opencontainers.image.version") or tag, config
+
+
+def progress(engine, service):
+    """`version: n running` for the service's replicas, the way the update moves them."""
+    filters = json.dumps({"service": [service], "desired-state": ["running"]})
+    counts = {}
+    for t in engine.ok("GET", "/tasks?filters=" + urllib.parse.quote(filters)):
+        labels = t["Spec"]["ContainerSpec"].get("Labels") or {}
+        version = labels.get("org.imgforge.version", "?")
+        state = t["Status"].get("State", "?")
+        counts.setdefault(version, {}).setdefault(state, 0)
+        counts[version][state] += 1
+    return "; ".join(f"{v}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+                     for v, states in sorted(counts.items()))
+
+
+def await_update(engine, paths, before, deadline_s):
+    """Follows the service's update until Swarm ends it; returns (state, message)."""
+    end = time.monotonic() + deadline_s
+    shown = None
+    while True:
+        service = engine.ok("GET", f"/services/{paths.service}")
+        st = service.get("UpdateStatus") or {}
+        now_shown = progress(engine, paths.service)
+        if now_shown != shown:
+            log(f"  replicas: {now_shown or 'none'}" + (f" ({st['State']})" if st.get("State") else ""))
+            shown = now_shown
+        if st.get("StartedAt") != before and st.get("State") in UPDATE_ENDS:
+            return st["State"], st.get("Message", "")
+        if time.monotonic() > end:
+            raise Failed(f"Swarm's update did not end within {deadline_s} s (it is "
+                         f"{st.get('State', 'not started')}); `imgforge status` follows it")
+        time.sleep(2)
+
+
+def update(ctx, apps, kind, version, image, image_id, change, health_timeout):
+    """Changes the service's spec with `change(spec)` and follows Swarm's rolling update
+    (one node at a time, start-first, each replica healthy before the next; rolled back
+    by Swarm on a failure). Records it in the deploy history; raises Failed unless it
+    completed."""
+    from .app import Refused
+    paths = ctx.paths
+    engine = Engine(paths.docker_socket)
+    if not engine.ok("GET", "/info")["Swarm"].get("ControlAvailable"):
+        raise Refused("this node is not the swarm's manager: deploy to the manager "
+                      "(`imgforge status` there lists the nodes)")
+    service = engine.ok("GET", f"/services/{paths.service}")
+    before = (service.get("UpdateStatus") or {}).get("StartedAt")
+    spec = change(json.loads(json.dumps(service["Spec"])))
+    if spec == service["Spec"]:
+        raise Refused(f"the service already runs {image} with this environment: nothing to update")
+    nodes = len([n for n in engine.ok("GET", "/nodes") if n["Status"].get("State") == "ready"])
+    started, t0 = now(), time.monotonic()
+    entry = {"kind": kind, "version": version, "image": image, "image_id": image_id,
+             "slot": SLOT, "started": started}
+    phase(paths, "update", f"{kind}: {version} on {nodes} node(s), one at a time, start-first")
+    query = f"version={service['Version']['Index']}" + ("&rollback=previous" if spec is None else "")
+    engine.ok("POST", f"/services/{service['ID']}/update?{query}", spec or service["Spec"])
+    deadline = (health_timeout or apps.start_allowance()) * max(nodes, 1) + 120
+    try:
+        state, message = await_update(engine, paths, before, deadline)
+    except Failed as e:
+        apps.finish(apps.load(), dict(entry, result="failed", error=str(e)))
+        raise
+    result = UPDATE_ENDS[state]
+    entry.update(result=result, healthy_s=round(time.monotonic() - t0, 1), switch_s=0.0)
+    if result != "ok":
+        entry["error"] = f"Swarm: {message or state}"
+    apps.finish(apps.load(), entry)
+    if result != "ok":
+        raise Failed(f"Swarm {'rolled the update back' if result == 'rolled-back' else 'stopped the update'}"
+                     f" ({state}): {message or 'no reason given'}; {progress(engine, paths.service)}")
+    log(f"[done] {version} runs on every node: {progress(engine, paths.service)}")
+
+
+def deploy(ctx, apps, head):
+    """A deploy on the manager: the bundle into the cluster's registry (every node pulls it
+    by digest from there), or an image from its own registry, then the service's update."""
+    paths = ctx.paths
+    if head.get("bundle"):
+        from .registry import Store
+        phase(paths, "load", "adding the version to the cluster's registry")
+        store = Store(paths.registry_dir)
+        repo, tag, digest = store.import_bundle(head["bundle"])
+        addr = advertise_address(ctx.conf["cluster"]["network"], node_addresses())
+        image = f"{addr}:{paths.registry_port}/{repo}:{tag}@{digest}"
+        version, image_id = image_version(store, digest, tag)
+    else:
+        image = head["image"]
+        version, image_id = image.rsplit("@", 1)[0].rsplit(":", 1)[-1], ""
+    env = None if head.get("env") is None else env_lines(head["env"])
+
+    def change(spec):
+        cs = spec["TaskTemplate"]["ContainerSpec"]
+        cs["Image"] = image
+        if env is not None:
+            cs["Env"] = env
+        cs.setdefault("Labels", {})["org.imgforge.version"] = version
+        spec.setdefault("Labels", {})["org.imgforge.version"] = version
+        return spec
+
+    update(ctx, apps, "deploy", version, image, image_id, change, head.get("health_timeout"))
+
+
+def rollback(ctx, apps, head):
+    """Swarm's own rollback: the service's previous spec, rolled out the same way."""
+    engine = Engine(ctx.paths.docker_socket)
+    service = engine.ok("GET", f"/services/{ctx.paths.service}")
+    previous = service.get("PreviousSpec")
+    if not previous:
+        from .app import Refused
+        raise Refused("the service has no version before this one to roll back to")
+    cs = previous["TaskTemplate"]["ContainerSpec"]
+    version = (cs.get("Labels") or {}).get("org.imgforge.version", "?")
+    update(ctx, apps, "rollback", version, cs["Image"], "", lambda spec: None,
+           head.get("health_timeout"))

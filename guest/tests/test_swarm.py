@@ -94,8 +94,22 @@ class Engine(http.server.BaseHTTPRequestHandler):
             st["node"] = "active"
             return self.reply(200, None)
         if self.path == "/v1.41/services/create":
-            st["services"][body["Name"]] = {"Spec": body}
+            st["services"][body["Name"]] = {"ID": "svc1", "Version": {"Index": 1}, "Spec": body}
             return self.reply(201, {"ID": "svc1"})
+        if self.path.startswith("/v1.41/services/svc1/update?"):
+            svc = st["services"]["imgforge-app"]
+            query = urllib.parse.parse_qs(self.path.split("?", 1)[1])
+            if query["version"] != [str(svc["Version"]["Index"])]:
+                return self.reply(500, {"message": "update out of sequence"})
+            outcome = st.get("outcome", "completed")
+            new = svc.get("PreviousSpec") if query.get("rollback") == ["previous"] else body
+            if outcome == "rollback_completed":
+                new = svc["Spec"]
+            svc.update(PreviousSpec=svc["Spec"], Spec=new, Version={"Index": svc["Version"]["Index"] + 1},
+                       UpdateStatus={"State": outcome, "StartedAt": f"t{svc['Version']['Index']}",
+                                     "Message": "update rolled back due to failure"
+                                     if outcome != "completed" else "update completed"})
+            return self.reply(200, {"Warnings": None})
         self.reply(404, {"message": "page not found"})
 
 
@@ -225,6 +239,54 @@ class SwarmTest(unittest.TestCase):
         with self.assertRaises(Failed) as e:
             swarm.Engine(os.path.join(self.dir, "absent.sock")).ok("GET", "/info")
         self.assertIn("Docker's API (GET /info)", str(e.exception))
+
+    def test_a_deploy_puts_the_bundle_in_the_registry_and_follows_swarms_update(self):
+        from imgforge_vm.app import Apps, Refused
+        from imgforge_vm.registry import Store
+
+        from .test_registry import bundle
+        vm = self.vm(role="init", network="10.0.0.0/16")
+        os.makedirs(os.path.dirname(vm.paths.docker_socket), exist_ok=True)
+        os.symlink(self.socket, vm.paths.docker_socket)
+        swarm.join(vm.ctx, self.engine)
+        swarm.ensure_service(vm.ctx, self.engine, "0.1.0")
+        path = os.path.join(self.dir, "v2.oci.tar")
+        digest = bundle(path)
+        apps = Apps(vm.ctx)
+        with mock.patch.object(swarm.time, "sleep"):
+            swarm.deploy(vm.ctx, apps, {"bundle": path, "env": None})
+        [spec] = self.calls("POST", "/services/svc1/update?version=1")
+        cs = spec["TaskTemplate"]["ContainerSpec"]
+        self.assertEqual(cs["Image"], f"10.0.0.3:5000/imgforge/classifier:0.2.0@{digest}")
+        self.assertEqual((cs["Labels"]["org.imgforge.version"], spec["Labels"]["org.imgforge.version"]),
+                         ("0.2.0", "0.2.0"))
+        self.assertEqual(cs["Env"], ["MODEL_DIR=/app/model", "DATABASE_URL=postgres://a@db/h"])
+        self.assertEqual(Store(vm.paths.registry_dir).manifest("imgforge/classifier", "0.2.0")[0], digest)
+        last = apps.load()["history"][-1]
+        self.assertEqual((last["version"], last["result"], last["slot"]), ("0.2.0", "ok", "swarm"))
+
+        # The same again: nothing to update, said before Swarm is asked.
+        with self.assertRaisesRegex(Refused, "already runs"):
+            swarm.deploy(vm.ctx, apps, {"bundle": path, "env": None})
+
+        # A version Swarm rolls back: a failure naming Swarm's reason, recorded as such.
+        Engine.state["outcome"] = "rollback_completed"
+        with mock.patch.object(swarm.time, "sleep"), self.assertRaisesRegex(Failed, "rolled the update back"):
+            swarm.deploy(vm.ctx, apps, {"bundle": path, "env": "GREETING=v3\n"})
+        last = apps.load()["history"][-1]
+        self.assertEqual((last["result"], last["error"]),
+                         ("rolled-back", "Swarm: update rolled back due to failure"))
+
+        # `imgforge rollback`: Swarm's own, to the spec before.
+        Engine.state["outcome"] = "completed"
+        with mock.patch.object(swarm.time, "sleep"):
+            swarm.rollback(vm.ctx, apps, {})
+        self.assertEqual(len(self.calls("POST", "/services/svc1/update?version=3&rollback=previous")), 1)
+        self.assertEqual(apps.load()["history"][-1]["kind"], "rollback")
+
+    def test_the_manager_opens_its_registry_to_the_private_network_only(self):
+        self.assertEqual(swarm.registry_rules("10.0.0.0/16", 5000),
+                         [["allow", "from", "10.0.0.0/16", "to", "any", "port", "5000", "proto", "tcp"]])
 
 
 def fast_wait_for(fn, timeout, interval):

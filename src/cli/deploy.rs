@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::contract::remote::{DeployRequest, Upload};
-use crate::contract::status::Deploy;
+use crate::contract::status::{Deploy, SWARM_SLOT};
 use crate::input::{EnvName, EnvValue, ImageRef};
 use crate::remote::{send, Host};
 
@@ -210,17 +210,25 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
 
 pub fn print_result(what: &str, r: &Deploy, started: Option<Instant>) {
     let secs = |s: Option<f64>| s.map_or("?".to_owned(), |s| s.to_string());
+    let total = started.map_or(String::new(), |s| {
+        format!("; {:.1}s in all", s.elapsed().as_secs_f64())
+    });
+    if r.slot == SWARM_SLOT {
+        println!(
+            "{what} {} ({}) on every node of the swarm: Swarm's rolling update ended after {}s{total}",
+            r.version,
+            r.image,
+            secs(r.healthy_s)
+        );
+        return;
+    }
     println!(
-        "{what} {} ({}) on the {} slot: healthy after {}s, traffic on it {}s later{}",
+        "{what} {} ({}) on the {} slot: healthy after {}s, traffic on it {}s later{total}",
         r.version,
         r.image,
         r.slot,
         secs(r.healthy_s),
         secs(r.switch_s),
-        started.map_or(String::new(), |s| format!(
-            "; {:.1}s in all",
-            s.elapsed().as_secs_f64()
-        ))
     );
 }
 

@@ -110,6 +110,10 @@ pub struct Layout {
     /// firewall keeps it from outside; nginx proxies to it on loopback).
     pub service: String,
     pub service_port: u16,
+    /// The manager's registry: the versions deploys bring, served read-only to the
+    /// cluster's private network on this port.
+    pub registry_dir: String,
+    pub registry_port: u16,
     /// Each slot and the loopback port its container is published on.
     pub slots: BTreeMap<String, u16>,
     /// The ports the firewall opens.
@@ -129,6 +133,8 @@ pub struct Layout {
 pub struct Units {
     pub app: String,
     pub docker_firewall: String,
+    /// A cluster manager's registry (`imgforge-vm registry`).
+    pub registry: String,
     pub backup: String,
     pub backup_timer: String,
     pub report: String,

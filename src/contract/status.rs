@@ -91,6 +91,10 @@ pub struct AppVersion {
     pub since: Option<String>,
 }
 
+/// A cluster's deploys and rollbacks are Swarm's rolling update of the service, in no
+/// slot: their history entries name this instead.
+pub const SWARM_SLOT: &str = "swarm";
+
 /// One deploy (first boot, deploy or rollback) and how it ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]

@@ -19,7 +19,7 @@ pub use provider::{package, package_texts, Encoding, Packaged, Provider};
 pub use templates::Templates;
 
 use crate::contract::layout;
-use crate::input::cluster::Node;
+use crate::input::cluster::{Cluster, Node};
 use crate::input::{Bundle, Deployment, DockerSource};
 use crate::keys::KeyPair;
 
@@ -118,7 +118,7 @@ fn cloud_config(
         WriteFile::new(&layout.sshd_config, t("sshd-hardening.conf.hbs")?, "0644"),
         WriteFile::new(
             &layout.docker_daemon,
-            docker_daemon_json(spec.cluster.is_some())?,
+            docker_daemon_json(spec.cluster.as_ref())?,
             "0644",
         ),
         WriteFile::new(&layout.apt_auto_upgrades, t("20auto-upgrades.hbs")?, "0644"),
@@ -173,12 +173,16 @@ fn cloud_config(
             ));
         }
     }
-    if let Some(Node::Join { token, .. }) = spec.cluster.as_ref().map(|c| &c.node) {
-        files.push(WriteFile::new(
+    match spec.cluster.as_ref().map(|c| &c.node) {
+        Some(Node::Join { token, .. }) => files.push(WriteFile::new(
             &layout.swarm_join_token,
             format!("{}\n", token.expose()),
             "0600",
-        ));
+        )),
+        Some(Node::Init { .. }) => {
+            files.push(unit_file(&units.registry, "imgforge-registry.service.hbs")?)
+        }
+        None => {}
     }
     if let Some(url) = &spec.notify {
         files.extend(notify_files(spec, url, &t)?);
@@ -377,16 +381,21 @@ fn env_file(spec: &Deployment) -> String {
     out
 }
 
-fn docker_daemon_json(cluster: bool) -> Result<String> {
-    let daemon = json!({
+fn docker_daemon_json(cluster: Option<&Cluster>) -> Result<String> {
+    let mut daemon = json!({
         "log-driver": "json-file",
         "log-opts": { "max-size": "10m", "max-file": "5" },
         // Containers keep running while dockerd restarts (an upgrade of Docker itself).
         // Swarm mode refuses it: a cluster keeps the app up with its other nodes instead.
-        "live-restore": !cluster,
+        "live-restore": cluster.is_none(),
         // No container process gains privileges (setuid binaries, file capabilities).
         "no-new-privileges": true,
     });
+    if let Some(cluster) = cluster {
+        // The manager serves the versions a deploy brings on the private network (plain
+        // HTTP, content-addressed: every node pulls them by digest).
+        daemon["insecure-registries"] = json!([cluster.network.to_string()]);
+    }
     Ok(serde_json::to_string_pretty(&daemon).context("serializing daemon.json")? + "\n")
 }
 

@@ -244,6 +244,7 @@ const OPTIONAL: &[(&str, Uses)] = &[
     ("imgforge_vm/bundle.py", |n| n.bundle),
     ("imgforge_vm/borg.py", |n| n.borg),
     ("imgforge_vm/swarm.py", |n| n.cluster),
+    ("imgforge_vm/registry.py", |n| n.cluster),
 ];
 
 /// The program with every module.

@@ -6,7 +6,9 @@
 //! /health). Checked: both nodes in the swarm, a replica on each, the service's port
 //! closed from outside while nginx serves it, requests through HAProxy while the
 //! worker's QEMU is killed (the failures counted and reported), and a fresh VM joining
-//! in its place (the time from its power-on to its replica serving reported).
+//! in its place (the time from its power-on to its replica serving reported). Day two:
+//! `imgforge deploy` to the manager brings v2 to every node through the manager's
+//! registry under steady load, and a broken v3 is rolled back by Swarm by itself.
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -142,7 +144,7 @@ fn wait_for_replicas(manager: &Deployment, nodes: &[&str]) -> String {
     let started = Instant::now();
     loop {
         let tasks = manager.ssh.ok(
-            "sudo docker service ps imgforge-app --filter desired-state=running --format '{{.Node}} {{.CurrentState}}'",
+            "sudo docker service ps imgforge-app --filter desired-state=running --format '{{.Node}} {{.CurrentState}} {{.Image}}'",
         );
         let running = |n: &&str| {
             tasks
@@ -247,6 +249,97 @@ fn load(url: &str, per_second: u32, count: u32) -> (u32, u32) {
     (good, bad)
 }
 
+/// GET url's status and the version its JSON names ("" when none).
+fn get_version(url: &str) -> (u32, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "--max-time", "10"])
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    let version = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["version"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    (code.trim().parse().unwrap_or(0), version)
+}
+
+/// GET / through url at 10 a second in a thread until stopped: each answer's status and
+/// version.
+struct Stream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(u32, String)>>,
+}
+
+impl Stream {
+    fn start(url: &str) -> Stream {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, url) = (stop.clone(), url.to_owned());
+        let thread = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut n = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                n += 1;
+                seen.push(get_version(&format!("{url}/?n={n}")));
+                if let Some(rest) = Duration::from_millis(100).checked_sub(t.elapsed()) {
+                    std::thread::sleep(rest);
+                }
+            }
+            seen
+        });
+        Stream { stop, thread }
+    }
+
+    /// (requests, the failed ones, the versions in the order they served).
+    fn stop(self) -> (usize, Vec<(u32, String)>, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = self.thread.join().unwrap();
+        let failed: Vec<(u32, String)> = seen.iter().filter(|(c, _)| *c != 200).cloned().collect();
+        let mut order: Vec<String> = Vec::new();
+        for (_, v) in seen.iter().filter(|(c, _)| *c == 200) {
+            if order.last() != Some(v) {
+                order.push(v.clone());
+            }
+        }
+        (seen.len(), failed, order)
+    }
+}
+
+/// `imgforge deploy --bundle B` to the manager.
+fn deploy(manager: &Deployment, known_hosts: &Path, bundle: &Path) -> std::process::Output {
+    imgforge(&[
+        "deploy",
+        "--host",
+        "127.0.0.1",
+        "--ssh-port",
+        &manager.vm.info().ssh_port.to_string(),
+        "--identity",
+        manager.key.to_str().unwrap(),
+        "--known-hosts",
+        known_hosts.to_str().unwrap(),
+        "--bundle",
+        bundle.to_str().unwrap(),
+    ])
+}
+
+/// The version each node's nginx serves, asked `tries` times (the routing mesh may pick
+/// any replica).
+fn versions_served(nodes: &[&Deployment], tries: u32) -> Vec<String> {
+    let mut seen = Vec::new();
+    for d in nodes {
+        for _ in 0..tries {
+            let (code, v) = get_version(&format!("http://127.0.0.1:{}/", d.vm.info().http_port));
+            assert_eq!(code, 200, "[{}] GET /", d.name);
+            if !seen.contains(&v) {
+                seen.push(v);
+            }
+        }
+    }
+    seen
+}
+
 #[test]
 #[ignore = "boots two VMs for minutes: IMGFORGE_SLOW_TESTS=1 tests/ci.sh"]
 fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing_one() {
@@ -337,6 +430,75 @@ fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing
     let url = format!("http://127.0.0.1:{port}/health");
     let (good, bad) = load(&url, 10, 100);
     assert_eq!(bad, 0, "{good} ok, {bad} failed with both nodes up");
+
+    // Day two on the cluster, under the same load: v2 through the manager's registry to
+    // both nodes (Swarm's rolling update, start-first, each replica healthy before the
+    // next), then a broken v3 that Swarm rolls back by itself.
+    let front = format!("http://127.0.0.1:{port}");
+    let v2 = crate::day_two::classifier_version(
+        &scratch,
+        "0.2.0",
+        &[],
+        crate::day_two::Behaviour::Plain,
+    );
+    let stream = Stream::start(&front);
+    let started = Instant::now();
+    let out = deploy(&manager, &known_hosts, &v2);
+    let (count, failed, order) = stream.stop();
+    eprintln!(
+        "[cluster] deploy v2: {:.0} s, {count} requests through HAProxy, {} failed {failed:?}, \
+         versions in order {order:?}\n{}",
+        started.elapsed().as_secs_f64(),
+        failed.len(),
+        stderr(&out)
+    );
+    assert!(out.status.success(), "deploy of v2 failed");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("on every node of the swarm"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(versions_served(&[&manager, &worker], 10), ["0.2.0"]);
+    let on_nodes = wait_for_replicas(&manager, &["manager", "worker"]);
+    assert!(!on_nodes.contains("0.1.0"), "{on_nodes}");
+
+    let v3 = crate::day_two::classifier_version(
+        &scratch,
+        "0.3.0",
+        &[("MODEL_DIR", "/nonexistent")],
+        crate::day_two::Behaviour::Plain,
+    );
+    let stream = Stream::start(&front);
+    let started = Instant::now();
+    let out = deploy(&manager, &known_hosts, &v3);
+    let (count3, failed3, order3) = stream.stop();
+    eprintln!(
+        "[cluster] broken v3: {:.0} s, {count3} requests, {} failed {failed3:?}, versions {order3:?}\n{}",
+        started.elapsed().as_secs_f64(),
+        failed3.len(),
+        stderr(&out)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the broken v3's deploy did not fail"
+    );
+    assert!(
+        stderr(&out).contains("rolled the update back"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(versions_served(&[&manager, &worker], 10), ["0.2.0"]);
+    assert_eq!(order3, ["0.2.0"], "traffic during the broken deploy");
+    // What the issue asks: no request fails during either deploy.
+    assert!(
+        failed.is_empty(),
+        "requests failed during v2's deploy: {failed:?}"
+    );
+    assert!(
+        failed3.is_empty(),
+        "requests failed during v3's: {failed3:?}"
+    );
     // Requests go on at 10 a second in a thread while the swarm notices the loss: until
     // it marks the node down, the routing mesh on the manager may still send a request to
     // the dead node's replica (nginx then answers 502, which a balancer does not retry).
@@ -390,6 +552,8 @@ fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing
         ),
         200
     );
+    // It runs v2, which its seed did not carry: pulled from the manager's registry.
+    assert_eq!(versions_served(&[&replacement], 10), ["0.2.0"]);
     let nodes = manager
         .ssh
         .ok("sudo docker node ls --format '{{.Hostname}} {{.Status}}'");

@@ -1680,8 +1680,15 @@ fn a_cluster_node_gets_its_role_its_network_and_the_join_token_in_a_root_only_fi
         deploy_json(&doc)["cluster"],
         serde_json::json!({"role": "init", "network": "10.0.0.0/16", "replicas": 3})
     );
-    // Swarm mode refuses live-restore.
+    // Swarm mode refuses live-restore. Every node pulls deployed versions from the
+    // manager's registry on the private network, over plain HTTP; only the manager runs it.
     assert_eq!(daemon(&doc)["live-restore"], false);
+    assert_eq!(
+        daemon(&doc)["insecure-registries"],
+        serde_json::json!(["10.0.0.0/16"])
+    );
+    let registry_unit = format!("{}/{}", layout.units_dir, layout.units.registry);
+    assert!(written(&doc, &registry_unit).contains(&format!("{} registry", layout.program)));
 
     let text = render_ok(
         &run,
@@ -1713,12 +1720,18 @@ fn a_cluster_node_gets_its_role_its_network_and_the_join_token_in_a_root_only_fi
         .find(|f| f["path"].as_str() == Some(&layout.swarm_join_token))
         .unwrap();
     assert_eq!(file["permissions"], "0600");
+    assert_eq!(
+        daemon(&doc)["insecure-registries"],
+        serde_json::json!(["10.0.0.0/16"])
+    );
+    assert!(!String::from_utf8_lossy(&text).contains(&layout.units.registry));
     let shown = String::from_utf8_lossy(&text);
     assert_eq!(shown.matches("1awxwuwd3z9j1z3puu7rcgdbx").count(), 1);
 
     // A VM on its own keeps live-restore and has no cluster.
     let doc = yaml(&render_ok(&run, &[]));
     assert_eq!(daemon(&doc)["live-restore"], true);
+    assert!(daemon(&doc).get("insecure-registries").is_none());
     assert!(deploy_json(&doc).get("cluster").is_none());
 
     // Refused, exit 2, nothing written, the token never shown.
