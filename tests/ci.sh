@@ -92,14 +92,18 @@ if [ "${IMGFORGE_BOOT_TESTS:-1}" != 0 ]; then
     # registration and the refused token (CI keeps Cloudflare's registration; the
     # renderer's and the VM program's tests keep both tokens out of logs and argv), the
     # first boot on Debian 13 (the same scenario as on 12), the deploy client killed at
-    # every phase, two power cuts and a new instance-id (the deploy test keeps one
-    # interrupted client and a slow app), and the two-VM cluster. CI's tier must end well
-    # inside 90 minutes on a new machine, where its two VMs take both cores.
+    # every phase, two power cuts, a slow version and a new instance-id (the deploy test
+    # keeps one interrupted client; the baked test's app starts slowly), the backup to a
+    # repository with a restore onto a new VM and Prometheus (two VMs one after the other;
+    # the deploy test backs up on the VM, the VM program's tests run borg), and the
+    # two-VM cluster. CI's tier must end well inside 90 minutes on a new machine, where
+    # its two VMs take both cores.
     step "QEMU boot tests"
     slow=(--skip minimal_fixture --skip certificate_arrives_when_the_acme_server_comes_up_late
         --skip a_provisioned_image_deploys --skip a_killed_client_or_a_power_cut
         --skip duckdns_registration --skip a_refused_token_is_reported
-        --skip first_boot_on_debian_13 --skip a_manager_and_a_worker_form_a_cluster)
+        --skip first_boot_on_debian_13 --skip a_manager_and_a_worker_form_a_cluster
+        --skip backups_outlive_the_vm)
     [ "${IMGFORGE_SLOW_TESTS:-0}" = 1 ] && slow=()
     cargo test --test boot -- --ignored --test-threads=2 --nocapture "${slow[@]}"
 fi

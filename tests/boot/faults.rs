@@ -112,6 +112,18 @@ fn a_killed_client_or_a_power_cut_never_leaves_a_version_nobody_chose() {
     let out = cli(&d, "deploy", &["--bundle", slow.to_str().unwrap()]);
     assert!(out.status.success(), "the deploy of the slow 0.4.0 failed");
     stream.stop_expecting("the deploy of the slow 0.4.0", &[next.as_str(), "0.4.0"]);
+    // deploy waited for it (the VM's start allowance, no flag); nothing killed it.
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let healthy_after: f64 = said
+        .split("healthy after ")
+        .nth(1)
+        .and_then(|s| s.split('s').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no health time in {said:?}"));
+    assert!(
+        healthy_after >= SLOW_START as f64,
+        "0.4.0 was healthy after {healthy_after}s: it did not start slowly"
+    );
     let certificate = served_certificate(&d);
     d.ssh.ok("sudo cloud-init clean --logs");
     d.reboot();

@@ -139,7 +139,7 @@ impl Prometheus {
 }
 
 #[test]
-#[ignore = "boots two VMs under TCG (tens of minutes); run with --ignored"]
+#[ignore = "boots two VMs under TCG (tens of minutes); IMGFORGE_SLOW_TESTS=1 tests/ci.sh"]
 fn backups_outlive_the_vm_and_prometheus_scrapes_its_metrics() {
     // The repository's host: a throwaway sshd whose one key may only run `borg serve`.
     let host = tempfile::tempdir().unwrap();
