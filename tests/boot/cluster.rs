@@ -307,23 +307,6 @@ impl Stream {
     }
 }
 
-/// `imgforge deploy --bundle B` to the manager.
-fn deploy(manager: &Deployment, known_hosts: &Path, bundle: &Path) -> std::process::Output {
-    imgforge(&[
-        "deploy",
-        "--host",
-        "127.0.0.1",
-        "--ssh-port",
-        &manager.vm.info().ssh_port.to_string(),
-        "--identity",
-        manager.key.to_str().unwrap(),
-        "--known-hosts",
-        known_hosts.to_str().unwrap(),
-        "--bundle",
-        bundle.to_str().unwrap(),
-    ])
-}
-
 /// The version each node's nginx serves, asked `tries` times (the routing mesh may pick
 /// any replica).
 fn versions_served(nodes: &[&Deployment], tries: u32) -> Vec<String> {
@@ -351,6 +334,7 @@ fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing
 
     // The join token, as a user gets it: from the manager over SSH, into a 0600 file.
     let known_hosts = manager.vm.write_known_hosts().unwrap().unwrap();
+    manager.ssh.known_hosts = Some(known_hosts.clone());
     let token = scratch.join("swarm.token");
     let out = ok(imgforge(&[
         "cluster",
@@ -443,14 +427,13 @@ fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing
     );
     let stream = Stream::start(&front);
     let started = Instant::now();
-    let out = deploy(&manager, &known_hosts, &v2);
+    let out = crate::day_two::cli(&manager, "deploy", &["--bundle", v2.to_str().unwrap()]);
     let (count, failed, order) = stream.stop();
     eprintln!(
         "[cluster] deploy v2: {:.0} s, {count} requests through HAProxy, {} failed {failed:?}, \
-         versions in order {order:?}\n{}",
+         versions in order {order:?}",
         started.elapsed().as_secs_f64(),
         failed.len(),
-        stderr(&out)
     );
     assert!(out.status.success(), "deploy of v2 failed");
     assert!(
@@ -470,13 +453,12 @@ fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing
     );
     let stream = Stream::start(&front);
     let started = Instant::now();
-    let out = deploy(&manager, &known_hosts, &v3);
+    let out = crate::day_two::cli(&manager, "deploy", &["--bundle", v3.to_str().unwrap()]);
     let (count3, failed3, order3) = stream.stop();
     eprintln!(
-        "[cluster] broken v3: {:.0} s, {count3} requests, {} failed {failed3:?}, versions {order3:?}\n{}",
+        "[cluster] broken v3: {:.0} s, {count3} requests, {} failed {failed3:?}, versions {order3:?}",
         started.elapsed().as_secs_f64(),
         failed3.len(),
-        stderr(&out)
     );
     assert_eq!(
         out.status.code(),
