@@ -173,13 +173,15 @@ fn get(url: &str, timeout_s: u32) -> u32 {
     String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
 }
 
-/// HAProxy in front of the nodes' port 80: round robin, /health checked every second,
-/// a request that fails on one node retried on another (as a provider's balancer does).
+/// HAProxy in front of the nodes' port 80: round robin, /health checked every second and
+/// given 5 s to answer (as a provider's balancer gives it; a 1 s limit marked both
+/// emulated nodes down while Swarm started a replica), a request that fails on one node
+/// retried on another.
 fn haproxy(dir: &Path, nodes: &[&Deployment]) -> (Guarded, u16) {
     let port = free_port();
     let mut conf = format!(
         "global\n  log stderr format raw local0 warning\ndefaults\n  mode http\n  timeout connect 2s\n  \
-         timeout client 30s\n  timeout server 30s\n  retries 3\n  option redispatch 1\n\
+         timeout client 30s\n  timeout server 30s\n  timeout check 5s\n  retries 3\n  option redispatch 1\n\
          frontend api\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\
          backend nodes\n  balance roundrobin\n  option httpchk GET /health\n  \
          default-server check inter 1s fall 2 rise 2\n"
