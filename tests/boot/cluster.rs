@@ -309,6 +309,27 @@ impl Stream {
     }
 }
 
+/// `imgforge deploy --bundle B` to the manager while GET / streams through `front`:
+/// (the deploy's output, the failed requests, the versions in the order they served).
+fn deploy_under_load(
+    manager: &Deployment,
+    front: &str,
+    bundle: &Path,
+    what: &str,
+) -> (std::process::Output, Vec<(u32, String)>, Vec<String>) {
+    let stream = Stream::start(front);
+    let started = Instant::now();
+    let out = crate::day_two::cli(manager, "deploy", &["--bundle", bundle.to_str().unwrap()]);
+    let (count, failed, order) = stream.stop();
+    eprintln!(
+        "[cluster] deploy of {what}: {:.0} s, {count} requests through HAProxy, {} failed \
+         {failed:?}, versions in order {order:?}",
+        started.elapsed().as_secs_f64(),
+        failed.len(),
+    );
+    (out, failed, order)
+}
+
 /// The version each node's nginx serves, asked `tries` times (the routing mesh may pick
 /// any replica).
 fn versions_served(nodes: &[&Deployment], tries: u32) -> Vec<String> {
@@ -427,16 +448,7 @@ fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing
         &[],
         crate::day_two::Behaviour::Plain,
     );
-    let stream = Stream::start(&front);
-    let started = Instant::now();
-    let out = crate::day_two::cli(&manager, "deploy", &["--bundle", v2.to_str().unwrap()]);
-    let (count, failed, order) = stream.stop();
-    eprintln!(
-        "[cluster] deploy v2: {:.0} s, {count} requests through HAProxy, {} failed {failed:?}, \
-         versions in order {order:?}",
-        started.elapsed().as_secs_f64(),
-        failed.len(),
-    );
+    let (out, failed, _) = deploy_under_load(&manager, &front, &v2, "v2");
     assert!(out.status.success(), "deploy of v2 failed");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("on every node of the swarm"),
@@ -453,15 +465,7 @@ fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing
         &[("MODEL_DIR", "/nonexistent")],
         crate::day_two::Behaviour::Plain,
     );
-    let stream = Stream::start(&front);
-    let started = Instant::now();
-    let out = crate::day_two::cli(&manager, "deploy", &["--bundle", v3.to_str().unwrap()]);
-    let (count3, failed3, order3) = stream.stop();
-    eprintln!(
-        "[cluster] broken v3: {:.0} s, {count3} requests, {} failed {failed3:?}, versions {order3:?}",
-        started.elapsed().as_secs_f64(),
-        failed3.len(),
-    );
+    let (out, failed3, order3) = deploy_under_load(&manager, &front, &v3, "the broken v3");
     assert_eq!(
         out.status.code(),
         Some(1),
