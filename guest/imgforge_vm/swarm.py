@@ -36,6 +36,11 @@ NS = 1_000_000_000
 POOLS = ("10.200.0.0/16", "172.30.0.0/16", "192.168.224.0/19")
 # Interfaces Docker makes: its bridges, the containers' ends, the overlay's.
 DOCKER_IFACES = ("docker", "br-", "veth", "vx-", "ov-")
+# Swarm replaces a replica its health check calls unhealthy. Each check is an exec into
+# the container, which on a busy small node (or an emulated one) can take longer than an
+# image's few seconds while the app itself answers; the service gives each check this
+# long and keeps the image's command, interval, start period and retries.
+HEALTH_TIMEOUT = 30 * NS
 
 
 class UnixConnection(http.client.HTTPConnection):
@@ -232,6 +237,7 @@ def service_spec(conf, paths, env, version):
                 ],
                 "ReadOnly": True,
                 "CapabilityDrop": ["ALL"],
+                "HealthCheck": {"Timeout": HEALTH_TIMEOUT},
                 "StopGracePeriod": 30 * NS,
             },
             "Resources": {"Limits": {"MemoryBytes": memory_bytes(app["memory"]),
@@ -364,6 +370,10 @@ UPDATE_ENDS = {"completed": "ok", "rollback_completed": "rolled-back", "paused":
                "rollback_paused": "failed"}
 
 
+# A task's states that mean it ended without being asked to (`shutdown` is asked).
+TASK_FAILED = ("failed", "rejected", "orphaned")
+
+
 def registry_rules(network, port):
     """ufw's arguments on the manager: its registry, from the private network only."""
     return [["allow", "from", network, "to", "any", "port", str(port), "proto", "tcp"]]
@@ -402,10 +412,33 @@ def progress(engine, service):
                      for v, states in sorted(counts.items()))
 
 
+def task_failures(engine, service, since, seen):
+    """One line per replica that ended by itself since `since` (an RFC 3339 time, as
+    Swarm writes them) and is not in `seen`: its version, node and Swarm's reason, the
+    way `docker service ps --no-trunc` shows them. Adds them to `seen`."""
+    filters = json.dumps({"service": [service]})
+    lines, names = [], None
+    for t in engine.ok("GET", "/tasks?filters=" + urllib.parse.quote(filters)):
+        st = t.get("Status") or {}
+        if t["ID"] in seen or st.get("State") not in TASK_FAILED or st.get("Timestamp", "") < since:
+            continue
+        seen.add(t["ID"])
+        if names is None:
+            names = {n["ID"]: n["Description"].get("Hostname", n["ID"]) for n in engine.ok("GET", "/nodes")}
+        node = t.get("NodeID", "?")
+        labels = t["Spec"]["ContainerSpec"].get("Labels") or {}
+        reason = st.get("Err") or st.get("Message") or st["State"]
+        lines.append(f"  replica {t['ID'][:12]} ({labels.get('org.imgforge.version', '?')}) on "
+                     f"{names.get(node, node[:12])}: {st['State']}: {reason}")
+    return lines
+
+
 def await_update(engine, paths, before, deadline_s):
-    """Follows the service's update until Swarm ends it; returns (state, message)."""
+    """Follows the service's update until Swarm ends it, with each replica that fails on
+    the way and why; returns (state, message)."""
     end = time.monotonic() + deadline_s
-    shown = None
+    since = engine.ok("GET", f"/services/{paths.service}")["UpdatedAt"]
+    shown, seen = None, set()
     while True:
         service = engine.ok("GET", f"/services/{paths.service}")
         st = service.get("UpdateStatus") or {}
@@ -413,6 +446,8 @@ def await_update(engine, paths, before, deadline_s):
         if now_shown != shown:
             log(f"  replicas: {now_shown or 'none'}" + (f" ({st['State']})" if st.get("State") else ""))
             shown = now_shown
+        for line in task_failures(engine, paths.service, since, seen):
+            log(line)
         if st.get("StartedAt") != before and st.get("State") in UPDATE_ENDS:
             return st["State"], st.get("Message", "")
         if time.monotonic() > end:

@@ -1,4 +1,5 @@
 import http.server
+import io
 import ipaddress
 import json
 import os
@@ -7,6 +8,7 @@ import tempfile
 import threading
 import urllib.parse
 import unittest
+from contextlib import redirect_stderr
 from unittest import mock
 
 from imgforge_vm import swarm
@@ -66,6 +68,8 @@ class Engine(http.server.BaseHTTPRequestHandler):
                  "Status": {"State": "ready", "Addr": "10.0.0.3"}, "ManagerStatus": {"Leader": True}}])
         if self.path.startswith("/v1.41/tasks?filters="):
             filters = json.loads(urllib.parse.unquote(self.path.split("=", 1)[1]))
+            if filters == {"service": ["imgforge-app"]}:
+                return self.reply(200, st.get("tasks", []))
             assert filters == {"service": ["imgforge-app"], "desired-state": ["running"]}, filters
             return self.reply(200, [
                 {"NodeID": "n1", "Spec": {"ContainerSpec": {"Labels": {"org.imgforge.version": "2"}}},
@@ -94,7 +98,8 @@ class Engine(http.server.BaseHTTPRequestHandler):
             st["node"] = "active"
             return self.reply(200, None)
         if self.path == "/v1.41/services/create":
-            st["services"][body["Name"]] = {"ID": "svc1", "Version": {"Index": 1}, "Spec": body}
+            st["services"][body["Name"]] = {"ID": "svc1", "Version": {"Index": 1}, "Spec": body,
+                                            "UpdatedAt": "2026-12-07T10:01:00.5Z"}
             return self.reply(201, {"ID": "svc1"})
         if self.path.startswith("/v1.41/services/svc1/update?"):
             svc = st["services"]["imgforge-app"]
@@ -105,12 +110,22 @@ class Engine(http.server.BaseHTTPRequestHandler):
             new = svc.get("PreviousSpec") if query.get("rollback") == ["previous"] else body
             if outcome == "rollback_completed":
                 new = svc["Spec"]
-            svc.update(PreviousSpec=svc["Spec"], Spec=new, Version={"Index": svc["Version"]["Index"] + 1},
+            index = svc["Version"]["Index"] + 1
+            svc.update(PreviousSpec=svc["Spec"], Spec=new, Version={"Index": index},
+                       UpdatedAt=f"2026-12-07T10:0{index}:00.5Z",
                        UpdateStatus={"State": outcome, "StartedAt": f"t{svc['Version']['Index']}",
                                      "Message": "update rolled back due to failure"
                                      if outcome != "completed" else "update completed"})
             return self.reply(200, {"Warnings": None})
         self.reply(404, {"message": "page not found"})
+
+
+def task(tid, state, timestamp, version, err=None):
+    status = {"State": state, "Timestamp": timestamp, "Message": state}
+    if err:
+        status["Err"] = err
+    return {"ID": tid, "NodeID": "n1", "Status": status,
+            "Spec": {"ContainerSpec": {"Labels": {"org.imgforge.version": version}}}}
 
 
 class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -269,10 +284,24 @@ class SwarmTest(unittest.TestCase):
         with self.assertRaisesRegex(Refused, "already runs"):
             swarm.deploy(vm.ctx, apps, {"bundle": path, "env": None})
 
-        # A version Swarm rolls back: a failure naming Swarm's reason, recorded as such.
+        # A version Swarm rolls back: a failure naming Swarm's reason, recorded as such,
+        # with each replica that failed during the update and why (not those from before,
+        # nor those the update stopped).
         Engine.state["outcome"] = "rollback_completed"
-        with mock.patch.object(swarm.time, "sleep"), self.assertRaisesRegex(Failed, "rolled the update back"):
+        Engine.state["tasks"] = [
+            task("t-old", "failed", "2026-12-07T09:00:00Z", "0.1.0", err="from before"),
+            task("t-shut", "shutdown", "2026-12-07T10:03:10Z", "0.2.0"),
+            task("t-sick", "failed", "2026-12-07T10:03:20Z", "0.2.0", err="unhealthy container"),
+            task("t-pull", "rejected", "2026-12-07T10:03:30Z", "0.2.0", err="No such image"),
+        ]
+        printed = io.StringIO()
+        with mock.patch.object(swarm.time, "sleep"), redirect_stderr(printed), \
+                self.assertRaisesRegex(Failed, "rolled the update back"):
             swarm.deploy(vm.ctx, apps, {"bundle": path, "env": "GREETING=v3\n"})
+        failures = [line for line in printed.getvalue().splitlines() if "  replica " in line]
+        self.assertEqual(failures, [
+            "imgforge:   replica t-sick (0.2.0) on manager: failed: unhealthy container",
+            "imgforge:   replica t-pull (0.2.0) on manager: rejected: No such image"])
         last = apps.load()["history"][-1]
         self.assertEqual((last["result"], last["error"]),
                          ("rolled-back", "Swarm: update rolled back due to failure"))
@@ -336,6 +365,8 @@ class ServiceSpecTest(unittest.TestCase):
                          [{"Protocol": "tcp", "TargetPort": vm.ctx.conf["container_port"],
                            "PublishedPort": vm.paths.service_port, "PublishMode": "ingress"}])
         self.assertEqual(spec["Labels"], {"org.imgforge.version": "0.1.0"})
+        # The image's health check, with time for an exec on a busy node.
+        self.assertEqual(spec["TaskTemplate"]["ContainerSpec"]["HealthCheck"], {"Timeout": 30 * swarm.NS})
 
     def test_the_same_limits_as_a_slots_container(self):
         vm, spec = self.spec(replicas=3)
