@@ -18,7 +18,8 @@ pub const EXIT_QEMU: u8 = 4;
 const AFTER_HELP: &str = "\
 The base disk is never written: the VM runs on a qcow2 overlay in the run
 directory, next to serial.log, qemu.log and boot.json (ports and pid).
-Guest ports 22, 80, 443, 8000 and 8001 are forwarded from free 127.0.0.1 ports.
+Guest ports 22, 80, 443, 8000, 8001 and 8002 (the app's, which must not answer)
+are forwarded from free 127.0.0.1 ports.
 
 Exit codes: 0 ready, 1 deployment failed, 2 bad usage, 3 timed out,
 4 QEMU exited or could not start.";

@@ -21,9 +21,14 @@ that must not answer; cloud-init, failed units and imgforge's status record.
 
 Exit codes: 0 all checks passed, 1 a check failed, 2 bad usage or bad input.")]
 pub struct Args {
-    /// The server's address or host name
-    #[arg(long, required_unless_present = "boot", conflicts_with = "boot")]
-    pub host: Option<String>,
+    /// The server's address or host name; a cluster's nodes: each one (repeat, or A,B,C)
+    #[arg(
+        long,
+        required_unless_present = "boot",
+        conflicts_with = "boot",
+        value_delimiter = ','
+    )]
+    pub host: Vec<String>,
     /// SSH port (with --host)
     #[arg(long, default_value_t = 22, conflicts_with = "boot", value_parser = clap::value_parser!(u16).range(1..))]
     pub ssh_port: u16,
@@ -33,9 +38,10 @@ pub struct Args {
     /// HTTPS port (with --host)
     #[arg(long, default_value_t = 443, conflicts_with = "boot", value_parser = clap::value_parser!(u16).range(1..))]
     pub https_port: u16,
-    /// Check the VM described by the boot.json that `imgforge boot` wrote
+    /// Check the VM described by the boot.json that `imgforge boot` wrote (repeat for
+    /// each node of a local cluster)
     #[arg(long, value_name = "BOOT_JSON")]
-    pub boot: Option<PathBuf>,
+    pub boot: Vec<PathBuf>,
     /// The domain the site is served on
     #[arg(long)]
     pub domain: String,
@@ -75,44 +81,99 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let (target, boot_known_hosts) = match (&args.boot, &args.host) {
-        (Some(boot), _) => Target::from_boot_json(boot)?,
-        (None, Some(host)) => {
-            let mut t = Target::direct(host.clone());
-            t.ssh_port = args.ssh_port;
-            t.http_port = args.http_port;
-            t.https_port = args.https_port;
-            if !args.probe_port.is_empty() {
-                t.probe_ports = args
-                    .probe_port
-                    .iter()
-                    .map(|&p| ProbePort {
-                        port: p,
-                        connect: p,
-                    })
-                    .collect();
-            }
-            (t, None)
+    // Every target read before any is checked: a bad boot file is an error with nothing
+    // checked.
+    let mut targets: Vec<(Target, Option<PathBuf>)> = Vec::new();
+    for boot in &args.boot {
+        targets.push(Target::from_boot_json(boot)?);
+    }
+    for host in &args.host {
+        let mut t = Target::direct(host.clone());
+        t.ssh_port = args.ssh_port;
+        t.http_port = args.http_port;
+        t.https_port = args.https_port;
+        if !args.probe_port.is_empty() {
+            t.probe_ports = args
+                .probe_port
+                .iter()
+                .map(|&p| ProbePort {
+                    port: p,
+                    connect: p,
+                })
+                .collect();
         }
-        (None, None) => return Err(crate::exit::usage("give --host or --boot")),
-    };
+        targets.push((t, None));
+    }
+    if targets.is_empty() {
+        return Err(crate::exit::usage("give --host or --boot"));
+    }
     let mut opts = VerifyOptions::new(args.domain, args.user);
     opts.identity = args.identity;
     opts.ca_bundle = args.ca_bundle;
-    opts.known_hosts = args.known_hosts.or(boot_known_hosts);
     opts.tls = !args.no_tls;
     opts.skip = args.skip.into_iter().collect();
     opts.timeout = Duration::from_secs(args.timeout.max(1));
 
-    let report = verify::verify(&target, &opts)?;
-    match args.format {
-        Format::Text => print!("{}", report.to_text()),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    let mut reports = Vec::new();
+    for (target, boot_known_hosts) in &targets {
+        let opts = VerifyOptions {
+            known_hosts: args.known_hosts.clone().or(boot_known_hosts.clone()),
+            ..opts.clone()
+        };
+        reports.push(verify::verify(target, &opts)?);
     }
-    if report.ok {
+    // Several local VMs share one address: their SSH ports tell them apart.
+    let labels: Vec<String> = targets
+        .iter()
+        .map(|(t, _)| {
+            if targets.iter().filter(|(o, _)| o.host == t.host).count() > 1 {
+                format!("{}:{}", t.host, t.ssh_port)
+            } else {
+                t.host.clone()
+            }
+        })
+        .collect();
+    let several = reports.len() > 1;
+    let failed: Vec<String> = reports
+        .iter()
+        .zip(&labels)
+        .flat_map(|(r, label)| {
+            r.failed().map(move |c| match several {
+                false => c.name.clone(),
+                true => format!("{label} {}", c.name),
+            })
+        })
+        .collect();
+    match (args.format, reports.as_slice()) {
+        (Format::Text, [report]) => print!("{}", report.to_text()),
+        (Format::Json, [report]) => println!("{}", serde_json::to_string_pretty(report)?),
+        (Format::Text, _) => {
+            for (report, label) in reports.iter().zip(&labels) {
+                println!("== node {label}");
+                print!("{}", report.to_text());
+            }
+            let passed = reports.iter().filter(|r| r.ok).count();
+            println!(
+                "{}: {passed} of {} nodes passed",
+                if failed.is_empty() {
+                    "passed"
+                } else {
+                    "FAILED"
+                },
+                reports.len()
+            );
+        }
+        (Format::Json, _) => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "ok": failed.is_empty(),
+                "nodes": reports,
+            }))?
+        ),
+    }
+    if failed.is_empty() {
         Ok(())
     } else {
-        let failed: Vec<_> = report.failed().map(|c| c.name.as_str()).collect();
         anyhow::bail!("{} check(s) failed: {}", failed.len(), failed.join(", "))
     }
 }

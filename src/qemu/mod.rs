@@ -20,8 +20,8 @@ pub use accel::Accel;
 
 use serial::{SerialState, Watcher};
 
-/// Guest ports always forwarded: SSH, HTTP and HTTPS, and the app's slot ports, which
-/// are probes: from outside they must not answer.
+/// Guest ports always forwarded: SSH, HTTP and HTTPS, and the app's ports, which are
+/// probes: from outside they must not answer.
 pub fn default_forwards() -> Vec<u16> {
     let ports = &crate::contract::layout().public_ports;
     let mut forwards = vec![ports.ssh, ports.http, ports.https];
@@ -29,9 +29,13 @@ pub fn default_forwards() -> Vec<u16> {
     forwards
 }
 
-/// The guest ports that must not answer from outside: the app's slots (layout.json).
+/// The guest ports that must not answer from outside: the app's slots and a cluster
+/// node's published service port (layout.json).
 pub fn probe_ports() -> Vec<u16> {
-    crate::contract::layout().slots.values().copied().collect()
+    let layout = crate::contract::layout();
+    let mut ports: Vec<u16> = layout.slots.values().copied().collect();
+    ports.push(layout.service_port);
+    ports
 }
 /// Name of the file `imgforge boot` writes in its run directory.
 pub const BOOT_JSON: &str = "boot.json";

@@ -254,7 +254,7 @@ impl Checks {
 /// `ssh.root_refused`, `ssh.sshd_config` (ssh); `tls.certificate`, `https.app`,
 /// `https.health`, `http.redirect`, or `http.app`, `http.health` without TLS (web);
 /// `port.<port>.closed` (ports); `server.cloud_init`, `server.failed_units`,
-/// `server.imgforge_status` (server).
+/// `server.imgforge_status`, `server.cluster` (server).
 pub fn verify(target: &Target, opts: &VerifyOptions) -> Result<Report> {
     check_input(target, opts)?;
     let tls = if opts.tls && !opts.skip.contains(&Group::Web) {

@@ -20,9 +20,11 @@ fn script() -> String {
 echo @@sshd; sudo -n sshd -T 2>&1; echo "@@rc $?"
 echo @@cloud-init; cloud-init status --format json 2>&1; echo "@@rc $?"
 echo @@units; systemctl --failed --plain --no-legend --no-pager 2>&1; echo "@@rc $?"
-echo @@status; cat {} 2>&1; echo "@@rc $?"
+echo @@status; cat {status} 2>&1; echo "@@rc $?"
+echo @@cluster; s=$(sudo -n docker info --format '{{{{.Swarm.LocalNodeState}}}}' 2>/dev/null); echo "$s"; [ "$s" != active ] || sudo -n {program} status </dev/null 2>&1; echo "@@rc $?"
 "#,
-        crate::contract::layout().status
+        status = crate::contract::layout().status,
+        program = crate::contract::layout().program,
     )
 }
 
@@ -433,12 +435,13 @@ fn sshd_config_result(section: &Section) -> Result<String, String> {
     }
 }
 
-/// `server.cloud_init`, `server.failed_units`, `server.imgforge_status`.
+/// `server.cloud_init`, `server.failed_units`, `server.imgforge_status`, `server.cluster`.
 pub(super) fn server_checks(login: &Login, opts: &VerifyOptions, checks: &mut Checks) {
-    const NAMES: [&str; 3] = [
+    const NAMES: [&str; 4] = [
         "server.cloud_init",
         "server.failed_units",
         "server.imgforge_status",
+        "server.cluster",
     ];
     let sections = match &login.result {
         Ok(s) => s,
@@ -458,6 +461,82 @@ pub(super) fn server_checks(login: &Login, opts: &VerifyOptions, checks: &mut Ch
     checks.result(NAMES[0], cloud_init_result(&get("cloud-init")));
     checks.result(NAMES[1], failed_units_result(&get("units")));
     checks.result(NAMES[2], imgforge_status_result(&get("status"), opts.tls));
+    // The section: this node's swarm state (empty without Docker), then on a swarm's
+    // node the VM program's status answer.
+    let cluster = get("cluster");
+    let (state, answer) = cluster
+        .output
+        .split_once('\n')
+        .unwrap_or((&cluster.output, ""));
+    match state.trim() {
+        "active" => checks.result(NAMES[3], cluster_result(answer)),
+        "" | "inactive" => checks.skipped(NAMES[3], "not a node of a swarm"),
+        state => checks.failed(NAMES[3], format!("this node's swarm state is {state}")),
+    }
+}
+
+/// `server.cluster`, from the VM program's status answer on a swarm's node. On the
+/// manager: every node ready and active, every replica that should run running, all of
+/// one version, and no update under way or stopped. On a worker: it is in the swarm
+/// (the manager's own check covers the rest).
+fn cluster_result(output: &str) -> Result<String, String> {
+    let last = output.lines().rev().find(|l| !l.trim().is_empty());
+    let answer: crate::contract::remote::StatusAnswer = last
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| format!("the VM program's status: {}", short(output, 200)))?;
+    let Some(c) = answer.cluster else {
+        return Err("the node is in a swarm but its status has no cluster".into());
+    };
+    if !c.manager {
+        return Ok(format!(
+            "a worker ({}): verify the manager for the cluster",
+            c.state
+        ));
+    }
+    let mut problems = Vec::new();
+    for n in &c.nodes {
+        if n.state != "ready" || n.availability != "active" {
+            problems.push(format!(
+                "node {} is {}, {}",
+                n.hostname, n.state, n.availability
+            ));
+        }
+    }
+    for r in &c.replicas {
+        if r.state != "running" {
+            problems.push(format!(
+                "replica {} on {} is {}",
+                r.version, r.node, r.state
+            ));
+        }
+    }
+    let mut versions: Vec<&str> = c.replicas.iter().map(|r| r.version.as_str()).collect();
+    versions.sort_unstable();
+    versions.dedup();
+    match versions.len() {
+        0 => problems.push("no replica of the app runs".into()),
+        1 => {}
+        _ => problems.push(format!(
+            "replicas of {} versions: {}",
+            versions.len(),
+            versions.join(", ")
+        )),
+    }
+    if let Some(u) = &c.update {
+        if !matches!(u.as_str(), "completed" | "rollback_completed") {
+            problems.push(format!("the service's update is {u}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(format!(
+            "{} nodes ready, {} replicas of {} running",
+            c.nodes.len(),
+            c.replicas.len(),
+            versions[0]
+        ))
+    } else {
+        Err(problems.join("; "))
+    }
 }
 
 fn cloud_init_result(section: &Section) -> Result<String, String> {
@@ -577,6 +656,65 @@ mod tests {
         };
         let e = sshd_config_result(&bad).unwrap_err();
         assert!(e.contains("permitrootlogin without-password"), "{e}");
+    }
+
+    /// The VM program's status answer (the fixture the contract tests use) with `cluster`.
+    fn status_with(cluster: serde_json::Value) -> String {
+        let text = include_str!("../../guest/tests/fixtures/status-answer-v1.json");
+        let mut answer: serde_json::Value = serde_json::from_str(text).unwrap();
+        answer["cluster"] = cluster;
+        format!("imgforge: a progress line\n{answer}\n")
+    }
+
+    fn swarm(
+        update: &str,
+        nodes: &[(&str, &str)],
+        replicas: &[(&str, &str, &str)],
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "manager": true, "state": "active", "update": update,
+            "nodes": nodes.iter().map(|(h, st)| serde_json::json!(
+                {"hostname": h, "addr": "10.0.0.2", "state": st, "availability": "active", "manager": false}))
+                .collect::<Vec<_>>(),
+            "replicas": replicas.iter().map(|(n, v, st)| serde_json::json!(
+                {"node": n, "version": v, "state": st})).collect::<Vec<_>>(),
+        })
+    }
+
+    #[test]
+    fn a_cluster_passes_with_every_node_ready_and_every_replica_of_one_version_running() {
+        let nodes = [("api-1", "ready"), ("api-2", "ready")];
+        let good = [("api-1", "0.2.0", "running"), ("api-2", "0.2.0", "running")];
+        let ok = cluster_result(&status_with(swarm("completed", &nodes, &good))).unwrap();
+        assert_eq!(ok, "2 nodes ready, 2 replicas of 0.2.0 running");
+        assert!(cluster_result(&status_with(swarm("rollback_completed", &nodes, &good))).is_ok());
+
+        let down = [("api-1", "ready"), ("api-2", "down")];
+        let e = cluster_result(&status_with(swarm("completed", &down, &good))).unwrap_err();
+        assert_eq!(e, "node api-2 is down, active");
+        let mixed = [
+            ("api-1", "0.2.0", "running"),
+            ("api-2", "0.1.0", "starting"),
+        ];
+        let e = cluster_result(&status_with(swarm("updating", &nodes, &mixed))).unwrap_err();
+        assert_eq!(
+            e,
+            "replica 0.1.0 on api-2 is starting; replicas of 2 versions: 0.1.0, 0.2.0; \
+             the service's update is updating"
+        );
+        let e = cluster_result(&status_with(swarm("completed", &nodes, &[]))).unwrap_err();
+        assert_eq!(e, "no replica of the app runs");
+
+        let worker = serde_json::json!({"manager": false, "state": "active", "nodes": [],
+                                        "replicas": [], "update": null});
+        assert_eq!(
+            cluster_result(&status_with(worker)).unwrap(),
+            "a worker (active): verify the manager for the cluster"
+        );
+        let e = cluster_result(&status_with(serde_json::Value::Null)).unwrap_err();
+        assert!(e.contains("no cluster"), "{e}");
+        let e = cluster_result("sudo: a password is required\n").unwrap_err();
+        assert!(e.contains("sudo: a password is required"), "{e}");
     }
 
     #[test]

@@ -3,12 +3,16 @@
 //! token` fetched), each a QEMU guest with a second card on one VDE switch (Debian's
 //! `vde2`: the provider's private network), HTTP only (the front door is the load
 //! balancer: HAProxy from Debian's package, on the host, health-checking each node's
-//! /health). Checked: both nodes in the swarm, a replica on each, the service's port
-//! closed from outside while nginx serves it, requests through HAProxy while the
-//! worker's QEMU is killed (the failures counted and reported), and a fresh VM joining
-//! in its place (the time from its power-on to its replica serving reported). Day two:
-//! `imgforge deploy` to the manager brings v2 to every node through the manager's
-//! registry under steady load, and a broken v3 is rolled back by Swarm by itself.
+//! /health), the history in PostgreSQL on the host (the provider's managed database).
+//! Checked: both nodes in the swarm, a replica on each, the service's port closed from
+//! outside while nginx serves it, rows written through each node in one history.
+//! Day two: `imgforge deploy` to the manager brings v2 to every node through the
+//! manager's registry under steady load, `imgforge verify` of both nodes passes, and a
+//! broken v3 is rolled back by Swarm by itself. Then requests through HAProxy while the
+//! worker's QEMU is killed (the failures counted and reported), a fresh VM joining in its
+//! place (the time from its power-on to its replica serving reported, the history read
+//! through it), a third node, `verify` of all three, and the throughput of three nodes
+//! against one (reported).
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -20,6 +24,7 @@ use imgforge::qemu::{MacAddr, PrivateNic};
 
 use crate::common::*;
 use crate::deployment::*;
+use crate::host_postgres::{HostPostgres, DATABASE};
 
 const NETWORK: &str = "10.10.0.0/24";
 const MANAGER: &str = "10.10.0.2";
@@ -70,10 +75,12 @@ fn mac(n: u8) -> MacAddr {
     format!("52:54:00:10:00:{n:02x}").parse().unwrap()
 }
 
-/// A node: its own key and seed (the cluster flags plus `extra`), its second card on the
+/// A node: its own seed (the cluster flags plus `extra`) with the admin's `key`, its second card on the
 /// switch at 10.10.0.N, the service's port forwarded too (to check it is closed).
-fn node(name: &str, n: u8, switch: &Path, extra: &[&str]) -> Deployment {
-    let (dir, guest, key) = Deployment::prepare(name);
+fn node(name: &str, n: u8, switch: &Path, key: &Path, extra: &[&str]) -> Deployment {
+    let (dir, guest, _) = Deployment::prepare(name);
+    // One admin key for every node, as a user has.
+    let key = key.to_path_buf();
     let net = dir.join("network-config.yaml");
     // The first card (QEMU's user network, the "public" one) by DHCP, as cloud-init would
     // by itself; the private one with its fixed address.
@@ -321,13 +328,161 @@ fn deploy_under_load(
     let started = Instant::now();
     let out = crate::day_two::cli(manager, "deploy", &["--bundle", bundle.to_str().unwrap()]);
     let (count, failed, order) = stream.stop();
+    // Round robin alternates the nodes, so while they differ the order alternates too:
+    // how often the served version changed, and the last.
     eprintln!(
         "[cluster] deploy of {what}: {:.0} s, {count} requests through HAProxy, {} failed \
-         {failed:?}, versions in order {order:?}",
+         {failed:?}; the version served changed {} times, first {:?}, last {:?}",
         started.elapsed().as_secs_f64(),
         failed.len(),
+        order.len().saturating_sub(1),
+        order.first(),
+        order.last(),
     );
     (out, failed, order)
+}
+
+/// Rows written through each node are one history: two classifications POSTed through
+/// each node's nginx (the routing mesh picks the replica), every id then read back
+/// through every node (three times each, so that both replicas answer) and found in the
+/// shared database, with the `earlier` ones. Returns the new ids.
+fn shared_history(nodes: &[&Deployment], pg: &HostPostgres, earlier: &[i64]) -> Vec<i64> {
+    let photo = format!("{ROOT}/images/classifier/dist/testdata/chelsea.png");
+    let mut ids = Vec::new();
+    for d in nodes {
+        for _ in 0..2 {
+            let out = Command::new("curl")
+                .args(["-sS", "--fail", "--max-time", "120", "-F"])
+                .arg(format!("file=@{photo};type=image/png"))
+                .arg(format!(
+                    "http://127.0.0.1:{}/predict",
+                    d.vm.info().http_port
+                ))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "[{}] POST /predict: {}",
+                d.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            ids.push(
+                v["id"].as_i64().unwrap_or_else(|| {
+                    panic!("[{}] the prediction has no history id: {v}", d.name)
+                }),
+            );
+        }
+    }
+    for d in nodes {
+        for _ in 0..3 {
+            let out = Command::new("curl")
+                .args(["-sS", "--fail", "--max-time", "30"])
+                .arg(format!(
+                    "http://127.0.0.1:{}/history?limit=100",
+                    d.vm.info().http_port
+                ))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "[{}] GET /history", d.name);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let listed: Vec<i64> = v["items"]
+                .as_array()
+                .unwrap_or_else(|| panic!("[{}] /history: {v}", d.name))
+                .iter()
+                .filter_map(|e| e["id"].as_i64())
+                .collect();
+            for id in ids.iter().chain(earlier) {
+                assert!(
+                    listed.contains(id),
+                    "[{}] /history lacks {id}: {listed:?}",
+                    d.name
+                );
+            }
+        }
+    }
+    let list = ids
+        .iter()
+        .chain(earlier)
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let stored = pg.psql(
+        DATABASE,
+        &format!("SELECT count(*) FROM predictions WHERE id IN ({list})"),
+    );
+    assert_eq!(
+        stored,
+        (ids.len() + earlier.len()).to_string(),
+        "rows {list} in the shared database"
+    );
+    ids
+}
+
+/// `imgforge verify --boot A --boot B … --no-tls`, with the admin's key.
+fn verify_nodes(nodes: &[&Deployment], key: &Path) -> std::process::Output {
+    for d in nodes {
+        d.ssh.wait_window();
+    }
+    let mut args = vec![
+        "verify".to_string(),
+        "--no-tls".into(),
+        "--domain".into(),
+        DOMAIN.into(),
+        "-i".into(),
+        key.display().to_string(),
+    ];
+    for d in nodes {
+        d.vm.write_known_hosts().unwrap();
+        args.push("--boot".into());
+        args.push(d.vm.run_dir().join("boot.json").display().to_string());
+    }
+    imgforge(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// POST /predict through HAProxy's `port` from `clients` threads for `secs`: (ok,
+/// failed, ok per second).
+fn throughput(port: u16, clients: usize, secs: u64) -> (u64, u64, f64) {
+    let photo = format!("{ROOT}/images/classifier/dist/testdata/chelsea.png");
+    let started = Instant::now();
+    let end = started + Duration::from_secs(secs);
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let photo = photo.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u64, 0u64);
+                while Instant::now() < end {
+                    let out = Command::new("curl")
+                        .args([
+                            "-s",
+                            "-o",
+                            "/dev/null",
+                            "-w",
+                            "%{http_code}",
+                            "--max-time",
+                            "60",
+                        ])
+                        .args(["-F", &format!("file=@{photo};type=image/png")])
+                        .arg(format!("http://127.0.0.1:{port}/predict"))
+                        .output()
+                        .unwrap();
+                    if out.stdout == b"200" {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let (mut ok, mut failed) = (0, 0);
+    for t in threads {
+        let (o, f) = t.join().unwrap();
+        ok += o;
+        failed += f;
+    }
+    (ok, failed, ok as f64 / started.elapsed().as_secs_f64())
 }
 
 /// The version each node's nginx serves, asked `tries` times (the routing mesh may pick
@@ -347,12 +502,24 @@ fn versions_served(nodes: &[&Deployment], tries: u32) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "boots two VMs for minutes: IMGFORGE_SLOW_TESTS=1 tests/ci.sh"]
+#[ignore = "boots four VMs for most of an hour: IMGFORGE_SLOW_TESTS=1 tests/ci.sh"]
 fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing_one() {
     let (scratch, _, _) = Deployment::prepare("cluster");
     let (_switch, sock) = switch(&scratch);
+    // The shared history: PostgreSQL on the host, every node's app given its URL.
+    let pg = HostPostgres::start(&scratch);
+    let url_file = pg.url_file(&scratch.join("db.url"));
+    let db = ["--database-url-file", url_file.to_str().unwrap()];
 
-    let mut manager = node("manager", 2, &sock, &["--cluster", "init"]);
+    // One admin key for every node.
+    let key = scratch.join("id_ed25519");
+    let mut manager = node(
+        "manager",
+        2,
+        &sock,
+        &key,
+        &[&["--cluster", "init"][..], &db[..]].concat(),
+    );
     wait_ready(&mut manager);
 
     // The join token, as a user gets it: from the manager over SSH, into a 0600 file.
@@ -388,8 +555,10 @@ fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing
         MANAGER,
         "--join-token-file",
         token.to_str().unwrap(),
+        db[0],
+        db[1],
     ];
-    let mut worker = node("worker", 3, &sock, &join);
+    let mut worker = node("worker", 3, &sock, &key, &join);
     wait_ready(&mut worker);
 
     // Both nodes in the swarm, a replica running on each (mode global).
@@ -432,6 +601,9 @@ fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing
         );
     }
 
+    let ids = shared_history(&[&manager, &worker], &pg, &[]);
+    eprintln!("[cluster] history rows {ids:?} written through both nodes, read back through each, all in the shared database");
+
     // The load balancer, and steady load through it while the worker's QEMU is killed.
     let (_haproxy, port) = haproxy(&scratch, &[&manager, &worker]);
     let url = format!("http://127.0.0.1:{port}/health");
@@ -458,6 +630,17 @@ fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing
     assert_eq!(versions_served(&[&manager, &worker], 10), ["0.2.0"]);
     let on_nodes = wait_for_replicas(&manager, &["manager", "worker"]);
     assert!(!on_nodes.contains("0.1.0"), "{on_nodes}");
+    // `imgforge verify` of every node, as a user runs it: each node from outside, and on
+    // the manager the swarm (both nodes ready, every replica running v2).
+    let out = verify_nodes(&[&manager, &worker], &key);
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprint!("{text}");
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(
+        text.lines().any(|l| l.contains("server.cluster")
+            && l.ends_with("2 nodes ready, 2 replicas of 0.2.0 running")),
+        "{text}"
+    );
 
     let v3 = crate::day_two::classifier_version(
         &scratch,
@@ -527,7 +710,7 @@ fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing
     );
 
     // A fresh VM replaces the lost worker: the same token, its own address.
-    let mut replacement = node("worker2", 4, &sock, &join);
+    let mut replacement = node("worker2", 4, &sock, &key, &join);
     wait_ready(&mut replacement);
     wait_for_replicas(&manager, &["worker2"]);
     assert_eq!(
@@ -552,6 +735,62 @@ fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing
         replacement.power_on.elapsed().as_secs_f64()
     );
 
+    // The replacement reads the history the lost worker helped write, and adds to it.
+    let more = shared_history(&[&replacement, &manager], &pg, &ids);
+    eprintln!("[cluster] the replacement lists rows {ids:?} and wrote {more:?} beside the manager");
+
+    // The lost worker leaves the swarm (as its owner removes it) and a third node joins:
+    // three nodes, each verified, the swarm on the manager.
+    manager.ssh.ok("sudo docker node rm worker");
+    let mut third = node("worker3", 5, &sock, &key, &join);
+    wait_ready(&mut third);
+    wait_for_replicas(&manager, &["manager", "worker2", "worker3"]);
+    let out = verify_nodes(&[&manager, &replacement, &third], &key);
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprint!("{text}");
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.ends_with("passed: 3 of 3 nodes passed\n"), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains("server.cluster")
+            && l.ends_with("3 nodes ready, 3 replicas of 0.2.0 running")),
+        "{text}"
+    );
+
+    // Throughput at the same per-node size: classifications through HAProxy to three
+    // nodes, then to the manager alone with the two workers drained (its replica only).
+    let (_lb3, port3) = haproxy(&scratch, &[&manager, &replacement, &third]);
+    let (ok3, failed3, rate3) = throughput(port3, 6, 60);
+    manager.ssh.ok(
+        "sudo docker node update --availability drain worker2 >/dev/null && \
+         sudo docker node update --availability drain worker3 >/dev/null",
+    );
+    let started = Instant::now();
+    loop {
+        let tasks = manager.ssh.ok(
+            "sudo docker service ps imgforge-app --filter desired-state=running --format '{{.Node}} {{.CurrentState}}'",
+        );
+        if tasks.lines().count() == 1 && tasks.starts_with("manager Running") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "drain: {tasks}"
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let (_lb1, port1) = haproxy(&scratch, &[&manager]);
+    let (ok1, failed1, rate1) = throughput(port1, 6, 60);
+    eprintln!(
+        "[cluster] throughput, POST /predict from 6 clients for 60 s through HAProxy: 3 nodes \
+         {rate3:.2}/s ({ok3} ok, {failed3} failed), 1 node {rate1:.2}/s ({ok1} ok, {failed1} \
+         failed): {:.2}x (three TCG guests on 2 host cores: the host's cores, not the nodes, \
+         bound it)",
+        rate3 / rate1
+    );
+    assert_eq!((failed3, failed1), (0, 0), "classifications failed");
+    assert!(ok3 > 0 && ok1 > 0);
+
+    third.finish();
     replacement.finish();
     manager.finish();
     let _ = std::fs::remove_dir_all(&worker.dir);

@@ -18,6 +18,7 @@ mod deployment;
 mod dns;
 mod faults;
 mod first_boot;
+mod host_postgres;
 mod minimal;
 mod operable;
 mod provision;

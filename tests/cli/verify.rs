@@ -478,7 +478,7 @@ fn boot_json_gives_the_forwarded_ports() {
         dir.path(),
         "boot.json",
         r#"{"pid":1,"ssh_port":2222,"http_port":8080,"https_port":8443,
-            "forwards":{"22":2222,"80":8080,"443":8443,"8000":18000,"8001":18001,"15000":15000},
+            "forwards":{"22":2222,"80":8080,"443":8443,"8000":18000,"8001":18001,"8002":18002,"15000":15000},
             "serial_log":"serial.log","overlay":"overlay.qcow2","host":"127.0.0.1",
             "known_hosts":"kh"}"#,
     );
@@ -494,6 +494,10 @@ fn boot_json_gives_the_forwarded_ports() {
             ProbePort {
                 port: 8001,
                 connect: 18001
+            },
+            ProbePort {
+                port: 8002,
+                connect: 18002
             }
         ]
     );
@@ -640,4 +644,64 @@ fn ssh_checks_against_a_real_sshd() {
             r.to_text()
         );
     }
+}
+
+#[test]
+fn several_nodes_are_each_verified_and_the_failing_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(&[DOMAIN]);
+    let ca = write(dir.path(), "ca.pem", &pki.ca_pem);
+    let redirect = redirect_server();
+    let closed = closed_port();
+    // Two local VMs as `imgforge boot` describes them: the second serves another name's
+    // certificate.
+    let node = |name: &str, ssh: u16, https: u16| {
+        write(
+            dir.path(),
+            name,
+            &format!(
+                r#"{{"pid":1,"ssh_port":{ssh},"http_port":{redirect},"https_port":{https},
+                    "forwards":{{"8000":{closed},"8001":{closed},"8002":{closed}}},
+                    "serial_log":"s","overlay":"o","host":"127.0.0.1"}}"#
+            ),
+        )
+    };
+    let good = node("a.json", 2201, https_server(&pki));
+    let bad = node(
+        "b.json",
+        2202,
+        https_server(&self::pki(&["other.example.com"])),
+    );
+    let run = |format: &str| {
+        imgforge()
+            .args(["verify", "--domain", DOMAIN, "--skip", "ssh,server,dns"])
+            .args(["--format", format, "--ca-bundle"])
+            .arg(&ca)
+            .arg("--boot")
+            .arg(&good)
+            .arg("--boot")
+            .arg(&bad)
+            .output()
+            .unwrap()
+    };
+    let out = run("json");
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    let nodes: Vec<Report> = serde_json::from_value(v["nodes"].clone()).unwrap();
+    assert_eq!(nodes.len(), 2);
+    assert!(nodes[0].ok, "{}", nodes[0].to_text());
+    assert_eq!(status(&nodes[1], "tls.certificate"), Status::Failed);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("127.0.0.1:2202 tls.certificate") && !stderr.contains("127.0.0.1:2201"),
+        "{stderr}"
+    );
+
+    let out = run("text");
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("== node 127.0.0.1:2201\n"), "{text}");
+    assert!(text.contains("== node 127.0.0.1:2202\n"), "{text}");
+    assert!(text.ends_with("FAILED: 1 of 2 nodes passed\n"), "{text}");
 }

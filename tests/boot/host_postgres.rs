@@ -1,0 +1,180 @@
+//! PostgreSQL on the host for the cluster's shared history: Debian's `postgresql`
+//! binaries, a cluster of its own in a directory under /tmp, listening on
+//! 127.0.0.1 (a guest reaches it as 10.0.2.2 through QEMU's user network), one role with
+//! a password and one database. Plain TCP: it plays the provider's managed database on a
+//! private network. Stopped (SIGINT, a fast shutdown) when dropped.
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ROLE: &str = "classifier";
+pub const DATABASE: &str = "history";
+
+pub struct HostPostgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    password: String,
+    server: Child,
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `program` as the `postgres` user (PostgreSQL refuses root), exec'd in place so that
+/// the child is the server itself.
+fn as_postgres(program: &Path) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=postgres",
+        "--regid=postgres",
+        "--clear-groups",
+        "--",
+    ]);
+    cmd.arg(program);
+    cmd
+}
+
+fn bindir() -> PathBuf {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .map(|(_, bin)| bin)
+        .expect("PostgreSQL's server (Debian's postgresql; tests/ci.sh installs it)")
+}
+
+impl HostPostgres {
+    pub fn start(scratch: &Path) -> HostPostgres {
+        let bin = bindir();
+        // Its own directory under /tmp: the server's user must reach it.
+        let dir = std::env::temp_dir().join(format!("imgforge-cluster-pg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        run(Command::new("chown").arg("postgres:").arg(&dir));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let data = dir.join("data");
+        run(as_postgres(&bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "admin", "--auth-local=trust", "--auth-host=reject"])
+            .args(["-E", "UTF8", "--no-locale", "--no-sync"]));
+        // The guests' connections arrive from 127.0.0.1 (QEMU's user network).
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            format!("local all admin trust\nhost {DATABASE} {ROLE} 127.0.0.1/32 scram-sha-256\n"),
+        )
+        .unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(scratch.join("postgres.log")).unwrap();
+        let server = as_postgres(&bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(&dir)
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting PostgreSQL");
+        let mut bytes = [0u8; 16];
+        std::io::Read::read_exact(
+            &mut std::fs::File::open("/dev/urandom").unwrap(),
+            &mut bytes,
+        )
+        .unwrap();
+        let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let pg = HostPostgres {
+            dir,
+            bin,
+            port,
+            password,
+            server,
+        };
+        let started = Instant::now();
+        while !Command::new(pg.bin.join("pg_isready"))
+            .arg("-h")
+            .arg(&pg.dir)
+            .args(["-p", &port.to_string(), "-q"])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "PostgreSQL did not start: {}",
+                std::fs::read_to_string(scratch.join("postgres.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        pg.psql(
+            "postgres",
+            &format!("CREATE ROLE {ROLE} LOGIN PASSWORD '{}'", pg.password),
+        );
+        pg.psql(
+            "postgres",
+            &format!("CREATE DATABASE {DATABASE} OWNER {ROLE}"),
+        );
+        pg
+    }
+
+    /// The URL a guest's app connects with, written to `path` (0600) for
+    /// `--database-url-file`.
+    pub fn url_file(&self, path: &Path) -> PathBuf {
+        let url = format!(
+            "postgres://{ROLE}:{}@10.0.2.2:{}/{DATABASE}?sslmode=disable\n",
+            self.password, self.port
+        );
+        std::fs::write(path, url).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.to_path_buf()
+    }
+
+    /// `sql` as the superuser in `db`: psql's unaligned, tuples-only output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        run(Command::new(self.bin.join("psql"))
+            .arg("-h")
+            .arg(&self.dir)
+            .args(["-p", &self.port.to_string(), "-U", "admin", "-d", db])
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]))
+        .trim()
+        .to_owned()
+    }
+}
+
+impl Drop for HostPostgres {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.server.id().to_string()])
+            .status();
+        let _ = self.server.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
