@@ -461,17 +461,23 @@ pub(super) fn server_checks(login: &Login, opts: &VerifyOptions, checks: &mut Ch
     checks.result(NAMES[0], cloud_init_result(&get("cloud-init")));
     checks.result(NAMES[1], failed_units_result(&get("units")));
     checks.result(NAMES[2], imgforge_status_result(&get("status"), opts.tls));
-    // The section: this node's swarm state (empty without Docker), then on a swarm's
-    // node the VM program's status answer.
-    let cluster = get("cluster");
-    let (state, answer) = cluster
-        .output
-        .split_once('\n')
-        .unwrap_or((&cluster.output, ""));
+    match cluster_check(&get("cluster").output) {
+        Some(r) => checks.result(NAMES[3], r),
+        None => checks.skipped(NAMES[3], "not a node of a swarm"),
+    }
+}
+
+/// The `cluster` section: this node's swarm state as `docker info` gives it (nothing
+/// without Docker), then on a swarm's node the VM program's status answer. None when the
+/// node is in no swarm.
+fn cluster_check(output: &str) -> Option<Result<String, String>> {
+    let (state, answer) = output.split_once('\n').unwrap_or((output, ""));
     match state.trim() {
-        "active" => checks.result(NAMES[3], cluster_result(answer)),
-        "" | "inactive" => checks.skipped(NAMES[3], "not a node of a swarm"),
-        state => checks.failed(NAMES[3], format!("this node's swarm state is {state}")),
+        "active" => Some(cluster_result(answer)),
+        state @ ("pending" | "error" | "locked") => {
+            Some(Err(format!("this node's swarm state is {state}")))
+        }
+        _ => None,
     }
 }
 
@@ -715,6 +721,22 @@ mod tests {
         assert!(e.contains("no cluster"), "{e}");
         let e = cluster_result("sudo: a password is required\n").unwrap_err();
         assert!(e.contains("sudo: a password is required"), "{e}");
+
+        // The section as the script prints it: the swarm state first.
+        let answer = status_with(swarm("completed", &nodes, &good));
+        assert!(cluster_check(&format!("active\n{answer}")).unwrap().is_ok());
+        assert_eq!(
+            cluster_check("pending\n").unwrap().unwrap_err(),
+            "this node's swarm state is pending"
+        );
+        for none in [
+            "",
+            "\n",
+            "inactive\n",
+            "Cannot connect to the Docker daemon\n",
+        ] {
+            assert_eq!(cluster_check(none), None, "{none:?}");
+        }
     }
 
     #[test]
