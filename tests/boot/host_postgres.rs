@@ -4,11 +4,15 @@
 //! a password and one database. Plain TCP: it plays the provider's managed database on a
 //! private network. Stopped (SIGINT, a fast shutdown) when dropped.
 
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+// The classifier's own test helpers for PostgreSQL (Debian's binaries, psql's runs).
+#[path = "../../images/classifier/tests/support/postgres.rs"]
+mod support;
+use support::{bindir, free_port, random_hex, run};
 
 pub const ROLE: &str = "classifier";
 pub const DATABASE: &str = "history";
@@ -19,20 +23,6 @@ pub struct HostPostgres {
     port: u16,
     password: String,
     server: Child,
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `program` as the `postgres` user (PostgreSQL refuses root), exec'd in place so that
@@ -49,24 +39,6 @@ fn as_postgres(program: &Path) -> Command {
     cmd
 }
 
-fn bindir() -> PathBuf {
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((version, bin))
-        })
-        .collect();
-    found.sort();
-    found
-        .pop()
-        .map(|(_, bin)| bin)
-        .expect("PostgreSQL's server (Debian's postgresql; tests/ci.sh installs it)")
-}
-
 impl HostPostgres {
     pub fn start(scratch: &Path) -> HostPostgres {
         let bin = bindir();
@@ -74,25 +46,24 @@ impl HostPostgres {
         let dir = std::env::temp_dir().join(format!("imgforge-cluster-pg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        run(Command::new("chown").arg("postgres:").arg(&dir));
+        run(Command::new("chown").arg("postgres:").arg(&dir), "chown");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         let data = dir.join("data");
-        run(as_postgres(&bin.join("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "admin", "--auth-local=trust", "--auth-host=reject"])
-            .args(["-E", "UTF8", "--no-locale", "--no-sync"]));
+        run(
+            as_postgres(&bin.join("initdb"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-U", "admin", "--auth-local=trust", "--auth-host=reject"])
+                .args(["-E", "UTF8", "--no-locale", "--no-sync"]),
+            "initdb",
+        );
         // The guests' connections arrive from 127.0.0.1 (QEMU's user network).
         std::fs::write(
             data.join("pg_hba.conf"),
             format!("local all admin trust\nhost {DATABASE} {ROLE} 127.0.0.1/32 scram-sha-256\n"),
         )
         .unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let log = std::fs::File::create(scratch.join("postgres.log")).unwrap();
         let server = as_postgres(&bin.join("postgres"))
             .arg("-D")
@@ -105,13 +76,7 @@ impl HostPostgres {
             .stderr(log)
             .spawn()
             .expect("starting PostgreSQL");
-        let mut bytes = [0u8; 16];
-        std::io::Read::read_exact(
-            &mut std::fs::File::open("/dev/urandom").unwrap(),
-            &mut bytes,
-        )
-        .unwrap();
-        let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let password = random_hex(16);
         let pg = HostPostgres {
             dir,
             bin,
@@ -159,11 +124,14 @@ impl HostPostgres {
 
     /// `sql` as the superuser in `db`: psql's unaligned, tuples-only output.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        run(Command::new(self.bin.join("psql"))
-            .arg("-h")
-            .arg(&self.dir)
-            .args(["-p", &self.port.to_string(), "-U", "admin", "-d", db])
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]))
+        run(
+            Command::new(self.bin.join("psql"))
+                .arg("-h")
+                .arg(&self.dir)
+                .args(["-p", &self.port.to_string(), "-U", "admin", "-d", db])
+                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]),
+            "psql",
+        )
         .trim()
         .to_owned()
     }

@@ -5,7 +5,8 @@
 //! TLS, with a password. The server stops, and its directory goes, when the test process
 //! ends (a shell beside it waits for the end of its stdin).
 //!
-//! Shared by the classifier's unit tests (`#[path]`) and its API tests (`mod support`).
+//! Shared by the classifier's unit tests (`#[path]`) and its API tests (`mod support`);
+//! imgforge's cluster boot test takes its helpers (`run`, `bindir`, …).
 
 #![allow(dead_code)]
 
@@ -56,7 +57,7 @@ impl Database {
     }
 }
 
-fn run(cmd: &mut Command, what: &str) -> String {
+pub fn run(cmd: &mut Command, what: &str) -> String {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
@@ -90,7 +91,7 @@ fn as_owner(program: &Path) -> Command {
 }
 
 /// The newest installed server's binaries (`PG_BINDIR` if set).
-fn bindir() -> PathBuf {
+pub fn bindir() -> PathBuf {
     if let Some(dir) = std::env::var_os("PG_BINDIR") {
         return PathBuf::from(dir);
     }
@@ -113,14 +114,14 @@ fn bindir() -> PathBuf {
     })
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port on 127.0.0.1")
 }
 
-fn random_hex(bytes: usize) -> String {
+pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     std::io::Read::read_exact(
         &mut std::fs::File::open("/dev/urandom").expect("/dev/urandom"),
