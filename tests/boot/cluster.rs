@@ -122,6 +122,9 @@ fn node(name: &str, n: u8, switch: &Path, key: &Path, extra: &[&str]) -> Deploym
     ));
     let mut cfg = guest.vm_config(None, Some(&seed), &dir.join("run"), "");
     cfg.forwards = vec![SERVICE_PORT];
+    // A provider's VM reaches its managed database: here the host's PostgreSQL, which a
+    // guest reaches as 10.0.2.2 only without QEMU's `restrict=on`.
+    cfg.network = true;
     cfg.private = Some(PrivateNic {
         switch: switch.to_path_buf(),
         mac: mac(n),
