@@ -96,7 +96,7 @@ if [ "${IMGFORGE_BOOT_TESTS:-1}" != 0 ]; then
     # keeps one interrupted client; the baked test's app starts slowly), the backup to a
     # repository with a restore onto a new VM and Prometheus (two VMs one after the other;
     # the deploy test backs up on the VM, the VM program's tests run borg), and the
-    # two-VM cluster. CI's tier must end well inside 90 minutes on a new machine, where
+    # cluster (four VMs, most of an hour). CI's tier must end well inside 90 minutes on a new machine, where
     # its two VMs take both cores.
     step "QEMU boot tests"
     slow=(--skip minimal_fixture --skip certificate_arrives_when_the_acme_server_comes_up_late
