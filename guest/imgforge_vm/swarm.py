@@ -15,6 +15,7 @@ import http.client
 import ipaddress
 import json
 import os
+import re
 import socket
 import time
 import urllib.parse
@@ -370,8 +371,9 @@ UPDATE_ENDS = {"completed": "ok", "rollback_completed": "rolled-back", "paused":
                "rollback_paused": "failed"}
 
 
-# A task's states that mean it ended without being asked to (`shutdown` is asked).
-TASK_FAILED = ("failed", "rejected", "orphaned")
+# A task's states that mean it ended without being asked to (`shutdown` is asked; a
+# service's app that exits 0 is `complete`, and ended too early all the same).
+TASK_FAILED = ("failed", "rejected", "orphaned", "complete")
 
 
 def registry_rules(network, port):
@@ -433,6 +435,28 @@ def task_failures(engine, service, since, seen):
     return lines
 
 
+def named_task(engine, message):
+    """The replica Swarm's message blames ("… early termination of task ID"), as Swarm
+    records it: its version, node, state against the state Swarm wanted, and its own
+    words; None when the message names none or Swarm no longer has it."""
+    m = re.search(r"\btask ([a-z0-9]{25})\b", message or "")
+    if not m:
+        return None
+    code, t = engine.call("GET", f"/tasks/{m.group(1)}")
+    if code != 200:
+        return None
+    st = t.get("Status") or {}
+    labels = t["Spec"]["ContainerSpec"].get("Labels") or {}
+    code, node = engine.call("GET", f"/nodes/{t.get('NodeID', '')}")
+    host = node["Description"].get("Hostname") if code == 200 else t.get("NodeID", "?")[:12]
+    exit_code = (st.get("ContainerStatus") or {}).get("ExitCode")
+    words = "; ".join(w for w in (st.get("Err"), st.get("Message")) if w)
+    return (f"  Swarm names replica {t['ID'][:12]} ({labels.get('org.imgforge.version', '?')}) on {host}: "
+            f"{st.get('State', '?')} (Swarm wanted {t.get('DesiredState', '?')})"
+            + (f", exit code {exit_code}" if exit_code is not None else "")
+            + (f": {words}" if words else "") + f", at {st.get('Timestamp', '?')}")
+
+
 def await_update(engine, paths, before, deadline_s):
     """Follows the service's update until Swarm ends it, with each replica that fails on
     the way and why; returns (state, message)."""
@@ -489,6 +513,9 @@ def update(ctx, apps, kind, version, image, image_id, change, health_timeout):
     entry.update(result=result, healthy_s=round(time.monotonic() - t0, 1), switch_s=0.0)
     if result != "ok":
         entry["error"] = f"Swarm: {message or state}"
+        named = named_task(engine, message)
+        if named:
+            log(named)
     apps.finish(apps.load(), entry)
     if result != "ok":
         raise Failed(f"Swarm {'rolled the update back' if result == 'rolled-back' else 'stopped the update'}"

@@ -75,6 +75,14 @@ class Engine(http.server.BaseHTTPRequestHandler):
                 {"NodeID": "n1", "Spec": {"ContainerSpec": {"Labels": {"org.imgforge.version": "2"}}},
                  "Status": {"State": "running"}},
                 {"NodeID": "gone", "Spec": {"ContainerSpec": {}}, "Status": {"State": "pending"}}])
+        if self.path.startswith("/v1.41/tasks/"):
+            tid = self.path.rsplit("/", 1)[1]
+            for t in st.get("tasks", []):
+                if t["ID"] == tid:
+                    return self.reply(200, t)
+            return self.reply(404, {"message": f"task {tid} not found"})
+        if self.path == "/v1.41/nodes/n1":
+            return self.reply(200, {"ID": "n1", "Description": {"Hostname": "manager"}})
         if self.path.startswith("/v1.41/services/"):
             name = self.path.rsplit("/", 1)[1]
             if name in st["services"]:
@@ -114,7 +122,7 @@ class Engine(http.server.BaseHTTPRequestHandler):
             svc.update(PreviousSpec=svc["Spec"], Spec=new, Version={"Index": index},
                        UpdatedAt=f"2026-12-07T10:0{index}:00.5Z",
                        UpdateStatus={"State": outcome, "StartedAt": f"t{svc['Version']['Index']}",
-                                     "Message": "update rolled back due to failure"
+                                     "Message": st.get("message", "update rolled back due to failure")
                                      if outcome != "completed" else "update completed"})
             return self.reply(200, {"Warnings": None})
         self.reply(404, {"message": "page not found"})
@@ -293,6 +301,7 @@ class SwarmTest(unittest.TestCase):
             task("t-shut", "shutdown", "2026-12-07T10:03:10Z", "0.2.0"),
             task("t-sick", "failed", "2026-12-07T10:03:20Z", "0.2.0", err="unhealthy container"),
             task("t-pull", "rejected", "2026-12-07T10:03:30Z", "0.2.0", err="No such image"),
+            task("t-done", "complete", "2026-12-07T10:03:40Z", "0.2.0"),
         ]
         printed = io.StringIO()
         with mock.patch.object(swarm.time, "sleep"), redirect_stderr(printed), \
@@ -301,16 +310,33 @@ class SwarmTest(unittest.TestCase):
         failures = [line for line in printed.getvalue().splitlines() if "  replica " in line]
         self.assertEqual(failures, [
             "imgforge:   replica t-sick (0.2.0) on manager: failed: unhealthy container",
-            "imgforge:   replica t-pull (0.2.0) on manager: rejected: No such image"])
+            "imgforge:   replica t-pull (0.2.0) on manager: rejected: No such image",
+            "imgforge:   replica t-done (0.2.0) on manager: complete: complete"])
         last = apps.load()["history"][-1]
         self.assertEqual((last["result"], last["error"]),
                          ("rolled-back", "Swarm: update rolled back due to failure"))
+
+        # Swarm blames a replica that ended early: the deploy says what Swarm recorded of it.
+        blamed = "nci0m951gc2l9z3lk6xoz2ibq"
+        Engine.state["message"] = f"update rolled back due to failure or early termination of task {blamed}"
+        Engine.state["tasks"].append(dict(
+            task(blamed, "shutdown", "2026-12-07T10:04:40Z", "0.2.0"), DesiredState="shutdown",
+            Status={"State": "shutdown", "Timestamp": "2026-12-07T10:04:40Z", "Message": "shutdown",
+                    "ContainerStatus": {"ExitCode": 143}}))
+        printed = io.StringIO()
+        with mock.patch.object(swarm.time, "sleep"), redirect_stderr(printed), \
+                self.assertRaisesRegex(Failed, "rolled the update back"):
+            swarm.deploy(vm.ctx, apps, {"bundle": path, "env": "GREETING=v4\n"})
+        self.assertIn("imgforge:   Swarm names replica nci0m951gc2l (0.2.0) on manager: shutdown "
+                      "(Swarm wanted shutdown), exit code 143: shutdown, at 2026-12-07T10:04:40Z",
+                      printed.getvalue().splitlines())
+        del Engine.state["message"]
 
         # `imgforge rollback`: Swarm's own, to the spec before.
         Engine.state["outcome"] = "completed"
         with mock.patch.object(swarm.time, "sleep"):
             swarm.rollback(vm.ctx, apps, {})
-        self.assertEqual(len(self.calls("POST", "/services/svc1/update?version=3&rollback=previous")), 1)
+        self.assertEqual(len(self.calls("POST", "/services/svc1/update?version=4&rollback=previous")), 1)
         self.assertEqual(apps.load()["history"][-1]["kind"], "rollback")
 
     def test_the_manager_opens_its_registry_to_the_private_network_only(self):

@@ -624,7 +624,13 @@ fn a_manager_and_a_worker_form_a_cluster_with_no_step_by_hand_and_survive_losing
         crate::day_two::Behaviour::Plain,
     );
     let (out, failed, _) = deploy_under_load(&manager, &front, &v2, "v2");
-    assert!(out.status.success(), "deploy of v2 failed");
+    if !out.status.success() {
+        // What Swarm did with each replica, for the failure's report.
+        let tasks = manager.ssh.ok(
+            "sudo docker service ps imgforge-app --no-trunc --format '{{.ID}} {{.Node}} {{.DesiredState}} {{.CurrentState}} {{.Error}} {{.Image}}'",
+        );
+        panic!("deploy of v2 failed: {}\n{tasks}", stderr(&out));
+    }
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("on every node of the swarm"),
         "{}",
