@@ -10,10 +10,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{short, Checks, Target, VerifyOptions};
+use crate::contract::remote::{ClusterNode, ClusterStatus, Replica};
 
-/// Run on the server after login. Fixed text (the status path is imgforge's own layout):
-/// nothing from the user is pasted in. Each section prints `@@name`, its output, then
-/// `@@rc <exit code>`.
+/// Run on the server after login. Fixed text (the status path and the service name are
+/// imgforge's own layout): nothing from the user is pasted in. Each section prints
+/// `@@name`, its output, then `@@rc <exit code>`. A swarm's manager adds its nodes, the
+/// app's service and running tasks as its Docker has them: the VM program a node got at
+/// first boot carries no `status`, so the swarm is read from Docker itself.
 fn script() -> String {
     format!(
         r#"echo @@user; id -un; echo "@@rc $?"
@@ -21,10 +24,15 @@ echo @@sshd; sudo -n sshd -T 2>&1; echo "@@rc $?"
 echo @@cloud-init; cloud-init status --format json 2>&1; echo "@@rc $?"
 echo @@units; systemctl --failed --plain --no-legend --no-pager 2>&1; echo "@@rc $?"
 echo @@status; cat {status} 2>&1; echo "@@rc $?"
-echo @@cluster; s=$(sudo -n docker info --format '{{{{.Swarm.LocalNodeState}}}}' 2>/dev/null); echo "$s"; [ "$s" != active ] || sudo -n {program} status </dev/null 2>&1; echo "@@rc $?"
+s=$(sudo -n docker info --format '{{{{.Swarm.LocalNodeState}}}} {{{{.Swarm.ControlAvailable}}}}' 2>/dev/null); echo @@swarm; echo "$s"; echo "@@rc 0"
+if [ "$s" = "active true" ]; then
+echo @@nodes; sudo -n docker node inspect $(sudo -n docker node ls -q) 2>&1; echo "@@rc $?"
+echo @@service; sudo -n docker service inspect {service} 2>&1; echo "@@rc $?"
+echo @@tasks; t=$(sudo -n docker service ps -q --filter desired-state=running {service}); [ -z "$t" ] && echo '[]' || sudo -n docker inspect --type task $t 2>&1; echo "@@rc $?"
+fi
 "#,
         status = crate::contract::layout().status,
-        program = crate::contract::layout().program,
+        service = crate::contract::layout().service,
     )
 }
 
@@ -461,44 +469,82 @@ pub(super) fn server_checks(login: &Login, opts: &VerifyOptions, checks: &mut Ch
     checks.result(NAMES[0], cloud_init_result(&get("cloud-init")));
     checks.result(NAMES[1], failed_units_result(&get("units")));
     checks.result(NAMES[2], imgforge_status_result(&get("status"), opts.tls));
-    match cluster_check(&get("cluster").output) {
-        Some(r) => checks.result(NAMES[3], r),
-        None => checks.skipped(NAMES[3], "not a node of a swarm"),
-    }
-}
-
-/// The `cluster` section: this node's swarm state as `docker info` gives it (nothing
-/// without Docker), then on a swarm's node the VM program's status answer. None when the
-/// node is in no swarm.
-fn cluster_check(output: &str) -> Option<Result<String, String>> {
-    let (state, answer) = output.split_once('\n').unwrap_or((output, ""));
-    match state.trim() {
-        "active" => Some(cluster_result(answer)),
-        state @ ("pending" | "error" | "locked") => {
-            Some(Err(format!("this node's swarm state is {state}")))
+    let swarm = get("swarm").output;
+    match swarm.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["active", "true"] => checks.result(
+            NAMES[3],
+            swarm_status(&get("nodes"), &get("service"), &get("tasks"))
+                .and_then(|c| cluster_result(&c)),
+        ),
+        ["active", _] => checks.ok(
+            NAMES[3],
+            "a worker (active): verify the manager for the cluster",
+        ),
+        [state @ ("pending" | "error" | "locked"), ..] => {
+            checks.failed(NAMES[3], format!("this node's swarm state is {state}"))
         }
-        _ => None,
+        _ => checks.skipped(NAMES[3], "not a node of a swarm"),
     }
 }
 
-/// `server.cluster`, from the VM program's status answer on a swarm's node. On the
-/// manager: every node ready and active, every replica that should run running, all of
-/// one version, and no update under way or stopped. On a worker: it is in the swarm
-/// (the manager's own check covers the rest).
-fn cluster_result(output: &str) -> Result<String, String> {
-    let last = output.lines().rev().find(|l| !l.trim().is_empty());
-    let answer: crate::contract::remote::StatusAnswer = last
-        .and_then(|l| serde_json::from_str(l).ok())
-        .ok_or_else(|| format!("the VM program's status: {}", short(output, 200)))?;
-    let Some(c) = answer.cluster else {
-        return Err("the node is in a swarm but its status has no cluster".into());
+/// The swarm as its manager's Docker tells it (`docker node inspect`, `service inspect`,
+/// `inspect --type task`: the Engine API's JSON), in the shape `imgforge status` shows.
+fn swarm_status(
+    nodes: &Section,
+    service: &Section,
+    tasks: &Section,
+) -> Result<ClusterStatus, String> {
+    let json = |what: &str, s: &Section| -> Result<Vec<serde_json::Value>, String> {
+        serde_json::from_str(s.output.trim()).map_err(|_| {
+            format!(
+                "`docker {what}` did not give JSON: {}",
+                short(&s.output, 200)
+            )
+        })
     };
-    if !c.manager {
-        return Ok(format!(
-            "a worker ({}): verify the manager for the cluster",
-            c.state
-        ));
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_lowercase();
+    let mut names = BTreeMap::new();
+    let mut out = ClusterStatus {
+        manager: true,
+        state: "active".into(),
+        nodes: Vec::new(),
+        replicas: Vec::new(),
+        update: None,
+    };
+    for n in json("node inspect", nodes)? {
+        let hostname = n["Description"]["Hostname"]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned();
+        names.insert(n["ID"].as_str().unwrap_or("").to_owned(), hostname.clone());
+        out.nodes.push(ClusterNode {
+            hostname,
+            addr: n["Status"]["Addr"].as_str().unwrap_or("").to_owned(),
+            state: text(&n["Status"]["State"]),
+            availability: text(&n["Spec"]["Availability"]),
+            manager: n.get("ManagerStatus").is_some(),
+        });
     }
+    out.update = json("service inspect", service)?
+        .first()
+        .and_then(|s| s["UpdateStatus"]["State"].as_str().map(str::to_owned));
+    for t in json("inspect --type task", tasks)? {
+        let node = t["NodeID"].as_str().unwrap_or("?");
+        out.replicas.push(Replica {
+            node: names.get(node).cloned().unwrap_or_else(|| node.to_owned()),
+            version: t["Spec"]["ContainerSpec"]["Labels"]["org.imgforge.version"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned(),
+            state: text(&t["Status"]["State"]),
+        });
+    }
+    Ok(out)
+}
+
+/// `server.cluster` on the manager: every node ready and active, every replica that
+/// should run running, all of one version, and no update under way or stopped.
+fn cluster_result(c: &ClusterStatus) -> Result<String, String> {
     let mut problems = Vec::new();
     for n in &c.nodes {
         if n.state != "ready" || n.availability != "active" {
@@ -664,79 +710,116 @@ mod tests {
         assert!(e.contains("permitrootlogin without-password"), "{e}");
     }
 
-    /// The VM program's status answer (the fixture the contract tests use) with `cluster`.
-    fn status_with(cluster: serde_json::Value) -> String {
-        let text = include_str!("../../guest/tests/fixtures/status-answer-v1.json");
-        let mut answer: serde_json::Value = serde_json::from_str(text).unwrap();
-        answer["cluster"] = cluster;
-        format!("imgforge: a progress line\n{answer}\n")
+    fn section(output: &str) -> Section {
+        Section {
+            output: output.into(),
+            rc: Some(0),
+        }
     }
 
+    /// `docker node inspect`, `service inspect` and `inspect --type task` as the Engine
+    /// API gives them: nodes (hostname, state), tasks (node, version, state).
     fn swarm(
         update: &str,
         nodes: &[(&str, &str)],
-        replicas: &[(&str, &str, &str)],
-    ) -> serde_json::Value {
-        serde_json::json!({
-            "manager": true, "state": "active", "update": update,
-            "nodes": nodes.iter().map(|(h, st)| serde_json::json!(
-                {"hostname": h, "addr": "10.0.0.2", "state": st, "availability": "active", "manager": false}))
-                .collect::<Vec<_>>(),
-            "replicas": replicas.iter().map(|(n, v, st)| serde_json::json!(
-                {"node": n, "version": v, "state": st})).collect::<Vec<_>>(),
-        })
+        tasks: &[(&str, &str, &str)],
+    ) -> Result<String, String> {
+        let nodes: Vec<_> = nodes
+            .iter()
+            .map(|(h, st)| {
+                serde_json::json!({"ID": format!("id-{h}"), "Description": {"Hostname": h},
+                "Spec": {"Availability": "active"}, "Status": {"State": st, "Addr": "10.0.0.2"}})
+            })
+            .collect();
+        let tasks: Vec<_> = tasks
+            .iter()
+            .map(|(n, v, st)| {
+                serde_json::json!({"ID": "t", "NodeID": format!("id-{n}"), "Status": {"State": st},
+                "Spec": {"ContainerSpec": {"Labels": {"org.imgforge.version": v}}}})
+            })
+            .collect();
+        let service = serde_json::json!([{"ID": "s", "UpdateStatus": {"State": update}}]);
+        swarm_status(
+            &section(&serde_json::to_string(&nodes).unwrap()),
+            &section(&service.to_string()),
+            &section(&serde_json::to_string(&tasks).unwrap()),
+        )
+        .and_then(|c| cluster_result(&c))
     }
 
     #[test]
     fn a_cluster_passes_with_every_node_ready_and_every_replica_of_one_version_running() {
         let nodes = [("api-1", "ready"), ("api-2", "ready")];
         let good = [("api-1", "0.2.0", "running"), ("api-2", "0.2.0", "running")];
-        let ok = cluster_result(&status_with(swarm("completed", &nodes, &good))).unwrap();
-        assert_eq!(ok, "2 nodes ready, 2 replicas of 0.2.0 running");
-        assert!(cluster_result(&status_with(swarm("rollback_completed", &nodes, &good))).is_ok());
+        assert_eq!(
+            swarm("completed", &nodes, &good).unwrap(),
+            "2 nodes ready, 2 replicas of 0.2.0 running"
+        );
+        assert!(swarm("rollback_completed", &nodes, &good).is_ok());
 
         let down = [("api-1", "ready"), ("api-2", "down")];
-        let e = cluster_result(&status_with(swarm("completed", &down, &good))).unwrap_err();
-        assert_eq!(e, "node api-2 is down, active");
+        assert_eq!(
+            swarm("completed", &down, &good).unwrap_err(),
+            "node api-2 is down, active"
+        );
         let mixed = [
             ("api-1", "0.2.0", "running"),
             ("api-2", "0.1.0", "starting"),
         ];
-        let e = cluster_result(&status_with(swarm("updating", &nodes, &mixed))).unwrap_err();
         assert_eq!(
-            e,
+            swarm("updating", &nodes, &mixed).unwrap_err(),
             "replica 0.1.0 on api-2 is starting; replicas of 2 versions: 0.1.0, 0.2.0; \
              the service's update is updating"
         );
-        let e = cluster_result(&status_with(swarm("completed", &nodes, &[]))).unwrap_err();
-        assert_eq!(e, "no replica of the app runs");
-
-        let worker = serde_json::json!({"manager": false, "state": "active", "nodes": [],
-                                        "replicas": [], "update": null});
         assert_eq!(
-            cluster_result(&status_with(worker)).unwrap(),
-            "a worker (active): verify the manager for the cluster"
+            swarm("completed", &nodes, &[]).unwrap_err(),
+            "no replica of the app runs"
         );
-        let e = cluster_result(&status_with(serde_json::Value::Null)).unwrap_err();
-        assert!(e.contains("no cluster"), "{e}");
-        let e = cluster_result("sudo: a password is required\n").unwrap_err();
-        assert!(e.contains("sudo: a password is required"), "{e}");
+        let e = swarm_status(
+            &section("Error response from daemon: This node is not a swarm manager."),
+            &section("[]"),
+            &section("[]"),
+        )
+        .unwrap_err();
+        assert!(e.contains("`docker node inspect` did not give JSON"), "{e}");
+    }
 
-        // The section as the script prints it: the swarm state first.
-        let answer = status_with(swarm("completed", &nodes, &good));
-        assert!(cluster_check(&format!("active\n{answer}")).unwrap().is_ok());
+    #[test]
+    fn a_node_outside_a_swarm_skips_the_cluster_check_and_a_worker_defers_to_its_manager() {
+        let verdict = |swarm: &str| {
+            let sections = BTreeMap::from([("swarm".to_string(), section(swarm))]);
+            let login = Login {
+                result: Ok(sections),
+            };
+            let mut checks = Checks::default();
+            server_checks(
+                &login,
+                &VerifyOptions::new("a.example", "deploy"),
+                &mut checks,
+            );
+            let c = checks
+                .0
+                .into_iter()
+                .find(|c| c.name == "server.cluster")
+                .unwrap();
+            (c.status, c.detail)
+        };
+        use super::super::Status;
+        assert_eq!(verdict("inactive false\n").0, Status::Skipped);
+        assert_eq!(verdict("").0, Status::Skipped);
         assert_eq!(
-            cluster_check("pending\n").unwrap().unwrap_err(),
-            "this node's swarm state is pending"
+            verdict("active false\n"),
+            (
+                Status::Ok,
+                "a worker (active): verify the manager for the cluster".into()
+            )
         );
-        for none in [
-            "",
-            "\n",
-            "inactive\n",
-            "Cannot connect to the Docker daemon\n",
-        ] {
-            assert_eq!(cluster_check(none), None, "{none:?}");
-        }
+        assert_eq!(
+            verdict("pending false\n"),
+            (Status::Failed, "this node's swarm state is pending".into())
+        );
+        // A manager whose Docker gave nothing readable fails, naming what it got.
+        assert_eq!(verdict("active true\n").0, Status::Failed);
     }
 
     #[test]
