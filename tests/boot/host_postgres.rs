@@ -124,16 +124,7 @@ impl HostPostgres {
 
     /// `sql` as the superuser in `db`: psql's unaligned, tuples-only output.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        run(
-            Command::new(self.bin.join("psql"))
-                .arg("-h")
-                .arg(&self.dir)
-                .args(["-p", &self.port.to_string(), "-U", "admin", "-d", db])
-                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]),
-            "psql",
-        )
-        .trim()
-        .to_owned()
+        support::psql(&self.bin, &self.dir, self.port, db, sql)
     }
 }
 

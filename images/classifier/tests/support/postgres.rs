@@ -114,6 +114,21 @@ pub fn bindir() -> PathBuf {
     })
 }
 
+/// Runs `sql` as the superuser `admin` in database `db` of the server whose binaries are
+/// in `bin` and whose socket is in `socket_dir`; returns psql's unaligned, tuples-only output.
+pub fn psql(bin: &Path, socket_dir: &Path, port: u16, db: &str, sql: &str) -> String {
+    run(
+        Command::new(bin.join("psql"))
+            .arg("-h")
+            .arg(socket_dir)
+            .args(["-p", &port.to_string(), "-U", "admin", "-d", db])
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]),
+        "psql",
+    )
+    .trim()
+    .to_owned()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -294,16 +309,7 @@ impl Cluster {
     /// Runs `sql` as the cluster's superuser in database `db`; returns psql's unaligned,
     /// tuples-only output.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        run(
-            Command::new(self.bin.join("psql"))
-                .arg("-h")
-                .arg(&self.dir)
-                .args(["-p", &self.port.to_string(), "-U", "admin", "-d", db])
-                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]),
-            "psql",
-        )
-        .trim()
-        .to_owned()
+        psql(&self.bin, &self.dir, self.port, db, sql)
     }
 
     pub fn port(&self) -> u16 {
